@@ -1,0 +1,210 @@
+"""params.yaml -> frozen, typed config objects.
+
+Validation is pydantic's (strict types, unknown keys forbidden, bounds on numbers); this module
+only turns its report into one line that names the key, the bad value and what is allowed, so
+a typo stops a stage before it writes anything.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Literal, Optional
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+PARAMS_FILE = Path("params.yaml")
+
+Protocol = Literal["seed", "offline"]
+SourceName = Literal["mnist", "fashion_mnist", "cifar10", "hymenoptera"]
+BackboneName = Literal["resnet18", "efficientnet_lite0"]
+ModelName = Literal["simple_cnn", "alexnet_cifar", "backbone"]
+
+
+class ParamsError(ValueError):
+    """A params.yaml problem, always one line."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Tracking(_Strict):
+    experiment: str = Field(min_length=1)
+    system_metrics_interval_s: float = Field(gt=0, le=3600)
+    connect_timeout_s: float = Field(gt=0, le=600)
+
+
+class Sources(_Strict):
+    mirrors: list[str] = []
+    retries: int = Field(ge=1, le=20)
+    timeout_s: float = Field(gt=0, le=3600)
+    mnist_urls: list[str]
+    cifar10_urls: list[str]
+    hymenoptera_urls: list[str]
+    hymenoptera_sha256: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    torchvision_weights_urls: list[str]
+    fashion_mnist_dir: str
+
+    @field_validator("mnist_urls", "cifar10_urls", "hymenoptera_urls", "torchvision_weights_urls")
+    @classmethod
+    def _urls(cls, v: list[str]) -> list[str]:
+        for u in v:
+            if not u.startswith(("http://", "https://")) or not u.endswith("/"):
+                raise ValueError(f"{u!r} is not an http(s) base URL ending in '/'")
+        return v
+
+
+class Dataset(_Strict):
+    seed: SourceName
+    offline: SourceName
+    image_size: int = Field(ge=8, le=512)
+    channels: Literal[1, 3]
+    train_limit: int = Field(ge=0)
+    val_limit: int = Field(ge=0)
+    offline_classes: Optional[list[int]] = None
+    backbone_seed: Optional[BackboneName] = None
+    backbone_offline: Optional[BackboneName] = None
+
+    def source(self, protocol: str) -> str:
+        return self.seed if protocol == "seed" else self.offline
+
+    def backbone(self, protocol: str) -> Optional[str]:
+        return self.backbone_seed if protocol == "seed" else self.backbone_offline
+
+
+class Layers(_Strict):
+    intermediate: str = Field(min_length=1)
+    final: str = Field(min_length=1)
+
+
+class Variant(_Strict):
+    dataset: str
+    model: ModelName
+    layers: Layers
+    epochs: int = Field(ge=1, le=1000)
+    batch_size: int = Field(ge=1, le=65536)
+    eval_batch_size: int = Field(ge=1, le=65536)
+    optimizer: Literal["adam", "adamw", "sgd"]
+    lr: float = Field(gt=0, le=10)
+    momentum: float = Field(ge=0, lt=1)
+    weight_decay: float = Field(ge=0, le=1)
+    schedule: Literal["constant", "cosine", "onecycle"]
+    label_smoothing: float = Field(ge=0, lt=1)
+    augment: Literal["none", "crop_flip", "crop", "resized_crop_flip"]
+    pretrained: bool
+    freeze_backbone: bool
+    classifier: Literal["softmax", "svm"]
+    svm_c: float = Field(gt=0, le=1e6)
+    tsne_points: int = Field(ge=10)
+    tsne_perplexity: float = Field(gt=0, le=500)
+    hidden: int = Field(default=128, ge=0, le=65536)   # simple_cnn: 0 drops the fc1 layer
+
+    @field_validator("lr", "momentum", "weight_decay", "label_smoothing", "svm_c", "tsne_perplexity")
+    @classmethod
+    def _finite(cls, v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"{v} is not a finite number")
+        return v
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Variant":
+        if self.classifier == "svm" and not (self.pretrained and self.freeze_backbone):
+            raise ValueError("classifier 'svm' needs pretrained: true and freeze_backbone: true")
+        if self.model != "backbone" and (self.pretrained or self.freeze_backbone):
+            raise ValueError(f"model {self.model!r} has no pretrained weights; pretrained/freeze_backbone apply to 'backbone'")
+        return self
+
+
+class LabNumbers(_Strict):
+    params: Optional[int] = None
+    best_val_acc: Optional[float] = None
+    best_epoch: Optional[int] = None
+    val_acc: Optional[float] = None
+
+
+class Params(_Strict):
+    seed: int = Field(ge=0, le=2**32 - 1)
+    protocol: Protocol
+    device: Literal["auto", "cpu", "cuda"]
+    precision: Literal["auto", "fp32", "bf16"]
+    threads: int = Field(ge=0, le=1024)
+    tracking: Tracking
+    sources: Sources
+    datasets: dict[str, Dataset]
+    variants: dict[str, Variant]
+    lab: dict[str, LabNumbers] = {}
+
+    @model_validator(mode="after")
+    def _references(self) -> "Params":
+        for name, v in self.variants.items():
+            if v.dataset not in self.datasets:
+                raise ValueError(
+                    f"variants.{name}.dataset: {v.dataset!r} is not a dataset; allowed: {sorted(self.datasets)}")
+            if v.model == "backbone" and self.datasets[v.dataset].backbone(self.protocol) is None:
+                raise ValueError(f"variants.{name}: model 'backbone' needs datasets.{v.dataset}.backbone_{self.protocol}")
+        for name in self.lab:
+            if name not in self.variants:
+                raise ValueError(f"lab.{name}: {name!r} is not a variant; allowed: {sorted(self.variants)}")
+        return self
+
+    def variant(self, name: str) -> Variant:
+        if name not in self.variants:
+            raise ParamsError(f"unknown variant {name!r}; allowed: {', '.join(sorted(self.variants))}")
+        return self.variants[name]
+
+    def dataset(self, name: str) -> Dataset:
+        if name not in self.datasets:
+            raise ParamsError(f"unknown dataset {name!r}; allowed: {', '.join(sorted(self.datasets))}")
+        return self.datasets[name]
+
+
+def _one_line(err: ValidationError, raw: dict) -> str:
+    e = err.errors()[0]
+    loc = ".".join(str(p) for p in e["loc"])
+    msg = e["msg"]
+    if e["type"] == "extra_forbidden":
+        return f"params.yaml: unknown key {loc!r} (not a setting; check the spelling)"
+    if e["type"] == "missing":
+        return f"params.yaml: missing key {loc!r}"
+    if "input" in e and e["type"] not in ("value_error", "assertion_error") and loc:
+        return f"params.yaml: {loc} = {e['input']!r}: {msg}"
+    prefix = f"{loc}: " if loc else ""
+    return f"params.yaml: {prefix}{msg.removeprefix('Value error, ')}"
+
+
+def parse(raw: object) -> Params:
+    """Validate a params mapping (as read from YAML) into a Params object."""
+    if not isinstance(raw, dict):
+        raise ParamsError(f"params.yaml: the top level must be a mapping, got {type(raw).__name__}")
+    raw = dict(raw)
+    defaults = raw.pop("defaults", {}) or {}
+    if not isinstance(defaults, dict):
+        raise ParamsError("params.yaml: 'defaults' must be a mapping")
+    variants = raw.get("variants")
+    if isinstance(variants, dict):
+        merged = {}
+        for name, v in variants.items():
+            if not isinstance(v, dict):
+                raise ParamsError(f"params.yaml: variants.{name} must be a mapping, got {v!r}")
+            merged[name] = {**defaults, **v}
+        raw["variants"] = merged
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as err:
+        raise ParamsError(_one_line(err, raw)) from None
+
+
+def load(path: Path | str = PARAMS_FILE) -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ParamsError(f"params file {str(path)!r} not found (run from the repository root)") from None
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ParamsError(f"{path}: not valid YAML{where}") from None
+    return parse(raw)
