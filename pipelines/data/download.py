@@ -1,0 +1,165 @@
+"""Fetch one published file over HTTP(S), verified, with nothing partial ever left behind.
+
+Only the standard library is used so a download behaves the same on every machine (no
+requests/urllib3 version differences), and the code path the tests exercise against a local
+server is exactly the one that talks to the real mirrors.
+"""
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+from pipelines.io import IntegrityError
+
+CHUNK = 1 << 20
+USER_AGENT = "cnn-lab-pipeline/1 (python urllib)"
+
+
+class DataError(RuntimeError):
+    """A raw data problem the user can fix (missing source, malformed file); always one line."""
+
+
+class DownloadError(DataError):
+    """Every URL of a file failed; the message says how to provide the file offline."""
+
+
+class _Retryable(Exception):
+    """A failure that a later attempt at the same URL may not repeat."""
+
+
+class _NextUrl(Exception):
+    """A failure this URL will keep giving (404 and other client errors): try the next one."""
+
+
+def _expected_text(sha256: Optional[str], md5: Optional[str], sha256_prefix: Optional[str]) -> str:
+    if sha256:
+        return f"sha256 {sha256}"
+    if md5:
+        return f"md5 {md5}"
+    if sha256_prefix:
+        return f"sha256 starting {sha256_prefix}"
+    return "no digest (trust on first use)"
+
+
+def _attempt(url: str, tmp: Path, timeout_s: float) -> tuple[str, str]:
+    """GET url into tmp; return (sha256, md5) of the bytes received. Raises _Retryable/_NextUrl."""
+    req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
+    sha, md5 = hashlib.sha256(), hashlib.md5()
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            declared = resp.headers.get("Content-Length")
+            received = 0
+            with open(tmp, "wb") as f:
+                while block := resp.read(CHUNK):
+                    f.write(block)
+                    sha.update(block)
+                    md5.update(block)
+                    received += len(block)
+            # http.client does not raise when the connection closes early on a sized read,
+            # so a short body has to be detected here or it would reach the digest check as
+            # a "corrupt" file instead of being retried.
+            if declared is not None and declared.isdigit() and received != int(declared):
+                raise _Retryable(f"truncated body ({received} of {declared} bytes)")
+    except urllib.error.HTTPError as err:
+        if err.code >= 500 or err.code in (408, 429):
+            raise _Retryable(f"HTTP {err.code}") from None
+        raise _NextUrl(f"HTTP {err.code}") from None
+    except urllib.error.URLError as err:
+        raise _Retryable(f"{type(err.reason).__name__}: {err.reason}") from None
+    except TimeoutError:
+        raise _Retryable(f"timed out after {timeout_s:g} s") from None
+    except (OSError, http.client.HTTPException) as err:
+        raise _Retryable(f"{type(err).__name__}: {err}") from None
+    return sha.hexdigest(), md5.hexdigest()
+
+
+def fetch(
+    urls: Sequence[str],
+    filename: str,
+    dest_dir: Path | str,
+    *,
+    sha256: Optional[str] = None,
+    md5: Optional[str] = None,
+    sha256_prefix: Optional[str] = None,
+    retries: int = 3,
+    timeout_s: float = 30,
+    backoff_s: float = 1.0,
+    log: Callable[[str], None] = lambda msg: None,
+) -> Path:
+    """Download base+filename for the first base URL that serves it; return dest_dir/filename.
+
+    `retries` is the number of attempts per URL for transient failures (connection errors,
+    timeouts, 5xx, truncated bodies), spaced backoff_s, 2*backoff_s, ... apart. A digest
+    mismatch is not retried: the same server would send the same bytes, and a mirror serving
+    different bytes for a checksummed file is a problem to report, not to route around.
+    """
+    return fetch_from(urls, filename, dest_dir, sha256=sha256, md5=md5, sha256_prefix=sha256_prefix,
+                      retries=retries, timeout_s=timeout_s, backoff_s=backoff_s, log=log)[0]
+
+
+def fetch_from(
+    urls: Sequence[str],
+    filename: str,
+    dest_dir: Path | str,
+    *,
+    sha256: Optional[str] = None,
+    md5: Optional[str] = None,
+    sha256_prefix: Optional[str] = None,
+    retries: int = 3,
+    timeout_s: float = 30,
+    backoff_s: float = 1.0,
+    log: Callable[[str], None] = lambda msg: None,
+) -> tuple[Path, str]:
+    """As fetch(), returning (dest_dir/filename, the URL that served it)."""
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    dest = dest_dir / filename
+    expected = _expected_text(sha256, md5, sha256_prefix)
+    hint = (f"to provide it offline put {filename} in {dest_dir}/ "
+            f"or a folder listed in params sources.mirrors")
+    if not urls:
+        raise DownloadError(f"{filename}: no URL configured; expected {expected}; {hint}")
+
+    tried: list[str] = []
+    reason = "not attempted"
+    for base in urls:
+        url = base + filename
+        tried.append(url)
+        for attempt in range(max(1, retries)):
+            if attempt:
+                time.sleep(backoff_s * 2 ** (attempt - 1))
+            fd, name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=dest_dir)
+            os.close(fd)
+            tmp = Path(name)
+            try:
+                log(f"  {filename}: GET {url}" + (f" (attempt {attempt + 1})" if attempt else ""))
+                got_sha, got_md5 = _attempt(url, tmp, timeout_s)
+                mismatch = None
+                if sha256 and got_sha != sha256:
+                    mismatch = f"sha256 {got_sha}, expected {sha256}"
+                elif md5 and got_md5 != md5:
+                    mismatch = f"md5 {got_md5}, expected {md5}"
+                elif sha256_prefix and not got_sha.startswith(sha256_prefix):
+                    mismatch = f"sha256 {got_sha}, expected one starting {sha256_prefix}"
+                if mismatch:
+                    raise IntegrityError(f"{filename} from {url}: {mismatch}; the file was discarded")
+                os.chmod(tmp, 0o644)  # mkstemp's 0600 would make raw data unreadable to other users
+                os.replace(tmp, dest)
+                return dest, url
+            except _Retryable as err:
+                reason = f"{url}: {err}"
+            except _NextUrl as err:
+                reason = f"{url}: {err}"
+                break
+            finally:
+                tmp.unlink(missing_ok=True)
+    raise DownloadError(
+        f"could not download {filename} (tried {', '.join(tried)}; last: {reason}); "
+        f"expected {expected}; {hint}")

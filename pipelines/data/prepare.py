@@ -1,0 +1,209 @@
+"""Decode a dataset's raw files once into the prepared format of docs/outputs.md.
+
+The source may stand in for the dataset's own (offline protocol): Fashion-MNIST plays MNIST
+as is, plays CIFAR-10 resized and repeated to three channels, and plays the two-class
+transfer set as two of its classes. Those conversions happen here so that training code sees
+one format whatever the protocol.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torchvision.datasets import FashionMNIST, MNIST
+
+from pipelines.config import Dataset, Params
+from pipelines.data import backbone as bb
+from pipelines.data import readers
+from pipelines.data.download import DataError
+from pipelines.data.sources import CHECKSUMS, HYMENOPTERA_ZIP, WEIGHTS_DIR, files_for, read_source
+from pipelines.io import IntegrityError, save_npz, sha256_file, write_csv, write_json
+
+TITLES = {
+    "mnist": "MNIST handwritten digits (LeCun, Cortes, Burges)",
+    "fashion_mnist": "Fashion-MNIST (Xiao, Rasul, Vollgraf; Zalando Research)",
+    "cifar10": "CIFAR-10 (Krizhevsky, 2009)",
+    "hymenoptera": "Hymenoptera ants/bees (PyTorch transfer-learning tutorial)",
+}
+RESIZE_CHUNK = 4096  # images per interpolate call: bounds the float32 working set
+
+
+def verify_raw(name: str, params: Params, raw_dir: Path) -> dict:
+    """Check SOURCE.json describes what params ask for and every file still has its digest."""
+    record = read_source(raw_dir)
+    ds = params.dataset(name)
+    want = (name, ds.source(params.protocol), params.protocol)
+    got = (record.get("dataset"), record.get("source"), record.get("protocol"))
+    if got != want:
+        raise DataError(f"{raw_dir}/SOURCE.json holds dataset/source/protocol {got}, params want {want}; "
+                        f"rerun the download stage")
+    files = record.get("files", {})
+    for _, rel in files_for(name, params):
+        entry = files.get(rel)
+        if not entry or "sha256" not in entry:
+            raise DataError(f"{raw_dir}/SOURCE.json does not list {rel}; rerun the download stage")
+        path = raw_dir / rel
+        if not path.is_file():
+            raise DataError(f"{path} is missing; rerun the download stage")
+        actual = sha256_file(path)
+        if actual != entry["sha256"]:
+            raise IntegrityError(f"{path}: sha256 {actual} does not match {entry['sha256']} recorded in "
+                                 f"SOURCE.json; rerun the download stage")
+    return record
+
+
+def _decode(source: str, ds: Dataset, raw_dir: Path) -> readers.Splits:
+    if source == "mnist":
+        # torchvision names them "0 - zero"; the digit alone reads better in confusion tables.
+        return readers.read_idx_set(raw_dir, [c.split(" - ")[0] for c in MNIST.classes])
+    if source == "fashion_mnist":
+        return readers.read_idx_set(raw_dir, list(FashionMNIST.classes))
+    if source == "cifar10":
+        return readers.read_cifar10(raw_dir / next(iter(CHECKSUMS["cifar10"])))
+    if source == "hymenoptera":
+        return readers.read_image_folder_zip(raw_dir / HYMENOPTERA_ZIP, ds.image_size)
+    raise DataError(f"no reader for source {source!r}")
+
+
+def subset(y: np.ndarray, limit: int, rng: np.random.Generator, per_class: bool) -> np.ndarray:
+    """Sorted indices of a seeded subset: `limit` in all, or per class; 0 keeps everything."""
+    if limit <= 0:
+        return np.arange(len(y))
+    if not per_class:
+        return np.sort(rng.choice(len(y), size=min(limit, len(y)), replace=False))
+    picked = []
+    for c in np.unique(y):
+        idx = np.flatnonzero(y == c)
+        picked.append(idx if len(idx) <= limit else rng.choice(idx, size=limit, replace=False))
+    return np.sort(np.concatenate(picked))
+
+
+def fit(x: np.ndarray, size: int, channels: int) -> np.ndarray:
+    """Resize square NHWC uint8 images to size x size (bilinear, antialiased) and match channels."""
+    n, h, w, c = x.shape
+    if c not in (1, channels):
+        raise DataError(f"cannot turn {c}-channel images into {channels}-channel ones")
+    if (h, w) != (size, size):
+        out = np.empty((n, size, size, c), dtype=np.uint8)
+        for i in range(0, n, RESIZE_CHUNK):
+            t = torch.from_numpy(x[i:i + RESIZE_CHUNK]).permute(0, 3, 1, 2).float()
+            t = torch.nn.functional.interpolate(t, size=(size, size), mode="bilinear",
+                                                align_corners=False, antialias=True)
+            out[i:i + RESIZE_CHUNK] = t.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        x = out
+    if x.shape[3] != channels:
+        x = np.repeat(x, channels, axis=3)
+    return np.ascontiguousarray(x)
+
+
+def mean_std(x: np.ndarray) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std on the 0..1 scale, accumulated in float64 chunks."""
+    c = x.shape[-1]
+    s, s2, n = np.zeros(c), np.zeros(c), 0
+    flat = x.reshape(-1, c)
+    for i in range(0, len(flat), 1 << 22):
+        block = flat[i:i + (1 << 22)].astype(np.float64) / 255.0
+        s += block.sum(0)
+        s2 += (block * block).sum(0)
+        n += len(block)
+    mean = s / max(n, 1)
+    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 0.0))
+    return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
+
+
+def build(name: str, params: Params, raw_dir: Path,
+          log: Callable[[str], None] = lambda msg: None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The train/val arrays and class names of dataset `name` (raw files already verified)."""
+    ds = params.dataset(name)
+    source = ds.source(params.protocol)
+    data = _decode(source, ds, raw_dir)
+    log(f"  decoded {source}: train {data.x_train.shape}, val {data.x_val.shape}")
+    x_tr, y_tr, x_va, y_va, classes = data
+    if source == "fashion_mnist" and ds.offline_classes:
+        keep = list(ds.offline_classes)
+        if any(not 0 <= k < len(classes) for k in keep) or len(set(keep)) != len(keep):
+            raise DataError(f"datasets.{name}.offline_classes {keep}: need distinct indices in 0..{len(classes) - 1}")
+        remap = np.full(len(classes), -1, dtype=np.int64)
+        remap[keep] = np.arange(len(keep))
+        m_tr, m_va = remap[y_tr] >= 0, remap[y_va] >= 0
+        x_tr, y_tr, x_va, y_va = x_tr[m_tr], remap[y_tr[m_tr]], x_va[m_va], remap[y_va[m_va]]
+        classes = [classes[k] for k in keep]
+    # A dataset with a backbone is the transfer role, whose limits count per class (balanced).
+    per_class = ds.backbone(params.protocol) is not None
+    i_tr = subset(y_tr, ds.train_limit, np.random.default_rng([params.seed, 0]), per_class)
+    i_va = subset(y_va, ds.val_limit, np.random.default_rng([params.seed, 1]), per_class)
+    x_tr, y_tr, x_va, y_va = x_tr[i_tr], y_tr[i_tr], x_va[i_va], y_va[i_va]
+    arrays = {"x_train": fit(x_tr, ds.image_size, ds.channels), "y_train": y_tr.astype(np.int64),
+              "x_val": fit(x_va, ds.image_size, ds.channels), "y_val": y_va.astype(np.int64)}
+    return arrays, classes
+
+
+def _write_backbone(name: str, params: Params, raw_dir: Path, record: dict, tmp_out: Path) -> dict:
+    backbone = params.dataset(name).backbone(params.protocol)
+    filename, spec = next(iter(CHECKSUMS[backbone].items()))
+    rel = f"{WEIGHTS_DIR}/{filename}"
+    path = raw_dir / rel
+    # verify_raw compared against SOURCE.json; that record could itself be edited, so the
+    # published digest is checked again right before the unpickling it guards.
+    actual = sha256_file(path)
+    if "sha256" in spec and actual != spec["sha256"] or \
+            "sha256_prefix" in spec and not actual.startswith(spec["sha256_prefix"]):
+        raise IntegrityError(f"{path}: sha256 {actual} is not the published digest "
+                             f"({spec.get('sha256') or spec.get('sha256_prefix') + '...'}); refusing to load it")
+    state = bb.convert(backbone, bb.load_weights(path))
+    bb.save(tmp_out / "backbone.pt", state)
+    return {"name": backbone, "file": "backbone.pt", "sha256": sha256_file(tmp_out / "backbone.pt"),
+            "weights": rel, "weights_sha256": actual, "origin": record["files"][rel]["origin"]}
+
+
+def _replace_dir(tmp: Path, out_dir: Path) -> None:
+    """Swap a complete tmp folder into out_dir; the old one is removed only afterwards."""
+    old = None
+    if out_dir.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
+        os.replace(out_dir, old / out_dir.name)
+    os.replace(tmp, out_dir)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
+            log: Callable[[str], None] = lambda msg: None) -> dict:
+    """Write train.npz, val.npz, meta.json, sizes.csv (+ backbone.pt) to out_dir; return meta."""
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    ds = params.dataset(name)
+    record = verify_raw(name, params, raw_dir)
+    log(f"  verified {len(record['files'])} raw file(s) against {raw_dir}/SOURCE.json")
+    arrays, classes = build(name, params, raw_dir, log)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        save_npz(tmp / "train.npz", x=arrays["x_train"], y=arrays["y_train"])
+        save_npz(tmp / "val.npz", x=arrays["x_val"], y=arrays["y_val"])
+        files = {f: sha256_file(tmp / f) for f in ("train.npz", "val.npz")}
+        backbone = None
+        if ds.backbone(params.protocol):
+            backbone = _write_backbone(name, params, raw_dir, record, tmp)
+            files["backbone.pt"] = backbone["sha256"]
+            log(f"  backbone {backbone['name']}: backbone.pt from {backbone['weights']}")
+        mean, std = mean_std(arrays["x_train"])
+        n_tr, n_va = len(arrays["y_train"]), len(arrays["y_val"])
+        meta = {"dataset": name, "source": record["source"], "source_title": TITLES[record["source"]],
+                "protocol": params.protocol, "classes": classes, "height": ds.image_size,
+                "width": ds.image_size, "channels": ds.channels, "mean": mean, "std": std,
+                "splits": {"train": n_tr, "val": n_va}, "files": files, "backbone": backbone}
+        write_json(tmp / "meta.json", meta)
+        write_csv(tmp / "sizes.csv", ["split", "height", "width", "channels", "samples"],
+                  [["train", ds.image_size, ds.image_size, ds.channels, n_tr],
+                   ["val", ds.image_size, ds.image_size, ds.channels, n_va]])
+        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the published folder should look ordinary
+        _replace_dir(tmp, out_dir)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return meta

@@ -1,0 +1,139 @@
+"""Shared fixtures: params built from the real params.yaml with overrides, and a local HTTP
+server that misbehaves on request (the download code runs unpatched against it)."""
+from __future__ import annotations
+
+import copy
+import threading
+from collections import Counter
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Callable
+
+import pytest
+import yaml
+
+from pipelines.config import Params, parse
+from pipelines.data import sources
+
+import fakedata
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: takes more than about 10 s")
+
+
+def _merge(base: dict, over: dict) -> dict:
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(base.get(k), dict):
+            _merge(base[k], v)
+        else:
+            base[k] = v
+    return base
+
+
+@pytest.fixture(scope="session")
+def params_raw() -> dict:
+    """params.yaml as read from the repository; copy it before changing it (make_params does)."""
+    with open(REPO / "params.yaml") as f:
+        return yaml.safe_load(f)
+
+
+@pytest.fixture
+def make_params(params_raw) -> Callable[..., Params]:
+    """make_params({"sources": {...}, "datasets": {"mnist": {...}}}) -> validated Params.
+
+    Nested mappings merge into the repository's params; anything else replaces.
+    """
+    def make(overrides: dict | None = None) -> Params:
+        return parse(_merge(copy.deepcopy(params_raw), copy.deepcopy(overrides or {})))
+    return make
+
+
+@pytest.fixture
+def fake_idx(tmp_path, monkeypatch) -> Path:
+    """A folder of fake IDX files whose md5s replace the published ones of mnist and fashion_mnist."""
+    folder = tmp_path / "idx"
+    fakedata.write_idx_set(folder)
+    for key in ("mnist", "fashion_mnist"):
+        for name, entry in fakedata.idx_md5s(folder).items():
+            monkeypatch.setitem(sources.CHECKSUMS[key], name, entry)
+    return folder
+
+
+class FakeServer:
+    """Routes map a path (no leading slash) to a list of steps, one consumed per request; the
+    last step repeats. Steps: ("ok", body), ("status", code), ("truncated", body) (declares
+    more bytes than it sends), ("stall", seconds) (says nothing for that long)."""
+
+    def __init__(self):
+        self.routes: dict[str, list[tuple]] = {}
+        self.hits: Counter = Counter()
+        self.release = threading.Event()  # ends stalls at teardown
+        self._lock = threading.Lock()
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                path = self.path.lstrip("/")
+                with server._lock:
+                    server.hits[path] += 1
+                    steps = server.routes.get(path, [("status", 404)])
+                    step = steps.pop(0) if len(steps) > 1 else steps[0]
+                kind = step[0]
+                if kind == "stall":
+                    server.release.wait(step[1])
+                    return
+                if kind == "status":
+                    self.send_error(step[1])
+                    return
+                body = step[1]
+                self.send_response(200)
+                self.send_header("Content-Type", "application/octet-stream")
+                self.send_header("Content-Length", str(len(body) + (1000 if kind == "truncated" else 0)))
+                self.end_headers()
+                self.wfile.write(body if kind == "ok" else body[: len(body) // 2])
+                self.close_connection = True
+
+        class Server(ThreadingHTTPServer):
+            daemon_threads = True
+            block_on_close = False
+
+            def handle_error(self, request, client_address):
+                pass  # clients that time out and hang up are part of the tests
+
+        self.httpd = Server(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.02},
+                                       daemon=True)  # short poll: shutdown() waits one interval
+
+    def base(self, prefix: str) -> str:
+        """A base URL (ending in '/') standing for one mirror."""
+        return f"{self.url}{prefix}/"
+
+    def add(self, path: str, *steps: tuple) -> None:
+        with self._lock:
+            self.routes[path] = list(steps)
+
+    def serve_dir(self, prefix: str, folder: Path) -> str:
+        """Serve every file of folder under prefix/; return that base URL."""
+        for f in sorted(Path(folder).iterdir()):
+            if f.is_file():
+                self.add(f"{prefix}/{f.name}", ("ok", f.read_bytes()))
+        return self.base(prefix)
+
+
+@pytest.fixture
+def http_server():
+    srv = FakeServer()
+    srv.thread.start()
+    try:
+        yield srv
+    finally:
+        srv.release.set()
+        srv.httpd.shutdown()
+        srv.httpd.server_close()
