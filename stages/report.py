@@ -1,0 +1,35 @@
+"""Stage `report`: the lab's report from every stage's outputs.
+
+    python -m stages.report --root . --out reports
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from pipelines import config, report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m stages.report", description=__doc__.splitlines()[0])
+    ap.add_argument("--root", type=Path, default=Path("."), help="where data/, results/ and metrics/ are")
+    ap.add_argument("--out", type=Path, default=Path("reports"), help="folder for report.md, report.html, figures/")
+    ap.add_argument("--params", type=Path, default=config.PARAMS_FILE, help="params file (default: params.yaml)")
+    args = ap.parse_args(argv)
+    try:
+        params = config.load(args.params)
+        rep = report.build(params, args.root)
+        report.write(rep, args.out)
+    except (config.ParamsError, report.ReportError, OSError) as err:
+        # Expected failures are one line; anything else is a bug and keeps its traceback.
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for w in rep.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(f"wrote {args.out / 'report.md'}, {args.out / 'report.html'} and {len(rep.figures)} figures")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
