@@ -1,0 +1,286 @@
+"""The one training/evaluation loop every variant uses, and its on-device data path.
+
+Prepared uint8 NHWC arrays are moved to the device once; each batch is indexed, augmented
+and normalised there. Permuting NHWC to NCHW gives a channels-last tensor for free, which is
+the fast layout for convolutions on both CPU (oneDNN) and GPU. No DataLoader, no PIL.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from pipelines.models import logits_of
+
+
+# ---------------------------------------------------------------------------- device & precision
+def cpu_has_native_bf16() -> bool:
+    """bf16 matmuls are only fast on CPUs with AVX-512 BF16 or AMX; elsewhere they are emulated."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU; use device: auto or cpu")
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    return torch.device(name)
+
+
+def pick_precision(name: str, device: torch.device) -> str:
+    if name != "auto":
+        return name
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def autocast(device: torch.device, precision: str):
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def seed_everything(seed: int, threads: int = 0) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    if threads:
+        torch.set_num_threads(threads)
+    # Same seed, same CPU numbers: forbid nondeterministic kernels where torch has a choice.
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cudnn.benchmark = False
+
+
+# ---------------------------------------------------------------------------- data on device
+@dataclass
+class DeviceData:
+    """A split held on the device: uint8 images NHWC and int64 labels."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    mean: torch.Tensor  # (C,) in 0..1 units
+    std: torch.Tensor
+
+    @classmethod
+    def from_arrays(cls, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device) -> "DeviceData":
+        return cls(
+            torch.from_numpy(np.ascontiguousarray(x)).to(device),
+            torch.from_numpy(y.astype(np.int64)).to(device),
+            torch.tensor(mean, dtype=torch.float32, device=device),
+            torch.tensor(std, dtype=torch.float32, device=device),
+        )
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> float NCHW (channels-last memory), normalised."""
+        xf = xb.float().div_(255).sub_(self.mean).div_(self.std)
+        return xf.permute(0, 3, 1, 2)
+
+
+def _random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+    n, h, w, _ = x.shape
+    padded = F.pad(x, (0, 0, pad, pad, pad, pad))  # zero padding of H and W on NHWC
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
+    cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
+    return padded[torch.arange(n, device=x.device)[:, None, None], rows, cols]
+
+
+def _random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+    return torch.where(mask[:, None, None, None], x.flip(2), x)
+
+
+def _random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+    """Per-sample crop of random area and aspect, resized back to the input size, as one grid_sample."""
+    n = x.shape[0]
+    area = torch.empty(n).uniform_(*scale, generator=gen)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
+    r = torch.exp(log_r)
+    sw = torch.sqrt(area * r).clamp(max=1.0)
+    sh = torch.sqrt(area / r).clamp(max=1.0)
+    cx = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sw)
+    cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sh)
+    theta = torch.zeros(n, 2, 3)
+    theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, cx, sh, cy
+    theta = theta.to(x.device)
+    xf = x.permute(0, 3, 1, 2).float()
+    grid = F.affine_grid(theta, list(xf.shape), align_corners=False)
+    out = F.grid_sample(xf, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
+AUGMENTS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
+    "none": lambda x, g: x,
+    "crop": lambda x, g: _random_crop(x, max(2, x.shape[1] // 8), g),
+    "crop_flip": lambda x, g: _random_flip(_random_crop(x, max(2, x.shape[1] // 8), g), g),
+    "resized_crop_flip": lambda x, g: _random_flip(_random_resized_crop(x, g), g),
+}
+
+
+def augment(name: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    if name not in AUGMENTS:
+        raise RuntimeError(f"unknown augment {name!r}; supported: {', '.join(AUGMENTS)}")
+    return AUGMENTS[name](x, gen)
+
+
+def batch_indices(n: int, batch_size: int, gen: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
+    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
+    for i in range(0, n, batch_size):
+        yield order[i : i + batch_size]
+
+
+# ---------------------------------------------------------------------------- recipe
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    label_smoothing: float
+    augment: str
+
+
+def make_optimizer(params, r: Recipe) -> torch.optim.Optimizer:
+    if r.optimizer == "adam":
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=True)
+    raise RuntimeError(f"unknown optimizer {r.optimizer!r}; supported: adam, adamw, sgd")
+
+
+def make_schedule(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
+    total = r.epochs * steps_per_epoch
+    if r.schedule == "constant":
+        return None
+    if r.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if r.schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total, pct_start=0.25)
+    raise RuntimeError(f"unknown schedule {r.schedule!r}; supported: constant, cosine, onecycle")
+
+
+# ---------------------------------------------------------------------------- loop
+@dataclass
+class FitResult:
+    history: list[dict] = field(default_factory=list)
+    best_state: Optional[dict] = None
+    best_epoch: int = 0
+    best_val_acc: float = -1.0
+    train_seconds: float = 0.0
+    train_images: int = 0
+
+
+def _progress(iterable, total: int, desc: str):
+    # A bar on a terminal; under DVC/CI (not a tty) a line every 30 s instead of thousands.
+    return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr,
+                disable=None, mininterval=0.5 if sys.stderr.isatty() else 30)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int, device: torch.device, precision: str,
+             label_smoothing: float = 0.0) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy (%) and the logits (float32, on CPU) over a whole split."""
+    model.eval()
+    outs = []
+    for idx in batch_indices(len(data), batch_size, None):
+        idx = idx.to(data.x.device)
+        with autocast(device, precision):
+            outs.append(logits_of(model(data.normalise(data.x[idx]))).float())
+    logits = torch.cat(outs)
+    loss = F.cross_entropy(logits, data.y, label_smoothing=label_smoothing).item()
+    acc = (logits.argmax(1) == data.y).float().mean().item() * 100
+    return loss, acc, logits.cpu()
+
+
+def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device: torch.device, precision: str,
+        seed: int, on_epoch: Callable[[dict], None] = lambda row: None, desc: str = "train") -> FitResult:
+    """Train for r.epochs, evaluating on `val` after each; keep the best-accuracy weights."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = make_optimizer(params, r)
+    steps = math.ceil(len(train) / r.batch_size)
+    sched = make_schedule(opt, r, steps)
+    res = FitResult()
+    for epoch in range(1, r.epochs + 1):
+        # One generator per epoch, derived from the seed: resuming at epoch k replays epoch k exactly.
+        gen = torch.Generator().manual_seed(seed * 1000 + epoch)
+        model.train()
+        t0 = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.long)
+        for idx in _progress(batch_indices(len(train), r.batch_size, gen), steps, f"{desc} epoch {epoch}/{r.epochs}"):
+            idx = idx.to(train.x.device)
+            xb = train.normalise(augment(r.augment, train.x[idx], gen))
+            yb = train.y[idx]
+            with autocast(device, precision):
+                logits = logits_of(model(xb))
+                loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if sched is not None:
+                sched.step()
+            loss_sum += loss.detach() * len(idx)
+            correct += (logits.argmax(1) == yb).sum()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        seconds = time.perf_counter() - t0
+        res.train_seconds += seconds
+        res.train_images += len(train)
+        val_loss, val_acc, _ = evaluate(model, val, r.eval_batch_size, device, precision, r.label_smoothing)
+        row = {
+            "epoch": epoch,
+            "train_loss": loss_sum.item() / len(train),
+            "train_acc": correct.item() / len(train) * 100,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": seconds,
+        }
+        res.history.append(row)
+        if val_acc > res.best_val_acc:  # strict: ties keep the earlier epoch
+            res.best_val_acc, res.best_epoch = val_acc, epoch
+            res.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        on_epoch(row)
+    return res
+
+
+@torch.no_grad()
+def extract(model: nn.Module, modules: dict[str, nn.Module], data: DeviceData, batch_size: int,
+            device: torch.device, precision: str) -> dict[str, np.ndarray]:
+    """Outputs of the named modules over a split, read by forward hooks (4-D maps are flattened)."""
+    store: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
+    hooks = [m.register_forward_hook(lambda _m, _i, out, k=k: store[k].append(logits_of(out).float().flatten(1).cpu()))
+             for k, m in modules.items()]
+    try:
+        model.eval()
+        for idx in batch_indices(len(data), batch_size, None):
+            with autocast(device, precision):
+                model(data.normalise(data.x[idx.to(data.x.device)]))
+    finally:
+        for h in hooks:
+            h.remove()
+    return {k: torch.cat(v).numpy() for k, v in store.items()}
