@@ -1,0 +1,40 @@
+"""Shared command-line wrapper of the variant stages: paths in, one-line errors out."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Callable
+
+from pipelines import config
+from pipelines.io import IntegrityError
+
+EXPECTED: tuple[type[BaseException], ...] = (config.ParamsError, IntegrityError, FileNotFoundError, ValueError)
+
+
+def expected_errors() -> tuple[type[BaseException], ...]:
+    from pipelines.data.download import DataError
+    from pipelines.tracking import TrackingError
+
+    return (*EXPECTED, DataError, TrackingError, RuntimeError)
+
+
+def variant_stage(stage: str, fn: Callable, argv: list[str] | None = None) -> int:
+    """`python -m stages.<stage> --variant V --data D --model M --out O --metrics J`."""
+    ap = argparse.ArgumentParser(prog=f"python -m stages.{stage}")
+    ap.add_argument("--variant", required=True, help="a key of params variants")
+    ap.add_argument("--data", required=True, type=Path, help="data/prepared/<dataset>")
+    ap.add_argument("--model", required=True, type=Path, help="models/<variant>")
+    ap.add_argument("--out", required=True, type=Path, help=f"results/<variant>/{stage}")
+    ap.add_argument("--metrics", required=True, type=Path, help=f"metrics/<variant>/{stage}.json")
+    args = ap.parse_args(argv)
+    try:
+        # Validate everything before anything is written.
+        params = config.load()
+        params.variant(args.variant)
+        fn(params, args.variant, args.data, args.model, args.out, args.metrics)
+    except expected_errors() as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"error: {stage} {args.variant}: {msg}", file=sys.stderr)
+        return 2
+    return 0

@@ -1,0 +1,250 @@
+"""What the train, evaluate and embed stages do, as functions tests call without DVC.
+
+Every function takes the validated params and the exact paths dvc.yaml names; it writes only
+those paths, each file atomically.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import torch
+
+from pipelines import engine, features, io, models, plots
+from pipelines.config import Params, Variant
+from pipelines.tracking import Run, flat_params
+
+
+# ---------------------------------------------------------------------------- shared
+@dataclass
+class Prepared:
+    meta: dict
+    train: dict[str, np.ndarray]
+    val: dict[str, np.ndarray]
+    folder: Path
+
+
+def load_prepared(folder: Path | str) -> Prepared:
+    """Read a prepared dataset, checking every array file against the digest meta.json recorded."""
+    folder = Path(folder)
+    meta_path = folder / "meta.json"
+    if not meta_path.exists():
+        raise FileNotFoundError(f"{meta_path} not found: run the preprocess stage first (dvc repro)")
+    meta = io.read_json(meta_path)
+    fix = "rerun the preprocess stage (dvc repro --force preprocess@<dataset>)"
+    splits = {}
+    for split in ("train", "val"):
+        path = folder / f"{split}.npz"
+        io.verify_sha256(path, meta["files"][f"{split}.npz"], fix)
+        splits[split] = io.load_npz(path)
+    return Prepared(meta, splits["train"], splits["val"], folder)
+
+
+def model_config(params: Params, name: str, v: Variant, meta: dict) -> dict:
+    cfg = {
+        "variant": name, "model": v.model, "n_classes": len(meta["classes"]), "classes": meta["classes"],
+        "in_channels": meta["channels"], "image_size": meta["height"], "hidden": v.hidden,
+        "mean": meta["mean"], "std": meta["std"], "protocol": params.protocol, "dataset": v.dataset,
+    }
+    if v.model == "backbone":
+        bb = meta.get("backbone") or {}
+        if not bb.get("name"):
+            raise RuntimeError(f"{v.dataset}: prepared data has no backbone; rerun preprocess@{v.dataset}")
+        cfg["backbone"] = bb["name"]
+        # The backbone's own input normalisation, pretrained or not, so the runs differ only in init.
+        cfg["mean"], cfg["std"] = map(list, models.BACKBONE_NORM[bb["name"]])
+    return cfg
+
+
+def _setup(params: Params):
+    engine.seed_everything(params.seed, params.threads)
+    device = engine.pick_device(params.device)
+    return device, engine.pick_precision(params.precision, device)
+
+
+def _device_split(split: dict, cfg: dict, device) -> engine.DeviceData:
+    return engine.DeviceData.from_arrays(split["x"], split["y"], cfg["mean"], cfg["std"], device)
+
+
+def _recipe(v: Variant) -> engine.Recipe:
+    return engine.Recipe(v.epochs, v.batch_size, v.eval_batch_size, v.optimizer, v.lr, v.momentum,
+                         v.weight_decay, v.schedule, v.label_smoothing, v.augment)
+
+
+# ---------------------------------------------------------------------------- train
+def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
+    v = params.variant(name)
+    prep = load_prepared(data_dir)
+    if v.batch_size > len(prep.train["y"]):
+        raise ValueError(f"variants.{name}.batch_size = {v.batch_size}: larger than the "
+                         f"{len(prep.train['y'])} training samples of {v.dataset}")
+    device, precision = _setup(params)
+    cfg = model_config(params, name, v, prep.meta)
+    model = models.build(cfg)
+    if v.pretrained:
+        bb = prep.meta["backbone"]
+        model.load_backbone(data_dir / bb["file"], bb["sha256"])
+    if v.freeze_backbone:
+        model.body.requires_grad_(False)
+    model = model.to(device, memory_format=torch.channels_last)
+    table = models.parameter_table(model)
+    total = sum(c for _, _, c in table)
+    train_d, val_d = _device_split(prep.train, cfg, device), _device_split(prep.val, cfg, device)
+
+    run_tags = {"dataset": v.dataset, "data_source": prep.meta["source"], "variant": name}
+    with Run(params, "train", name, tags=run_tags) as run:
+        run.log_params({**flat_params("", v), "seed": params.seed, "protocol": params.protocol,
+                        "device": str(device), "precision": precision, "params_total": total,
+                        "data.source": prep.meta["source"], "data.train": len(train_d), "data.val": len(val_d)})
+        print(f"train {name}: {v.model} ({total:,} trainable parameters) on {prep.meta['source']} "
+              f"[{len(train_d)}/{len(val_d)}], {device}, {precision}", flush=True)
+        if v.classifier == "svm":
+            res = _train_svm(model, train_d, val_d, v, device, precision, params.seed)
+        else:
+            def on_epoch(row: dict) -> None:
+                print(f"[{row['epoch']:03d}] train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
+                      f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2f}% | {row['seconds']:.1f} s", flush=True)
+                run.log_metrics({k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
+                                step=row["epoch"])
+
+            res = engine.fit(model, train_d, val_d, _recipe(v), device, precision, params.seed, on_epoch, name)
+        hist = res.history
+        min_loss_epoch = min(hist, key=lambda r: (r["val_loss"] if r["val_loss"] == r["val_loss"] else np.inf))["epoch"]
+        summary = {
+            "variant": name, "dataset": v.dataset, "model": v.model, "protocol": params.protocol,
+            "params_total": total, "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
+            "final_val_acc": hist[-1]["val_acc"], "min_val_loss_epoch": min_loss_epoch, "epochs": len(hist),
+            "train_seconds": res.train_seconds,
+            "train_img_per_s": res.train_images / res.train_seconds if res.train_seconds else 0.0,
+            "device": str(device), "precision": precision,
+        }
+        models.save_checkpoint(model_dir / "model.pt", model, cfg, res.best_state)
+        io.write_csv(out_dir / "history.csv", list(hist[0]),
+                     [[("" if isinstance(x, float) and x != x else x) for x in r.values()] for r in hist])
+        io.write_csv(out_dir / "params.csv", ["layer", "shape", "params"], table)
+        plots.save_figure(plots.curves(hist, res.best_epoch, f"{name}: loss and accuracy"), out_dir / "curves.png")
+        io.write_json(metrics_path, summary)
+        run.log_metrics({"best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
+                         "train_img_per_s": summary["train_img_per_s"], "train_seconds": res.train_seconds})
+        for p in (out_dir / "history.csv", out_dir / "params.csv", out_dir / "curves.png", model_dir / "model.pt"):
+            run.log_artifact(p, "train")
+        io.write_json(model_dir / "run.json", run.record())
+    print(f"train {name}: best val acc {res.best_val_acc:.2f}% at epoch {res.best_epoch} "
+          f"({summary['train_img_per_s']:.0f} img/s)", flush=True)
+    return summary
+
+
+def _train_svm(model, train_d, val_d, v: Variant, device, precision, seed: int) -> engine.FitResult:
+    t0 = time.perf_counter()
+    body = {"pooled": model.body}
+    f_tr = engine.extract(model, body, train_d, v.eval_batch_size, device, precision)["pooled"]
+    f_va = engine.extract(model, body, val_d, v.eval_batch_size, device, precision)["pooled"]
+    w, b, train_acc = features.fit_linear_svm(f_tr, train_d.y.cpu().numpy(), v.svm_c, seed)
+    with torch.no_grad():
+        model.head.weight.copy_(torch.from_numpy(w))
+        model.head.bias.copy_(torch.from_numpy(b))
+    val_acc = float(((f_va @ w.T + b).argmax(1) == val_d.y.cpu().numpy()).mean() * 100)
+    seconds = time.perf_counter() - t0
+    nan = float("nan")  # a hinge-loss SVM has no cross-entropy curve to show
+    row = {"epoch": 1, "train_loss": nan, "train_acc": train_acc, "val_loss": nan, "val_acc": val_acc,
+           "lr": nan, "seconds": seconds}
+    state = {k: t.detach().cpu().clone() for k, t in model.state_dict().items()}
+    return engine.FitResult([row], state, 1, val_acc, seconds, len(train_d))
+
+
+# ---------------------------------------------------------------------------- evaluate
+def _load_model(model_dir: Path, device):
+    model, cfg = models.load_checkpoint(model_dir / "model.pt")
+    return model.to(device, memory_format=torch.channels_last), cfg
+
+
+def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
+    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+
+    v = params.variant(name)
+    prep = load_prepared(data_dir)
+    device, precision = _setup(params)
+    model, cfg = _load_model(model_dir, device)
+    val_d = _device_split(prep.val, cfg, device)
+    classes = prep.meta["classes"]
+    with Run(params, "evaluate", name, resume=model_dir / "run.json", system_metrics=False) as run:
+        loss, acc, logits = engine.evaluate(model, val_d, v.eval_batch_size, device, precision)
+        y = prep.val["y"]
+        pred = logits.argmax(1).numpy()
+        k = len(classes)
+        cm = confusion_matrix(y, pred, labels=list(range(k)))
+        p, r, f1, sup = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
+        off = [(int(cm[i, j]), i, j) for i in range(k) for j in range(k) if i != j and cm[i, j] > 0]
+        off.sort(key=lambda t: (-t[0], t[1], t[2]))
+        top = [{"true": classes[i], "pred": classes[j], "count": c} for c, i, j in off[:5]]
+        result = {"split": "val", "n": int(len(y)), "accuracy": acc, "loss": loss,
+                  "macro_f1": float(f1.mean() * 100), "top_confusions": top}
+        io.write_csv(out_dir / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
+                     [[classes[i], f"{p[i]:.4f}", f"{r[i]:.4f}", f"{f1[i]:.4f}", int(sup[i])] for i in range(k)])
+        io.write_csv(out_dir / "confusion.csv", ["actual", "predicted"],
+                     [[classes[a], classes[b]] for a, b in zip(y, pred)])
+        io.write_csv(out_dir / "confusion_matrix.csv", ["true\\pred", *classes],
+                     [[classes[i], *cm[i].tolist()] for i in range(k)])
+        plots.save_figure(plots.confusion(cm, classes, f"{name}: confusion matrix ({len(y)} validation images)"),
+                          out_dir / "confusion.png")
+        images, captions = [], []
+        for c, i, j in off[:2]:
+            idx = np.flatnonzero((y == i) & (pred == j))[:8]
+            images += [prep.val["x"][t] for t in idx]
+            captions += [f"true {classes[i]}\npred {classes[j]}" for _ in idx]
+        if images:
+            fig = plots.examples(np.stack(images), captions, f"{name}: the two most frequent confusions", ncols=8)
+            plots.save_figure(fig, out_dir / "confusions.png")
+        io.write_json(metrics_path, result)
+        run.log_metrics({"eval_accuracy": acc, "eval_loss": loss, "eval_macro_f1": result["macro_f1"]})
+        for f in sorted(out_dir.iterdir()):
+            if f.suffix in (".png", ".csv") and f.name != "confusion.csv":
+                run.log_artifact(f, "evaluate")
+    print(f"evaluate {name}: accuracy {acc:.2f}% on {len(y)} validation images; top confusions "
+          + ", ".join(f"{t['true']}->{t['pred']} ({t['count']})" for t in top[:2]), flush=True)
+    return result
+
+
+# ---------------------------------------------------------------------------- embed
+def embed(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
+    v = params.variant(name)
+    prep = load_prepared(data_dir)
+    device, precision = _setup(params)
+    model, cfg = _load_model(model_dir, device)
+    y_all = prep.val["y"]
+    rng = np.random.default_rng(params.seed)
+    idx = np.sort(rng.permutation(len(y_all))[: v.tsne_points])
+    sub = {"x": prep.val["x"][idx], "y": y_all[idx]}
+    data = _device_split(sub, cfg, device)
+    modules = {}
+    for role in ("intermediate", "final"):
+        path, mod = models.resolve_layer(model, getattr(v.layers, role))
+        modules[role] = (path, mod)
+    t0 = time.perf_counter()
+    feats = engine.extract(model, {r: m for r, (_, m) in modules.items()}, data, v.eval_batch_size, device, precision)
+    result = {"points": int(len(idx)), "layers": {}}
+    rows = []
+    with Run(params, "embed", name, resume=model_dir / "run.json", system_metrics=False) as run:
+        panels = []
+        for role, (path, _) in modules.items():
+            f = feats[role]
+            xy, backend = features.tsne_2d(f, params.seed, v.tsne_perplexity)
+            q = features.quality(f, xy, sub["y"], params.seed)
+            result["layers"][role] = {"module": path, "dim": int(f.shape[1]), **q}
+            result["tsne_backend"] = backend
+            rows += [[role, f"{a:.4f}", f"{b:.4f}", int(c)] for (a, b), c in zip(xy, sub["y"])]
+            panels.append((f"{role}: {path} ({f.shape[1]}-d)", xy, sub["y"]))
+            run.log_metrics({f"embed_{role}_{k}": val for k, val in q.items() if k != "seconds"})
+        result["seconds"] = time.perf_counter() - t0
+        io.write_csv(out_dir / "tsne.csv", ["layer", "x", "y", "label"], rows)
+        plots.save_figure(plots.tsne(panels, prep.meta["classes"], f"{name}: t-SNE of {len(idx)} validation images"),
+                          out_dir / "tsne.png")
+        io.write_json(metrics_path, result)
+        run.log_artifact(out_dir / "tsne.png", "embed")
+    print(f"embed {name}: {len(idx)} points, " + "; ".join(
+        f"{r} {d['dim']}-d silhouette {d.get('silhouette_features', float('nan')):.3f}"
+        for r, d in result["layers"].items()) + f" ({result['seconds']:.0f} s, {result['tsne_backend']})", flush=True)
+    return result

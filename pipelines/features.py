@@ -1,0 +1,85 @@
+"""Frozen-feature classifiers and embedding analysis: the SVM probe, t-SNE, cluster figures."""
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+
+def fit_linear_svm(feats: np.ndarray, y: np.ndarray, c: float, seed: int) -> tuple[np.ndarray, np.ndarray, float]:
+    """A linear SVM on standardised features, folded into one affine map (weight, bias) on the raw
+    features so it runs as the model's linear head. Returns (W (K, D), b (K,), train accuracy %).
+
+    LinearSVC (liblinear) rather than SVC(kernel="linear"): the same classifier family, and on
+    4,000 x 512 features it took 0.3 s here against 47 s.
+    """
+    from sklearn.svm import LinearSVC
+
+    mu = feats.mean(0)
+    sd = feats.std(0) + 1e-6
+    z = (feats - mu) / sd
+    svm = LinearSVC(C=c, dual="auto", max_iter=20000, random_state=seed).fit(z, y)
+    coef, icpt = svm.coef_, svm.intercept_
+    if coef.shape[0] == 1:  # binary: one decision function s; logits (-s/2, s/2) keep argmax = sign(s)
+        coef = np.vstack([-coef / 2, coef / 2])
+        icpt = np.array([-icpt[0] / 2, icpt[0] / 2])
+    w = coef / sd
+    b = icpt - (coef * (mu / sd)).sum(1)
+    train_acc = float((svm.predict(z) == y).mean() * 100)
+    return w.astype(np.float32), b.astype(np.float32), train_acc
+
+
+def tsne_2d(x: np.ndarray, seed: int, perplexity: float) -> tuple[np.ndarray, str]:
+    """2-D t-SNE: openTSNE's FFT-accelerated gradient (about 2x faster here on 10,000 points),
+    scikit-learn's Barnes-Hut when openTSNE is not installed."""
+    perplexity = min(perplexity, max(2.0, (len(x) - 1) / 3))
+    x = x.astype(np.float32)
+    try:
+        from openTSNE import TSNE
+    except ImportError:
+        from sklearn.manifold import TSNE as SkTSNE
+
+        xy = SkTSNE(2, perplexity=perplexity, init="pca", random_state=seed).fit_transform(x)
+        return np.asarray(xy, dtype=np.float32), "scikit-learn"
+    emb = TSNE(n_components=2, perplexity=perplexity, initialization="pca", random_state=seed,
+               n_jobs=1, verbose=False).fit(x)
+    return np.asarray(emb, dtype=np.float32), "openTSNE"
+
+
+def quality(feats: np.ndarray, xy: np.ndarray, y: np.ndarray, seed: int, max_points: int = 2000) -> dict:
+    """Measured versions of the lab's by-eye comments on a layer's clusters.
+
+    silhouette: cohesion vs separation of the classes (-1..1); knn: 5-NN accuracy, 5-fold
+    cross-validated (%), on the features and on the t-SNE map; linear: 5-fold logistic-regression
+    accuracy on the features (%), i.e. linear separability; trustworthiness: how well the 2-D map
+    keeps feature-space neighbours (0..1). Computed on a seeded subsample of at most max_points.
+    """
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.manifold import trustworthiness
+    from sklearn.metrics import silhouette_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.neighbors import KNeighborsClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    t0 = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    idx = np.sort(rng.permutation(len(y))[:max_points])
+    f, m, lab = feats[idx].astype(np.float32), xy[idx], y[idx]
+    out: dict = {"subsample": int(len(idx))}
+    if len(np.unique(lab)) < 2:
+        return out
+    folds = int(min(5, np.bincount(lab).min()))
+    out["silhouette_features"] = float(silhouette_score(f, lab))
+    out["silhouette_tsne"] = float(silhouette_score(m, lab))
+    if folds >= 2:
+        cv = StratifiedKFold(folds, shuffle=True, random_state=seed)
+        k = min(5, max(1, len(lab) // (2 * folds)))
+        knn = KNeighborsClassifier(k)
+        out["knn_acc_features"] = float(cross_val_score(knn, f, lab, cv=cv).mean() * 100)
+        out["knn_acc_tsne"] = float(cross_val_score(knn, m, lab, cv=cv).mean() * 100)
+        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+        out["linear_probe_acc"] = float(cross_val_score(probe, f, lab, cv=cv).mean() * 100)
+    out["trustworthiness"] = float(trustworthiness(f, m, n_neighbors=min(10, len(lab) // 3)))
+    out["seconds"] = time.perf_counter() - t0
+    return out

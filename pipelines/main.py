@@ -1,0 +1,106 @@
+"""The main job: choose the protocol, then `dvc repro` the whole lab.
+
+    python -m pipelines.main                  # seed protocol if its sources can be had, else offline
+    python -m pipelines.main --protocol offline   # force one; extra arguments go to `dvc repro`
+
+The choice is written to params.yaml (`protocol:`), so DVC's cache and every MLflow run know
+which data a result came from; it is printed with its reason before any stage runs.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from pipelines import config
+
+PROBE_TIMEOUT_S = 5
+
+
+def _seed_file_available(name: str, key: str, rel: str, params: config.Params) -> str | None:
+    """Why this seed-protocol file can be had, or None."""
+    from pipelines.data.sources import _urls
+
+    filename = Path(rel).name
+    if (Path("data/raw") / name / rel).is_file():
+        return f"data/raw/{name}/{rel} present"
+    for mirror in params.sources.mirrors:
+        if (Path(mirror) / filename).is_file():
+            return f"mirror {mirror}"
+    last = "no URL configured"
+    for base in _urls(key, params):
+        req = urllib.request.Request(base + filename, method="HEAD")
+        try:
+            with urllib.request.urlopen(req, timeout=PROBE_TIMEOUT_S):
+                return f"{base} reachable"
+        except urllib.error.HTTPError as e:
+            last = f"{base}{filename}: HTTP {e.code}"
+        except (urllib.error.URLError, OSError) as e:
+            last = f"{base}: {getattr(e, 'reason', e)}"
+    raise LookupError(last)
+
+
+def choose_protocol(params: config.Params) -> tuple[str, str]:
+    """('seed' | 'offline', reason): seed when every seed-protocol file is present or reachable."""
+    from pipelines.data.sources import files_for
+
+    seed_params = params.model_copy(update={"protocol": "seed"})
+    for name in params.datasets:
+        for key, rel in files_for(name, seed_params):
+            try:
+                _seed_file_available(name, key, rel, params)
+            except LookupError as e:
+                return "offline", f"seed-protocol file {Path(rel).name} ({name}) cannot be had: {e}"
+    return "seed", "every seed-protocol file is present, mirrored or reachable"
+
+
+def set_protocol(path: Path, protocol: str) -> bool:
+    """Rewrite the `protocol:` line of params.yaml in place (comments kept); True if it changed."""
+    text = path.read_text()
+    new, n = re.subn(r"(?m)^protocol:\s*\S+", f"protocol: {protocol}", text, count=1)
+    if n != 1:
+        raise config.ParamsError(f"{path}: no top-level 'protocol:' line to set")
+    if new == text:
+        return False
+    from pipelines.io import write_text
+
+    write_text(path, new)
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m pipelines.main", description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", choices=["auto", "seed", "offline"], default="auto")
+    ap.add_argument("repro_args", nargs=argparse.REMAINDER, help="passed to `dvc repro`")
+    args = ap.parse_args(argv)
+    try:
+        params = config.load()
+    except config.ParamsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if args.protocol == "auto":
+        protocol, reason = choose_protocol(params)
+    else:
+        protocol, reason = args.protocol, "forced with --protocol"
+    changed = set_protocol(config.PARAMS_FILE, protocol)
+    print(f"protocol: {protocol} ({reason})" + ("; params.yaml updated" if changed else ""), flush=True)
+    os.environ.setdefault("DVC_NO_ANALYTICS", "1")
+    start = time.time()
+    rc = subprocess.call(["dvc", "repro", *[a for a in args.repro_args if a != "--"]])
+    minutes = (time.time() - start) / 60
+    if rc == 0:
+        print(f"done in {minutes:.1f} min: reports/report.html (and report.md); "
+              "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
+    else:
+        print(f"dvc repro failed (exit {rc}) after {minutes:.1f} min; completed stages stay cached", file=sys.stderr)
+    return rc
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,11 @@
+"""evaluate@<variant>: see pipelines/experiment.py:evaluate and docs/outputs.md for what it writes.
+
+    python -m stages.evaluate --variant mnist_cnn --data data/prepared/mnist --model models/mnist_cnn \
+        --out results/mnist_cnn/evaluate --metrics metrics/mnist_cnn/evaluate.json
+"""
+import sys
+
+from pipelines import cli, experiment
+
+if __name__ == "__main__":
+    sys.exit(cli.variant_stage("evaluate", experiment.evaluate))
