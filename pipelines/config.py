@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Annotated, Literal, Optional
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -62,9 +62,17 @@ class Dataset(_Strict):
     channels: Literal[1, 3]
     train_limit: int = Field(ge=0)
     val_limit: int = Field(ge=0)
-    offline_classes: Optional[list[int]] = None
+    # Two distinct Fashion-MNIST class indices (the offline source of the two-class set).
+    offline_classes: Optional[list[Annotated[int, Field(ge=0, le=9)]]] = Field(default=None, min_length=2, max_length=2)
     backbone_seed: Optional[BackboneName] = None
     backbone_offline: Optional[BackboneName] = None
+
+    @field_validator("offline_classes")
+    @classmethod
+    def _distinct(cls, v: Optional[list[int]]) -> Optional[list[int]]:
+        if v is not None and len(set(v)) != len(v):
+            raise ValueError(f"{v} names the same class twice; give two different class indices 0..9")
+        return v
 
     def source(self, protocol: str) -> str:
         return self.seed if protocol == "seed" else self.offline
@@ -100,10 +108,11 @@ class Variant(_Strict):
     tsne_perplexity: float = Field(gt=0, le=500)
     hidden: int = Field(default=128, ge=0, le=65536)   # simple_cnn: 0 drops the fc1 layer
 
-    @field_validator("lr", "momentum", "weight_decay", "label_smoothing", "svm_c", "tsne_perplexity")
+    @field_validator("lr", "momentum", "weight_decay", "label_smoothing", "svm_c", "tsne_perplexity", mode="before")
     @classmethod
-    def _finite(cls, v: float) -> float:
-        if not math.isfinite(v):
+    def _finite(cls, v: object) -> object:
+        # Before the bounds check, so NaN is reported as NaN and not as "should be <= 10".
+        if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{v} is not a finite number")
         return v
 
@@ -159,9 +168,19 @@ class Params(_Strict):
         return self.datasets[name]
 
 
-def _one_line(err: ValidationError, raw: dict) -> str:
+def _one_line(err: ValidationError, defaults: dict, own: dict) -> str:
     e = err.errors()[0]
     loc = ".".join(str(p) for p in e["loc"])
+    # A variant's key it does not set itself came from `defaults`: point there, not at a line that
+    # does not exist.
+    path = e["loc"]
+    if len(path) >= 3 and path[0] == "variants" and path[2] in defaults and path[2] not in own.get(path[1], ()):
+        msg = _one_line_at(e, ".".join(["defaults", *map(str, path[2:])]))
+        return f"{msg} (set in defaults, used by variants.{path[1]})"
+    return _one_line_at(e, loc)
+
+
+def _one_line_at(e: dict, loc: str) -> str:
     msg = e["msg"]
     if e["type"] == "extra_forbidden":
         return f"params.yaml: unknown key {loc!r} (not a setting; check the spelling)"
@@ -182,17 +201,40 @@ def parse(raw: object) -> Params:
     if not isinstance(defaults, dict):
         raise ParamsError("params.yaml: 'defaults' must be a mapping")
     variants = raw.get("variants")
+    own: dict = {}
     if isinstance(variants, dict):
         merged = {}
         for name, v in variants.items():
             if not isinstance(v, dict):
                 raise ParamsError(f"params.yaml: variants.{name} must be a mapping, got {v!r}")
             merged[name] = {**defaults, **v}
+            own[name] = set(v)
         raw["variants"] = merged
     try:
         return Params.model_validate(raw)
     except ValidationError as err:
-        raise ParamsError(_one_line(err, raw)) from None
+        raise ParamsError(_one_line(err, defaults, own)) from None
+
+
+class _DuplicateKey(Exception):
+    pass
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML keeps the last of two equal keys; a pasted-twice variant would silently win."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                break  # SafeLoader reports an unhashable key itself
+            if key in seen:
+                raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 def load(path: Path | str = PARAMS_FILE) -> Params:
@@ -202,7 +244,9 @@ def load(path: Path | str = PARAMS_FILE) -> Params:
     except FileNotFoundError:
         raise ParamsError(f"params file {str(path)!r} not found (run from the repository root)") from None
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)
+    except _DuplicateKey as err:
+        raise ParamsError(f"{path}: {err}") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

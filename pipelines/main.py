@@ -28,14 +28,21 @@ def _seed_file_available(name: str, key: str, rel: str, params: config.Params) -
     from pipelines.data.sources import _urls
 
     filename = Path(rel).name
-    if (Path("data/raw") / name / rel).is_file():
-        return f"data/raw/{name}/{rel} present"
+    # A file already downloaded counts only if SOURCE.json says it is this source's (the same
+    # file names hold Fashion-MNIST in the offline protocol).
+    record = Path("data/raw") / name / "SOURCE.json"
+    if record.is_file() and (Path("data/raw") / name / rel).is_file():
+        from pipelines.io import read_json
+
+        if read_json(record).get("source") == key or rel.startswith("weights/"):
+            return f"data/raw/{name}/{rel} present"
     for mirror in params.sources.mirrors:
         if (Path(mirror) / filename).is_file():
             return f"mirror {mirror}"
     last = "no URL configured"
     for base in _urls(key, params):
-        req = urllib.request.Request(base + filename, method="HEAD")
+        # GET without reading the body: some servers (and mirrors) answer HEAD with 405/501.
+        req = urllib.request.Request(base + filename)
         try:
             with urllib.request.urlopen(req, timeout=PROBE_TIMEOUT_S):
                 return f"{base} reachable"

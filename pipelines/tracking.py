@@ -46,11 +46,13 @@ def _check_reachable(uri: str, timeout_s: float) -> None:
 
 
 def git_commit() -> str:
+    # GIT_OPTIONAL_LOCKS=0: `git status` must not take the index lock from a concurrent commit.
+    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10).stdout.strip()
+                             timeout=10, env=env).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+                               capture_output=True, text=True, timeout=10, env=env).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha or "unknown") + ("-dirty" if dirty else "")
@@ -74,7 +76,7 @@ class Run:
     def __init__(self, params: Params, stage: str, name: str, resume: Optional[Path] = None,
                  tags: Optional[dict] = None, system_metrics: bool = True):
         self.params, self.stage, self.name = params, stage, name
-        self.resume, self.extra_tags, self.system_metrics = resume, tags or {}, system_metrics
+        self.resume, self.extra_tags, self.system_metrics = resume, dict(tags or {}), system_metrics
         self.run_id: Optional[str] = None
 
     def __enter__(self) -> "Run":

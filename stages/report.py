@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 from pipelines import config, report
+from pipelines.tracking import Run, TrackingError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -19,9 +20,13 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         params = config.load(args.params)
-        rep = report.build(params, args.root)
-        report.write(rep, args.out)
-    except (config.ParamsError, report.ReportError, OSError) as err:
+        with Run(params, "report", "report", system_metrics=False) as run:
+            rep = report.build(params, args.root)
+            report.write(rep, args.out)
+            run.log_params({"protocol": params.protocol, "variants": ",".join(params.variants)})
+            run.log_artifact(args.out / "report.md", "report")
+            run.log_artifact(args.out / "report.html", "report")
+    except (config.ParamsError, report.ReportError, TrackingError, OSError) as err:
         # Expected failures are one line; anything else is a bug and keeps its traceback.
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -1,0 +1,111 @@
+"""The shared loop and its on-device data path, on tiny random data."""
+import numpy as np
+import pytest
+import torch
+
+from pipelines import engine, features, models
+
+
+def _data(n=96, size=28, c=1, k=10, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.integers(0, 256, (n, size, size, c), dtype=np.uint8)
+    y = rng.integers(0, k, n)
+    return engine.DeviceData.from_arrays(x, y, [0.5] * c, [0.25] * c, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("name", list(engine.AUGMENTS))
+def test_augments_keep_shape_dtype_and_are_seeded(name):
+    d = _data(8, 16, 3)
+    a = engine.augment(name, d.x, torch.Generator().manual_seed(1))
+    b = engine.augment(name, d.x, torch.Generator().manual_seed(1))
+    assert a.shape == d.x.shape and a.dtype == torch.uint8
+    assert torch.equal(a, b)
+
+
+def test_crop_moves_pixels_and_flip_mirrors():
+    x = torch.arange(16, dtype=torch.uint8).reshape(1, 4, 4, 1).repeat(64, 1, 1, 1)
+    out = engine._random_crop(x, 2, torch.Generator().manual_seed(0))
+    assert not all(torch.equal(o, x[0]) for o in out)
+    flipped = engine._random_flip(x, torch.Generator().manual_seed(0))
+    assert any(torch.equal(f, x[0].flip(1)) for f in flipped)
+
+
+def test_unknown_augment_names_supported_ones():
+    with pytest.raises(RuntimeError, match="unknown augment 'mixup'; supported: none"):
+        engine.augment("mixup", torch.zeros(1, 4, 4, 1, dtype=torch.uint8), torch.Generator())
+
+
+def test_normalise_gives_channels_last_float():
+    d = _data(4, 8, 3)
+    xf = d.normalise(d.x)
+    assert xf.shape == (4, 3, 8, 8) and xf.dtype == torch.float32
+    assert xf.is_contiguous(memory_format=torch.channels_last)
+
+
+def _fit(seed):
+    engine.seed_everything(seed)
+    m = models.build(dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10, hidden=8))
+    r = engine.Recipe(2, 32, 64, "adam", 1e-3, 0.9, 0.0, "onecycle", 0.1, "crop_flip")
+    return engine.fit(m, _data(), _data(seed=1), r, torch.device("cpu"), "fp32", seed)
+
+
+def test_same_seed_same_numbers():
+    a, b = _fit(3), _fit(3)
+    assert [r["train_loss"] for r in a.history] == [r["train_loss"] for r in b.history]
+    assert [r["val_acc"] for r in a.history] == [r["val_acc"] for r in b.history]
+    assert len(a.history) == 2 and 1 <= a.best_epoch <= 2
+    assert all(torch.equal(a.best_state[k], b.best_state[k]) for k in a.best_state)
+
+
+def test_training_reduces_loss_on_learnable_data():
+    # Two classes that differ in brightness: any working loop separates them in a few epochs.
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 256)
+    x = (rng.integers(0, 100, (256, 8, 8, 1)) + 150 * y[:, None, None, None]).astype(np.uint8)
+    d = engine.DeviceData.from_arrays(x, y, [0.5], [0.3], torch.device("cpu"))
+    engine.seed_everything(0)
+    m = models.build(dict(model="simple_cnn", in_channels=1, image_size=8, n_classes=2, hidden=8))
+    r = engine.Recipe(4, 32, 128, "adam", 3e-3, 0.9, 0.0, "constant", 0.0, "none")
+    res = engine.fit(m, d, d, r, torch.device("cpu"), "fp32", 0)
+    assert res.history[-1]["train_loss"] < res.history[0]["train_loss"]
+    assert res.best_val_acc > 90
+
+
+def test_extract_reads_named_layers_by_hooks():
+    d = _data(10)
+    m = models.build(dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10))
+    feats = engine.extract(m, {"fc1": m.fc1, "out": m.fc2}, d, 4, torch.device("cpu"), "fp32")
+    assert feats["fc1"].shape == (10, 128) and feats["out"].shape == (10, 10)
+    assert not m.fc1._forward_hooks  # hooks removed
+
+
+def test_precision_auto_is_fp32_without_native_bf16(monkeypatch):
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    assert engine.pick_precision("auto", torch.device("cpu")) == "fp32"
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    assert engine.pick_precision("auto", torch.device("cpu")) == "bf16"
+    assert engine.pick_precision("fp32", torch.device("cpu")) == "fp32"
+
+
+def test_linear_svm_folds_into_a_head_with_the_same_decisions():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 200)
+    f = rng.normal(size=(200, 16)) + y[:, None] * 1.5
+    w, b, acc = features.fit_linear_svm(f, y, 1.0, 0)
+    assert w.shape == (2, 16) and acc > 80
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import LinearSVC
+    z = StandardScaler().fit_transform(f)
+    ref = LinearSVC(C=1.0, dual="auto", max_iter=20000, random_state=0).fit(z, y).predict(z)
+    assert ((f @ w.T + b).argmax(1) == ref).mean() > 0.98
+
+
+def test_tsne_and_quality_figures():
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 40)
+    f = rng.normal(size=(120, 8)) + 6 * y[:, None]
+    xy, backend = features.tsne_2d(f, 0, 30)
+    assert xy.shape == (120, 2) and backend in ("openTSNE", "scikit-learn")
+    q = features.quality(f, xy, y, 0)
+    assert q["silhouette_features"] > 0.5 and q["knn_acc_features"] > 95 and q["linear_probe_acc"] > 95
+    assert 0.5 < q["trustworthiness"] <= 1

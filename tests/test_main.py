@@ -1,0 +1,58 @@
+"""The main command's protocol choice, against a real HTTP server on 127.0.0.1."""
+from pathlib import Path
+
+from pipelines import main
+from pipelines.data import sources
+
+
+def _seed_files(params):
+    seed = params.model_copy(update={"protocol": "seed"})
+    return [(name, key, rel) for name in params.datasets for key, rel in sources.files_for(name, seed)]
+
+
+def _serve_all(server, params):
+    for _, _, rel in _seed_files(params):
+        server.add(f"m/{Path(rel).name}", ("ok", b"x"))
+    return server.base("m")
+
+
+def test_seed_when_every_source_answers(http_server, make_params, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    base = None
+    params = make_params()
+    base = _serve_all(http_server, params)
+    urls = {k: [base] for k in ("mnist_urls", "cifar10_urls", "hymenoptera_urls", "torchvision_weights_urls")}
+    protocol, reason = main.choose_protocol(make_params({"sources": urls}))
+    assert protocol == "seed", reason
+
+
+def test_offline_names_the_file_that_cannot_be_had(http_server, make_params, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    params = make_params()
+    base = _serve_all(http_server, params)
+    http_server.add("m/cifar-10-python.tar.gz", ("status", 404))
+    urls = {k: [base] for k in ("mnist_urls", "cifar10_urls", "hymenoptera_urls", "torchvision_weights_urls")}
+    protocol, reason = main.choose_protocol(make_params({"sources": urls}))
+    assert protocol == "offline"
+    assert "cifar-10-python.tar.gz" in reason and "404" in reason
+
+
+def test_offline_data_already_downloaded_does_not_count_as_seed(http_server, make_params, monkeypatch, tmp_path):
+    # data/raw/mnist holds Fashion-MNIST under MNIST's file names after an offline run.
+    monkeypatch.chdir(tmp_path)
+    raw = tmp_path / "data/raw/mnist"
+    raw.mkdir(parents=True)
+    (raw / "train-images-idx3-ubyte.gz").write_bytes(b"x")
+    (raw / "SOURCE.json").write_text('{"source": "fashion_mnist"}')
+    urls = {k: [http_server.base("none")] for k in
+            ("mnist_urls", "cifar10_urls", "hymenoptera_urls", "torchvision_weights_urls")}
+    protocol, reason = main.choose_protocol(make_params({"sources": urls}))
+    assert protocol == "offline" and "train-images-idx3-ubyte.gz" in reason
+
+
+def test_set_protocol_keeps_comments(tmp_path):
+    p = tmp_path / "params.yaml"
+    p.write_text("seed: 1\nprotocol: offline   # comment\n# more\n")
+    assert main.set_protocol(p, "seed")
+    assert p.read_text() == "seed: 1\nprotocol: seed   # comment\n# more\n"
+    assert not main.set_protocol(p, "seed")

@@ -1,0 +1,72 @@
+"""The lab's architectures: parameter totals, per-layer tables, outputs, checkpoints."""
+import pytest
+import torch
+
+from pipelines import models
+
+
+@pytest.mark.parametrize("cfg,total", [
+    (dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10), 813_802),
+    (dict(model="alexnet_cifar", in_channels=3, image_size=32, n_classes=10), 6_199_498),
+    (dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10, hidden=0), 72_298),
+])
+def test_parameter_totals_match_the_lab(cfg, total):
+    model = models.build(cfg)
+    table = models.parameter_table(model)
+    assert sum(c for _, _, c in table) == total
+    assert total == sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def test_simple_cnn_per_layer_table_is_the_labs():
+    table = {n: c for n, _, c in models.parameter_table(models.build(
+        dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10)))}
+    assert table == {"conv1.weight": 288, "conv1.bias": 32, "conv2.weight": 9216, "conv2.bias": 32,
+                     "fc1.weight": 802816, "fc1.bias": 128, "fc2.weight": 1280, "fc2.bias": 10}
+
+
+def test_alexnet_returns_logits_and_flat_features():
+    m = models.build(dict(model="alexnet_cifar", in_channels=3, image_size=32, n_classes=10)).eval()
+    logits, feats = m(torch.zeros(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and feats.shape == (2, 512)
+    assert models.logits_of((logits, feats)) is logits
+
+
+def test_backbone_head_replaced_and_layers_resolve():
+    m = models.build(dict(model="backbone", backbone="efficientnet_lite0", n_classes=2)).eval()
+    assert m(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
+    for alias in ("mid", "pooled", "logits"):
+        models.resolve_layer(m, alias)
+    with pytest.raises(RuntimeError, match="layer 'nope' not found.*allowed"):
+        models.resolve_layer(m, "nope")
+
+
+def test_unknown_model_fails_loudly():
+    with pytest.raises(RuntimeError, match="unknown model 'vgg'; supported"):
+        models.build(dict(model="vgg"))
+    with pytest.raises(RuntimeError, match="unknown backbone"):
+        models.BackboneClassifier("vgg16")
+
+
+def test_checkpoint_roundtrip_is_weights_only(tmp_path):
+    cfg = dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10, hidden=16)
+    m = models.build(cfg)
+    models.save_checkpoint(tmp_path / "model.pt", m, cfg)
+    m2, cfg2 = models.load_checkpoint(tmp_path / "model.pt")
+    assert cfg2 == cfg
+    x = torch.randn(3, 1, 28, 28)
+    m.eval(), m2.eval()
+    assert torch.equal(m(x), m2(x))
+
+
+def test_planted_pickle_in_checkpoint_does_not_run(tmp_path):
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            import os
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"state_dict": Payload(), "config": {}}, tmp_path / "model.pt")
+    with pytest.raises(Exception):
+        models.load_checkpoint(tmp_path / "model.pt")
+    assert not marker.exists()

@@ -1,0 +1,14 @@
+"""The tiny CI profile: the real params.yaml, shrunk so the whole DAG runs in a few minutes
+on 2 CPU cores (real Fashion-MNIST from Debian's package, real EfficientNet-Lite0 weights)."""
+
+
+def shrink(p: dict) -> dict:
+    for name in ("mnist", "cifar10"):
+        p["datasets"][name].update(train_limit=256, val_limit=128)
+    p["datasets"]["transfer"].update(train_limit=12, val_limit=12, image_size=32)
+    p["defaults"].update(tsne_points=60, eval_batch_size=128)
+    for v in p["variants"].values():
+        v["epochs"] = min(v.get("epochs", p["defaults"]["epochs"]), 2 if v.get("model") == "simple_cnn" else 1)
+        v["batch_size"] = 16 if v.get("dataset") == "transfer" else 64
+        v.pop("eval_batch_size", None)
+    return p
