@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import Callable
@@ -27,12 +28,20 @@ def variant_stage(stage: str, fn: Callable, argv: list[str] | None = None) -> in
     ap.add_argument("--model", required=True, type=Path, help="models/<variant>")
     ap.add_argument("--out", required=True, type=Path, help=f"results/<variant>/{stage}")
     ap.add_argument("--metrics", required=True, type=Path, help=f"metrics/<variant>/{stage}.json")
+    extra = {}
+    if stage == "train":
+        ap.add_argument("--seed", type=int, help="train with this seed instead of params' (replicates)")
+        ap.add_argument("--checkpoint", type=Path, help="per-epoch checkpoint file (not a DVC output)")
+        ap.add_argument("--resume", action="store_true", default=os.environ.get("LAB_RESUME") == "1",
+                        help="continue from --checkpoint if it matches params and data (or LAB_RESUME=1)")
     args = ap.parse_args(argv)
+    if stage == "train":
+        extra = {"seed": args.seed, "checkpoint": args.checkpoint, "resume": args.resume}
     try:
         # Validate everything before anything is written.
         params = config.load()
         params.variant(args.variant)
-        fn(params, args.variant, args.data, args.model, args.out, args.metrics)
+        fn(params, args.variant, args.data, args.model, args.out, args.metrics, **extra)
     except expected_errors() as err:
         msg = str(err).splitlines()[0] if str(err) else type(err).__name__
         print(f"error: {stage} {args.variant}: {msg}", file=sys.stderr)

@@ -62,6 +62,9 @@ class Dataset(_Strict):
     channels: Literal[1, 3]
     train_limit: int = Field(ge=0)
     val_limit: int = Field(ge=0)
+    # A held-out test split that model selection never sees (per class where limits are per class);
+    # 0 = none, as in the lab.
+    test_limit: int = Field(default=0, ge=0)
     # Two distinct Fashion-MNIST class indices (the offline source of the two-class set).
     offline_classes: Optional[list[Annotated[int, Field(ge=0, le=9)]]] = Field(default=None, min_length=2, max_length=2)
     backbone_seed: Optional[BackboneName] = None
@@ -125,6 +128,30 @@ class Variant(_Strict):
         return self
 
 
+class Replicates(_Strict):
+    """Part 1.3 noise: variants retrained with other seeds, each (variant, seed) its own DVC stage."""
+
+    dataset: str
+    variants: list[str] = Field(min_length=1)
+    seeds: list[Annotated[int, Field(ge=0, le=2**32 - 1)]] = Field(min_length=1)
+
+    @field_validator("variants", "seeds")
+    @classmethod
+    def _unique(cls, v: list) -> list:
+        dup = sorted({x for x in v if v.count(x) > 1}, key=str)
+        if dup:
+            raise ValueError(f"{dup} listed more than once; each entry must be unique")
+        return v
+
+
+class Check(_Strict):
+    """The gate of `python -m pipelines.check_params`: a params change fails when one of these
+    metrics ("file:key", as `dvc metrics` names them) drops by more than tolerance_pp points."""
+
+    tolerance_pp: float = Field(ge=0, le=100)
+    metrics: list[Annotated[str, Field(pattern=r"^[\w./-]+\.json:[\w.]+$")]] = Field(min_length=1)
+
+
 class LabNumbers(_Strict):
     params: Optional[int] = None
     best_val_acc: Optional[float] = None
@@ -142,6 +169,8 @@ class Params(_Strict):
     sources: Sources
     datasets: dict[str, Dataset]
     variants: dict[str, Variant]
+    replicates: Optional[Replicates] = None
+    check: Optional[Check] = None
     lab: dict[str, LabNumbers] = {}
 
     @model_validator(mode="after")
@@ -152,6 +181,18 @@ class Params(_Strict):
                     f"variants.{name}.dataset: {v.dataset!r} is not a dataset; allowed: {sorted(self.datasets)}")
             if v.model == "backbone" and self.datasets[v.dataset].backbone(self.protocol) is None:
                 raise ValueError(f"variants.{name}: model 'backbone' needs datasets.{v.dataset}.backbone_{self.protocol}")
+        r = self.replicates
+        if r is not None:
+            if r.dataset not in self.datasets:
+                raise ValueError(f"replicates.dataset: {r.dataset!r} is not a dataset; allowed: {sorted(self.datasets)}")
+            for name in r.variants:
+                if name not in self.variants:
+                    raise ValueError(f"replicates.variants: {name!r} is not a variant; allowed: {sorted(self.variants)}")
+                if self.variants[name].dataset != r.dataset:
+                    raise ValueError(f"replicates.variants: {name!r} trains on {self.variants[name].dataset!r}, "
+                                     f"not replicates.dataset {r.dataset!r}")
+            if self.seed in r.seeds:
+                raise ValueError(f"replicates.seeds: {self.seed} is the global seed, already run by the variants")
         for name in self.lab:
             if name not in self.variants:
                 raise ValueError(f"lab.{name}: {name!r} is not a variant; allowed: {sorted(self.variants)}")

@@ -217,14 +217,31 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int, device: torch.
 
 
 def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device: torch.device, precision: str,
-        seed: int, on_epoch: Callable[[dict], None] = lambda row: None, desc: str = "train") -> FitResult:
-    """Train for r.epochs, evaluating on `val` after each; keep the best-accuracy weights."""
+        seed: int, on_epoch: Callable[[dict], None] = lambda row: None, desc: str = "train",
+        resume: Optional[dict] = None, checkpoint: Optional[Callable[[dict], None]] = None) -> FitResult:
+    """Train for r.epochs, evaluating on `val` after each; keep the best-accuracy weights.
+
+    `checkpoint(state)` receives, after every epoch, everything needed to continue exactly
+    (weights, optimiser, schedule, RNG, history); `resume=state` continues from it, giving the
+    same numbers on CPU as a run that was never interrupted.
+    """
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, r)
     steps = math.ceil(len(train) / r.batch_size)
     sched = make_schedule(opt, r, steps)
     res = FitResult()
-    for epoch in range(1, r.epochs + 1):
+    first = 1
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        opt.load_state_dict(resume["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(resume["schedule"])
+        torch.set_rng_state(resume["torch_rng"])
+        res.history = list(resume["history"])
+        res.best_state, res.best_epoch, res.best_val_acc = resume["best_state"], resume["best_epoch"], resume["best_val_acc"]
+        res.train_seconds, res.train_images = resume["train_seconds"], resume["train_images"]
+        first = resume["epoch"] + 1
+    for epoch in range(first, r.epochs + 1):
         # One generator per epoch, derived from the seed: resuming at epoch k replays epoch k exactly.
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
         model.train()
@@ -265,6 +282,14 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device:
             res.best_val_acc, res.best_epoch = val_acc, epoch
             res.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         on_epoch(row)
+        if checkpoint is not None:
+            checkpoint({
+                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "schedule": sched.state_dict() if sched is not None else None,
+                "torch_rng": torch.get_rng_state(), "history": res.history, "best_state": res.best_state,
+                "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
+                "train_seconds": res.train_seconds, "train_images": res.train_images,
+            })
     return res
 
 

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipelines import engine, features, io, models, plots
+from pipelines import diagnosis, engine, features, io, models, plots
 from pipelines.config import Params, Variant
 from pipelines.tracking import Run, flat_params
 
@@ -25,6 +25,7 @@ class Prepared:
     train: dict[str, np.ndarray]
     val: dict[str, np.ndarray]
     folder: Path
+    test: Optional[dict[str, np.ndarray]] = None  # held out: never used to pick an epoch
 
 
 def load_prepared(folder: Path | str) -> Prepared:
@@ -36,11 +37,13 @@ def load_prepared(folder: Path | str) -> Prepared:
     meta = io.read_json(meta_path)
     fix = "rerun the preprocess stage (dvc repro --force preprocess@<dataset>)"
     splits = {}
-    for split in ("train", "val"):
+    for split in ("train", "val", "test"):
+        if split == "test" and "test.npz" not in meta["files"]:
+            continue
         path = folder / f"{split}.npz"
         io.verify_sha256(path, meta["files"][f"{split}.npz"], fix)
         splits[split] = io.load_npz(path)
-    return Prepared(meta, splits["train"], splits["val"], folder)
+    return Prepared(meta, splits["train"], splits["val"], folder, splits.get("test"))
 
 
 def model_config(params: Params, name: str, v: Variant, meta: dict) -> dict:
@@ -75,13 +78,36 @@ def _recipe(v: Variant) -> engine.Recipe:
 
 
 # ---------------------------------------------------------------------------- train
-def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
+def flops_per_image(model: torch.nn.Module, cfg: dict) -> int:
+    """Forward-pass FLOPs for one image, counted by torch's own operator-level counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.zeros(1, cfg["in_channels"], cfg["image_size"], cfg["image_size"])
+    was_training = model.training
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model.cpu()(x)
+    model.train(was_training)
+    return int(counter.get_total_flops())
+
+
+def _fingerprint(params: Params, name: str, seed: int, meta: dict) -> dict:
+    """What a resumable checkpoint must match: the recipe, the seed and the exact data."""
+    return {"variant": params.variant(name).model_dump(), "seed": seed, "data": meta["files"]}
+
+
+def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path,
+          seed: Optional[int] = None, checkpoint: Optional[Path] = None, resume: bool = False) -> dict:
+    """Train one variant (with `seed`, default the global one); write the model, history, tables."""
     v = params.variant(name)
+    seed = params.seed if seed is None else seed
     prep = load_prepared(data_dir)
     if v.batch_size > len(prep.train["y"]):
         raise ValueError(f"variants.{name}.batch_size = {v.batch_size}: larger than the "
                          f"{len(prep.train['y'])} training samples of {v.dataset}")
-    device, precision = _setup(params)
+    engine.seed_everything(seed, params.threads)
+    device = engine.pick_device(params.device)
+    precision = engine.pick_precision(params.precision, device)
     cfg = model_config(params, name, v, prep.meta)
     model = models.build(cfg)
     if v.pretrained:
@@ -89,20 +115,37 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         model.load_backbone(data_dir / bb["file"], bb["sha256"])
     if v.freeze_backbone:
         model.body.requires_grad_(False)
+    flops = flops_per_image(model, cfg)
     model = model.to(device, memory_format=torch.channels_last)
     table = models.parameter_table(model)
     total = sum(c for _, _, c in table)
     train_d, val_d = _device_split(prep.train, cfg, device), _device_split(prep.val, cfg, device)
 
-    run_tags = {"dataset": v.dataset, "data_source": prep.meta["source"], "variant": name}
-    with Run(params, "train", name, tags=run_tags) as run:
-        run.log_params({**flat_params("", v), "seed": params.seed, "protocol": params.protocol,
+    fingerprint = _fingerprint(params, name, seed, prep.meta)
+    state = None
+    if resume and checkpoint is not None and checkpoint.exists():
+        saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        if saved.get("fingerprint") == fingerprint:
+            state = saved["state"]
+            print(f"train {name}: resuming after epoch {state['epoch']} from {checkpoint}", flush=True)
+        else:
+            print(f"train {name}: {checkpoint} was made with other params or data; starting afresh", flush=True)
+
+    def save_checkpoint(st: dict) -> None:
+        if checkpoint is not None:
+            with io.atomic_path(checkpoint) as tmp:
+                torch.save({"fingerprint": fingerprint, "state": st}, tmp)
+
+    run_name = name if seed == params.seed else f"{name}@seed{seed}"
+    run_tags = {"dataset": v.dataset, "data_source": prep.meta["source"], "variant": name, "seed": seed}
+    with Run(params, "train", run_name, tags=run_tags) as run:
+        run.log_params({**flat_params("", v), "seed": seed, "protocol": params.protocol,
                         "device": str(device), "precision": precision, "params_total": total,
                         "data.source": prep.meta["source"], "data.train": len(train_d), "data.val": len(val_d)})
-        print(f"train {name}: {v.model} ({total:,} trainable parameters) on {prep.meta['source']} "
+        print(f"train {run_name}: {v.model} ({total:,} trainable parameters) on {prep.meta['source']} "
               f"[{len(train_d)}/{len(val_d)}], {device}, {precision}", flush=True)
         if v.classifier == "svm":
-            res = _train_svm(model, train_d, val_d, v, device, precision, params.seed)
+            res = _train_svm(model, train_d, val_d, v, device, precision, seed)
         else:
             def on_epoch(row: dict) -> None:
                 print(f"[{row['epoch']:03d}] train loss {row['train_loss']:.4f} acc {row['train_acc']:.2f}% | "
@@ -110,30 +153,44 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
                 run.log_metrics({k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
                                 step=row["epoch"])
 
-            res = engine.fit(model, train_d, val_d, _recipe(v), device, precision, params.seed, on_epoch, name)
+            res = engine.fit(model, train_d, val_d, _recipe(v), device, precision, seed, on_epoch, name,
+                             resume=state, checkpoint=save_checkpoint)
         hist = res.history
-        min_loss_epoch = min(hist, key=lambda r: (r["val_loss"] if r["val_loss"] == r["val_loss"] else np.inf))["epoch"]
+        model.load_state_dict(res.best_state)
+        test = {}
+        if prep.test is not None:
+            # The held-out split, read once, for the epoch the validation split picked.
+            test_d = _device_split(prep.test, cfg, device)
+            _, test_acc, _ = engine.evaluate(model, test_d, v.eval_batch_size, device, precision)
+            test = {"test_acc": test_acc, "test_n": len(test_d)}
+        diag = diagnosis.diagnose(hist, len(val_d))
         summary = {
-            "variant": name, "dataset": v.dataset, "model": v.model, "protocol": params.protocol,
-            "params_total": total, "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
-            "final_val_acc": hist[-1]["val_acc"], "min_val_loss_epoch": min_loss_epoch, "epochs": len(hist),
+            "variant": name, "dataset": v.dataset, "model": v.model, "protocol": params.protocol, "seed": seed,
+            "params_total": total, "flops_per_image": flops,
+            "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
+            "final_val_acc": hist[-1]["val_acc"], "min_val_loss_epoch": diag.get("min_val_loss_epoch", 1),
+            "epochs": len(hist), "val_n": len(val_d), **test,
             "train_seconds": res.train_seconds,
             "train_img_per_s": res.train_images / res.train_seconds if res.train_seconds else 0.0,
-            "device": str(device), "precision": precision,
+            "device": str(device), "precision": precision, "diagnosis": diag,
         }
         models.save_checkpoint(model_dir / "model.pt", model, cfg, res.best_state)
         io.write_csv(out_dir / "history.csv", list(hist[0]),
                      [[("" if isinstance(x, float) and x != x else x) for x in r.values()] for r in hist])
         io.write_csv(out_dir / "params.csv", ["layer", "shape", "params"], table)
-        plots.save_figure(plots.curves(hist, res.best_epoch, f"{name}: loss and accuracy"), out_dir / "curves.png")
+        plots.save_figure(plots.curves(hist, res.best_epoch, f"{run_name}: loss and accuracy"), out_dir / "curves.png")
         io.write_json(metrics_path, summary)
-        run.log_metrics({"best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
+        run.log_metrics({"best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch, **test,
                          "train_img_per_s": summary["train_img_per_s"], "train_seconds": res.train_seconds})
+        run.set_tags({"diagnosis": diag["verdict"][:250]})
         for p in (out_dir / "history.csv", out_dir / "params.csv", out_dir / "curves.png", model_dir / "model.pt"):
             run.log_artifact(p, "train")
         io.write_json(model_dir / "run.json", run.record())
-    print(f"train {name}: best val acc {res.best_val_acc:.2f}% at epoch {res.best_epoch} "
-          f"({summary['train_img_per_s']:.0f} img/s)", flush=True)
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)  # finished: the outputs above supersede it
+    print(f"train {run_name}: best val acc {res.best_val_acc:.2f}% at epoch {res.best_epoch}"
+          + (f", test acc {test['test_acc']:.2f}%" if test else "")
+          + f" ({summary['train_img_per_s']:.0f} img/s); {diag['verdict']}", flush=True)
     return summary
 
 
@@ -182,6 +239,10 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
         top = [{"true": classes[i], "pred": classes[j], "count": c} for c, i, j in off[:5]]
         result = {"split": "val", "n": int(len(y)), "accuracy": acc, "loss": loss,
                   "macro_f1": float(f1.mean() * 100), "top_confusions": top}
+        if prep.test is not None:
+            _, test_acc, _ = engine.evaluate(model, _device_split(prep.test, cfg, device), v.eval_batch_size,
+                                             device, precision)
+            result.update(test_accuracy=test_acc, test_n=int(len(prep.test["y"])))
         io.write_csv(out_dir / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
                      [[classes[i], f"{p[i]:.4f}", f"{r[i]:.4f}", f"{f1[i]:.4f}", int(sup[i])] for i in range(k)])
         io.write_csv(out_dir / "confusion.csv", ["actual", "predicted"],
@@ -199,7 +260,8 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
             fig = plots.examples(np.stack(images), captions, f"{name}: the two most frequent confusions", ncols=8)
             plots.save_figure(fig, out_dir / "confusions.png")
         io.write_json(metrics_path, result)
-        run.log_metrics({"eval_accuracy": acc, "eval_loss": loss, "eval_macro_f1": result["macro_f1"]})
+        run.log_metrics({"eval_accuracy": acc, "eval_loss": loss, "eval_macro_f1": result["macro_f1"],
+                         **({"eval_test_accuracy": result["test_accuracy"]} if "test_accuracy" in result else {})})
         for f in sorted(out_dir.iterdir()):
             if f.suffix in (".png", ".csv") and f.name != "confusion.csv":
                 run.log_artifact(f, "evaluate")

@@ -7,12 +7,9 @@ and writing "not run" where a variant or a stage's output is absent (a user may 
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import json
 import math
 import re
-import subprocess
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,11 +17,18 @@ from typing import Optional, Sequence
 
 import markdown
 
+from pipelines import report_evidence as ev
 from pipelines.config import LabNumbers, Params
-from pipelines.io import read_csv, read_json, write_bytes, write_text
+from pipelines.io import write_bytes, write_text
+from pipelines.report_data import (FIGURES, Data, ReportError, Results, git_commit, is_kind, load_data,
+                                   load_replicates, load_results)
+from pipelines.report_evidence import loss as _loss, num as _num, pct as _pct, pp as _pp
 
 SIMPLE_CNN = "mnist_cnn"
+SIMPLE_CNN_20EP = "mnist_cnn_20ep"     # Part 1.1 "would more epochs help?"
+SIMPLE_CNN_SMALL = "mnist_cnn_small"   # Part 1.1 "a cheaper network"
 ALEXNET = "cifar_alexnet"
+ALEXNET_CLAIM_EPOCH = 10               # the lab: "overfitting after epoch 10"
 TL_OPTIONS = (
     ("tl_scratch", "trained from scratch"),
     ("tl_svm", "pretrained + linear SVM"),
@@ -56,18 +60,6 @@ LAB_NOTES = {
                              "truck ↔ automobile, ship → airplane (92 cases).",
 }
 
-FIGURES = {  # figure kind -> where the stage writes it, under results/<variant>/
-    "curves": "train/curves.png",
-    "confusion": "eval/confusion.png",
-    "confusions": "eval/confusions.png",
-    "tsne": "embed/tsne.png",
-}
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class ReportError(ValueError):
-    """A stage output that exists but does not follow docs/outputs.md; always one line."""
-
 
 @dataclass(frozen=True)
 class Report:
@@ -78,176 +70,7 @@ class Report:
     warnings: tuple[str, ...]
 
 
-# ---------------------------------------------------------------- reading the stage outputs
-
-def _is_kind(value: object, kind: str) -> bool:
-    if kind.endswith("?") and value is None:
-        return True
-    kind = kind.rstrip("?")
-    if kind == "int":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if kind == "num":
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, {"str": str, "list": list, "dict": dict}[kind])
-
-
-def _check(obj: dict, schema: dict[str, str], where: str) -> dict:
-    for key, kind in schema.items():
-        if key not in obj:
-            raise ReportError(f"{where}: missing key {key!r} (see docs/outputs.md)")
-        if not _is_kind(obj[key], kind):
-            raise ReportError(f"{where}: {key} = {obj[key]!r} is not of type {kind.rstrip('?')}")
-    return obj
-
-
-def _json(path: Path, schema: dict[str, str]) -> Optional[dict]:
-    """The JSON object at `path` checked against `schema`, or None if the file does not exist."""
-    if not path.is_file():
-        return None
-    try:
-        obj = read_json(path)
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise ReportError(f"{path}: not valid JSON ({err})") from None
-    if not isinstance(obj, dict):
-        raise ReportError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return _check(obj, schema, str(path))
-
-
-def _csv(path: Path, columns: dict[str, str]) -> Optional[list[dict]]:
-    """Rows of the CSV at `path` with `columns` converted (int, num, num? = may be empty, str)."""
-    if not path.is_file():
-        return None
-    try:
-        rows = read_csv(path)
-    except (UnicodeDecodeError, csv.Error) as err:
-        raise ReportError(f"{path}: not a readable CSV ({err})") from None
-    header = set(rows[0]) if rows else set()
-    if rows and not set(columns) <= header:
-        raise ReportError(f"{path}: columns {sorted(set(columns) - header)} missing (see docs/outputs.md)")
-    out = []
-    for line, row in enumerate(rows, start=2):
-        conv = {}
-        for col, kind in columns.items():
-            raw = (row.get(col) or "").strip()
-            try:
-                if kind == "str":
-                    conv[col] = raw
-                elif kind == "int":
-                    conv[col] = int(raw)
-                elif kind == "num?" and raw == "":
-                    conv[col] = math.nan
-                else:
-                    conv[col] = float(raw)
-            except ValueError:
-                raise ReportError(f"{path} line {line}: {col} = {raw!r} is not a number") from None
-        out.append(conv)
-    if not out:
-        raise ReportError(f"{path}: no rows")
-    return out
-
-
-META = {"source": "str", "source_title": "str", "protocol": "str", "classes": "list"}
-SIZES = {"split": "str", "height": "int", "width": "int", "channels": "int", "samples": "int"}
-TRAIN = {"params_total": "int", "best_val_acc": "num", "best_epoch": "int"}
-HISTORY = {"epoch": "int", "train_loss": "num?", "train_acc": "num?", "val_loss": "num?", "val_acc": "num?"}
-PARAM_ROWS = {"layer": "str", "shape": "str", "params": "int"}
-EVAL = {"n": "int", "accuracy": "num", "macro_f1": "num", "top_confusions": "list"}
-EMBED = {"points": "int", "layers": "dict"}
-
-
-@dataclass(frozen=True)
-class _Data:
-    """A prepared dataset's description, or Nones when it was not prepared."""
-    meta: Optional[dict]
-    sizes: Optional[list[dict]]
-
-
-@dataclass(frozen=True)
-class _Results:
-    """Everything a variant's stages wrote; a None is a stage that has not run."""
-    train: Optional[dict]
-    history: Optional[list[dict]]
-    layers: Optional[list[dict]]
-    eval: Optional[dict]
-    embed: Optional[dict]
-    figures: dict[str, Path]   # kind -> existing PNG
-
-    @property
-    def ran(self) -> bool:
-        return any(x is not None for x in (self.train, self.eval, self.embed))
-
-
-def _load_data(root: Path, name: str) -> _Data:
-    d = root / "data" / "prepared" / name
-    return _Data(_json(d / "meta.json", META), _csv(d / "sizes.csv", SIZES))
-
-
-def _load_results(root: Path, variant: str) -> _Results:
-    res, met = root / "results" / variant, root / "metrics" / variant
-    ev = _json(met / "eval.json", EVAL)
-    if ev is not None:
-        for i, c in enumerate(ev["top_confusions"]):
-            if not isinstance(c, dict):
-                raise ReportError(f"{met / 'eval.json'}: top_confusions[{i}] is not an object")
-            _check(c, {"true": "str", "pred": "str", "count": "int"}, f"{met / 'eval.json'}: top_confusions[{i}]")
-    emb = _json(met / "embed.json", EMBED)
-    if emb is not None:
-        for layer, info in emb["layers"].items():
-            if not isinstance(info, dict):
-                raise ReportError(f"{met / 'embed.json'}: layers.{layer} is not an object")
-            _check(info, {"module": "str", "dim": "int"}, f"{met / 'embed.json'}: layers.{layer}")
-    figures = {}
-    for kind, rel in FIGURES.items():
-        p = res / rel
-        if p.is_file():
-            with open(p, "rb") as f:
-                if f.read(8) != PNG_SIGNATURE:
-                    raise ReportError(f"{p}: not a PNG image")
-            figures[kind] = p
-    return _Results(
-        train=_json(met / "train.json", TRAIN),
-        history=_csv(res / "train" / "history.csv", HISTORY),
-        layers=_csv(res / "train" / "params.csv", PARAM_ROWS),
-        eval=ev, embed=emb, figures=figures,
-    )
-
-
-def _git_commit(root: Path) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
-
-
 # ---------------------------------------------------------------- formatting
-
-def _pct(x: Optional[float]) -> str:
-    return "—" if x is None or not math.isfinite(x) else f"{x:.2f} %"
-
-
-def _loss(x: float) -> str:
-    return "—" if not math.isfinite(x) else f"{x:.4f}"
-
-
-def _pp(ours: Optional[float], lab: Optional[float]) -> str:
-    if ours is None or lab is None or not math.isfinite(ours):
-        return "—"
-    return f"{ours - lab:+.2f} pp"
-
-
-def _num(x: object) -> str:
-    if isinstance(x, bool) or x is None:
-        return "—" if x is None else str(x)
-    if isinstance(x, int):
-        return f"{x:,}"
-    if isinstance(x, float):
-        return "—" if not math.isfinite(x) else f"{x:.4g}"
-    return str(x)
-
 
 def _cell(x: object) -> str:
     # A pipe would split the cell and '<' could start raw HTML in the rendered page.
@@ -262,13 +85,25 @@ class _Doc:
         self.lines: list[str] = []
         self.figures: dict[str, bytes] = {}
         self.warnings: list[str] = []
+        self.toc: list[tuple[int, str, str]] = []   # (level, text, anchor) of the headings the contents list
+        self.loaded: dict[str, Results] = {}
+        self.contents_at = 0   # where build() puts the contents, once every heading is known
 
     def add(self, *lines: str) -> None:
         self.lines.extend(lines)
         self.lines.append("")
 
-    def heading(self, level: int, text: str) -> None:
-        self.add("#" * level + " " + text)
+    def heading(self, level: int, text: str, anchor: Optional[str] = None) -> None:
+        # `{#id}` (attr_list) gives the HTML heading a stable id for the contents and the browser check;
+        # an id made from the text would change with the data named in it.
+        self.add("#" * level + " " + text + (f" {{#{anchor}}}" if anchor else ""))
+        if anchor:
+            self.toc.append((level, text, anchor))
+
+    def results(self, variant: str) -> Results:
+        if variant not in self.loaded:
+            self.loaded[variant] = load_results(self.root, variant)
+        return self.loaded[variant]
 
     def table(self, header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> None:
         align = ["---:" if i in right else "---" for i in range(len(header))]
@@ -283,7 +118,7 @@ class _Doc:
     def not_run(self, what: str) -> None:
         self.add(f"*Not run:* {what}.")
 
-    def figure(self, variant: str, results: _Results, kind: str, caption: str) -> None:
+    def figure(self, variant: str, results: Results, kind: str, caption: str) -> None:
         src = results.figures.get(kind)
         if src is None:
             rel = f"results/{variant}/{FIGURES[kind]}"
@@ -299,7 +134,7 @@ class _Doc:
 
 # ---------------------------------------------------------------- sections
 
-def _data_used(params: Params, dataset: str, data: _Data) -> tuple[str, str, bool]:
+def _data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool]:
     """(what this run used, what the lab used, whether they are the same data)."""
     ds = params.dataset(dataset)
     lab = SOURCE_TITLES.get(ds.seed, ds.seed)
@@ -310,7 +145,7 @@ def _data_used(params: Params, dataset: str, data: _Data) -> tuple[str, str, boo
         return "not prepared", lab, False
     meta = data.meta
     used = meta["source_title"]
-    if all(_is_kind(meta.get(k), "int") for k in ("height", "width", "channels")):
+    if all(is_kind(meta.get(k), "int") for k in ("height", "width", "channels")):
         # Part 1.2's offline data is Fashion-MNIST resized and repeated to 3 channels: say so.
         used += f" at {meta['height']}×{meta['width']}×{meta['channels']}"
     used += f" (protocol `{meta['protocol']}`)"
@@ -323,15 +158,16 @@ def _data_used(params: Params, dataset: str, data: _Data) -> tuple[str, str, boo
     return used, lab, same
 
 
-def _header(doc: _Doc, params: Params, data: dict[str, _Data], now: datetime) -> None:
-    commit = _git_commit(doc.root)
+def _header(doc: _Doc, params: Params, data: dict[str, Data], now: datetime) -> None:
+    commit = git_commit(doc.root)
     doc.heading(1, "Image classification, CNN architectures, transfer learning: the lab reproduced")
     doc.add(f"- Protocol: **{params.protocol}**"
             + (" (packaged offline data instead of the lab's downloads)" if params.protocol == "offline" else ""),
             f"- Generated: {now.strftime('%Y-%m-%d %H:%M UTC')}",
             f"- Code version: git `{commit}`" if commit else "- Code version: unknown (not a git checkout)",
             f"- Seed: {params.seed}")
-    doc.heading(2, "Data used")
+    doc.contents_at = len(doc.lines)
+    doc.heading(2, "Data used", "data-used")
     parts = [("1.1 Simple CNN", SIMPLE_CNN), ("1.2 AlexNet", ALEXNET), ("1.3 transfer learning", TL_OPTIONS[0][0])]
     rows, differ = [], False
     for part, variant in parts:
@@ -353,7 +189,7 @@ def _header(doc: _Doc, params: Params, data: dict[str, _Data], now: datetime) ->
                      f"params.yaml says `{params.protocol}`; rerun its preprocess stage")
 
 
-def _sizes(doc: _Doc, variant: str, dataset: str, d: _Data) -> None:
+def _sizes(doc: _Doc, variant: str, dataset: str, d: Data) -> None:
     doc.heading(3, "Dataset sizes")
     if d.sizes is None:
         doc.not_run(f"`data/prepared/{dataset}/sizes.csv` is missing")
@@ -365,7 +201,7 @@ def _sizes(doc: _Doc, variant: str, dataset: str, d: _Data) -> None:
         doc.add(LAB_NOTES[(variant, "sizes")])
 
 
-def _parameters(doc: _Doc, variant: str, r: _Results, lab_params: Optional[int]) -> None:
+def _parameters(doc: _Doc, variant: str, r: Results, lab_params: Optional[int]) -> None:
     doc.heading(3, "Trainable parameters")
     if r.train is None:
         doc.not_run(f"`metrics/{variant}/train.json` is missing")
@@ -389,7 +225,30 @@ def _parameters(doc: _Doc, variant: str, r: _Results, lab_params: Optional[int])
         doc.add(LAB_NOTES[(variant, "params")])
 
 
-def _training(doc: _Doc, variant: str, r: _Results, lab: Optional[LabNumbers], log: bool) -> None:
+def _n_val(data: dict[str, Data], dataset: str, r: Results) -> Optional[int]:
+    """Validation-set size, which sets the binomial noise of every accuracy measured on it."""
+    if r.train is not None and isinstance(r.train.get("val_n"), int):
+        return r.train["val_n"]
+    if r.eval is not None:
+        return r.eval["n"]
+    splits = (data[dataset].meta or {}).get("splits")
+    return splits.get("val") if isinstance(splits, dict) and is_kind(splits.get("val"), "int") else None
+
+
+def _diagnosis(doc: _Doc, params: Params, data: dict[str, Data], variant: str) -> Optional[dict]:
+    if variant not in params.variants:
+        return None
+    r = doc.results(variant)
+    return ev.diagnosis_of(r.train, r.history, _n_val(data, params.variants[variant].dataset, r))
+
+
+def _verdict_line(doc: _Doc, d: Optional[dict]) -> None:
+    if d is not None:
+        doc.add(f"**Curve diagnosis:** {d['verdict']}. (The rule: [curve diagnosis](#curve-diagnosis).)")
+
+
+def _training(doc: _Doc, variant: str, r: Results, lab: Optional[LabNumbers], log: bool,
+              verdict: Optional[dict]) -> None:
     doc.heading(3, "Training curves")
     if r.train is None:
         doc.not_run(f"`metrics/{variant}/train.json` is missing")
@@ -401,16 +260,19 @@ def _training(doc: _Doc, variant: str, r: _Results, lab: Optional[LabNumbers], l
     rows = [("best validation accuracy", _pct(t["best_val_acc"]), _pct(lab_acc), _pp(t["best_val_acc"], lab_acc)),
             ("epoch of the best", t["best_epoch"], _num(lab_epoch),
              "—" if lab_epoch is None else f"{t['best_epoch'] - lab_epoch:+d}")]
-    if _is_kind(t.get("final_val_acc"), "num"):
+    if is_kind(t.get("final_val_acc"), "num"):
         rows.append(("final validation accuracy", _pct(t["final_val_acc"]), "—", "—"))
-    if _is_kind(t.get("min_val_loss_epoch"), "int"):
+    if is_kind(t.get("test_acc"), "num"):
+        rows.append(("held-out test accuracy (best epoch)", _pct(t["test_acc"]), "—", "—"))
+    if is_kind(t.get("min_val_loss_epoch"), "int"):
         rows.append(("epoch of the lowest validation loss", t["min_val_loss_epoch"], "—", "—"))
-    if _is_kind(t.get("epochs"), "int"):
+    if is_kind(t.get("epochs"), "int"):
         rows.append(("epochs trained", t["epochs"], "—", "—"))
-    if _is_kind(t.get("train_seconds"), "num"):
+    if is_kind(t.get("train_seconds"), "num"):
         rows.append(("training time", f"{t['train_seconds']:.0f} s"
                      + (f" on {t['device']}" if isinstance(t.get("device"), str) else ""), "—", "—"))
     doc.table(["", "ours", "lab", "difference"], rows, right=(1, 2, 3))
+    _verdict_line(doc, verdict)
     if log:
         doc.heading(3, "Per-epoch log")
         if r.history is None:
@@ -423,15 +285,17 @@ def _training(doc: _Doc, variant: str, r: _Results, lab: Optional[LabNumbers], l
             doc.add(LAB_NOTES[(variant, "log")])
 
 
-def _evaluation(doc: _Doc, variant: str, r: _Results) -> None:
-    doc.heading(3, "Confusion matrix")
+def _evaluation(doc: _Doc, variant: str, r: Results, level: int = 3) -> None:
+    doc.heading(level, "Confusion matrix")
     if r.eval is None:
         doc.not_run(f"`metrics/{variant}/eval.json` is missing")
         return
     e = r.eval
-    doc.add(f"Validation accuracy {_pct(e['accuracy'])}, macro F1 {_num(e['macro_f1'])}, on {e['n']:,} images.")
+    test = (f"; held-out test accuracy {_pct(e['test_accuracy'])} on {e['test_n']:,} images"
+            if is_kind(e.get("test_accuracy"), "num") and is_kind(e.get("test_n"), "int") else "")
+    doc.add(f"Validation accuracy {_pct(e['accuracy'])}, macro F1 {_num(e['macro_f1'])}, on {e['n']:,} images{test}.")
     doc.figure(variant, r, "confusion", f"{variant}: confusion matrix")
-    doc.heading(3, "Most frequent confusions")
+    doc.heading(level, "Most frequent confusions")
     top = e["top_confusions"][:2]
     if top:
         doc.table(["rank", "true class", "predicted as", "cases"],
@@ -440,34 +304,36 @@ def _evaluation(doc: _Doc, variant: str, r: _Results) -> None:
         doc.add("No confusions: every validation image was classified correctly.")
     if (variant, "confusions") in LAB_NOTES:
         doc.add(LAB_NOTES[(variant, "confusions")])
-    doc.figure(variant, r, "confusions", f"{variant}: examples of the most frequent confusions")
+    if top:  # the stage draws the example grid only when there is something to show
+        doc.figure(variant, r, "confusions", f"{variant}: examples of the most frequent confusions")
+    doc.heading(level, "Accuracy per class")
+    if r.per_class is None:
+        doc.not_run(f"`results/{variant}/eval/per_class.csv` is missing")
+    else:
+        ev.per_class(doc, r.per_class)
 
 
-def _numeric_keys(layers: Sequence[dict]) -> list[str]:
-    """Numeric figures present in any layer, in first-seen order (the embed stage decides which)."""
-    keys: list[str] = []
-    for info in layers:
-        keys += [k for k, v in info.items() if k not in ("module", "dim", *keys) and _is_kind(v, "num")]
-    return keys
-
-
-def _embedding(doc: _Doc, variant: str, r: _Results, level: int = 3) -> None:
+def _embedding(doc: _Doc, variant: str, r: Results, level: int = 3) -> None:
     doc.heading(level, "t-SNE of the validation set")
     if r.embed is None:
         doc.not_run(f"`metrics/{variant}/embed.json` is missing")
         return
     doc.figure(variant, r, "tsne", f"{variant}: t-SNE of the intermediate and final layers")
-    layers = r.embed["layers"]
-    keys = _numeric_keys(list(layers.values()))
-    rows = [(name, f"`{info['module']}`", f"{info['dim']:,}", *(_num(info.get(k)) for k in keys))
-            for name, info in layers.items()]
-    doc.table(["layer", "module", "dim", *[k.replace("_", " ") for k in keys]], rows,
-              right=tuple(range(2, 3 + len(keys))))
+    ev.embedding_table(doc, r.embed["layers"])
+    sentence = ev.layers_sentence(r.embed["layers"])
+    if sentence:
+        doc.add(sentence)
     backend = r.embed.get("tsne_backend")
-    doc.add(f"{r.embed['points']:,} validation points" + (f", t-SNE by {backend}." if isinstance(backend, str) else "."))
+    doc.add(f"{r.embed['points']:,} validation points" + (f", t-SNE by {backend}" if isinstance(backend, str) else "")
+            + "; silhouette, k-NN and linear-probe figures on a seeded subsample of them.")
 
 
-def _on(params: Params, dataset: Optional[str], data: dict[str, _Data]) -> str:
+def _final_layer(r: Results) -> Optional[dict]:
+    final = r.embed["layers"].get("final") if r.embed is not None else None
+    return final if isinstance(final, dict) else None
+
+
+def _on(params: Params, dataset: Optional[str], data: dict[str, Data]) -> str:
     """' on <data used>' for a heading, naming the lab's data too when they differ."""
     meta = data[dataset].meta if dataset is not None else None
     if meta is None:
@@ -477,75 +343,182 @@ def _on(params: Params, dataset: Optional[str], data: dict[str, _Data]) -> str:
     return f" on {used}" if used == lab else f" on {used} (the lab: {lab})"
 
 
-def _classifier_part(doc: _Doc, params: Params, data: dict[str, _Data], variant: str, title: str,
-                     log: bool) -> None:
+def _classifier_part(doc: _Doc, params: Params, data: dict[str, Data], variant: str, title: str, anchor: str,
+                     log: bool, after_training=None, after_embedding=None) -> None:
     dataset = params.variants[variant].dataset if variant in params.variants else None
-    doc.heading(2, f"{title} (`{variant}`){_on(params, dataset, data)}")
+    doc.heading(2, f"{title} (`{variant}`){_on(params, dataset, data)}", anchor)
     if dataset is None:
         doc.not_run(f"`{variant}` is not a variant in params.yaml")
         return
     used, lab_used, same = _data_used(params, dataset, data[dataset])
     doc.add(f"Data: {used}. The lab used {lab_used}."
             + ("" if same or data[dataset].meta is None else " **Different data: the comparison is indicative only.**"))
-    r = _load_results(doc.root, variant)
+    r = doc.results(variant)
     _sizes(doc, variant, dataset, data[dataset])
+    hooks = [h for h in (after_training, after_embedding) if h is not None]
     if not r.ran:
         doc.not_run(f"no results for `{variant}` under results/ or metrics/ (run `dvc repro` for it)")
+        for hook in hooks:  # their own variants may have run
+            hook()
         return
     lab = params.lab.get(variant)
     _parameters(doc, variant, r, lab.params if lab else None)
-    _training(doc, variant, r, lab, log)
+    _training(doc, variant, r, lab, log, _diagnosis(doc, params, data, variant))
+    if after_training:
+        after_training()
     _evaluation(doc, variant, r)
     _embedding(doc, variant, r)
+    if after_embedding:
+        after_embedding()
 
 
-def _accuracy(r: _Results) -> Optional[float]:
+def _more_epochs(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
+    doc.heading(3, "Would more epochs help?", "more-epochs")
+    doc.add("The lab's author trained 10 more epochs and saw the validation loss rise near epoch 20. "
+            f"`{SIMPLE_CNN_20EP}` runs `{SIMPLE_CNN}`'s recipe for longer with the same seed.")
+    if SIMPLE_CNN_20EP not in params.variants:
+        doc.not_run(f"`{SIMPLE_CNN_20EP}` is not a variant in params.yaml")
+        return
+    base, long = doc.results(SIMPLE_CNN), doc.results(SIMPLE_CNN_20EP)
+    if long.train is None:
+        doc.not_run(f"`metrics/{SIMPLE_CNN_20EP}/train.json` is missing (run `dvc repro` for it)")
+        return
+    doc.figure(SIMPLE_CNN_20EP, long, "curves", f"{SIMPLE_CNN_20EP}: loss and accuracy per epoch")
+    rows = []
+    for v, r in ((SIMPLE_CNN, base), (SIMPLE_CNN_20EP, long)):
+        d, t = _diagnosis(doc, params, data, v), r.train
+        if t is None:
+            rows.append((f"`{v}`", "not run", "—", "—", "—", "—", "—"))
+            continue
+        rise = d.get("val_loss_rise_pct") if d else None
+        rows.append((f"`{v}`", _num(t.get("epochs")), _pct(t["best_val_acc"]), t["best_epoch"],
+                     _num(d.get("min_val_loss_epoch")) if d else "—",
+                     f"{rise:.1f} %" if ev.finite(rise) else "—", d["verdict"] if d else "—"))
+    doc.table(["variant", "epochs", "best validation accuracy", "best epoch", "min val loss epoch",
+               "final val loss above its minimum", "verdict"], rows, right=(1, 2, 3, 4, 5))
+    if base.history is not None and long.history is not None:
+        doc.add(f"Epochs 1–{len(base.history)} of `{SIMPLE_CNN_20EP}` against `{SIMPLE_CNN}`'s history: "
+                f"{ev.reproduces(base.history, long.history)}.")
+    if base.train is not None:
+        gain = long.train["best_val_acc"] - base.train["best_val_acc"]
+        n = _n_val(data, params.variants[SIMPLE_CNN].dataset, base)
+        noise = ""
+        if n:
+            two_se = 2 * math.sqrt(ev.binomial_se(base.train["best_val_acc"], n) ** 2
+                                   + ev.binomial_se(long.train["best_val_acc"], n) ** 2)
+            noise = f" ({'within' if abs(gain) <= two_se else 'beyond'} the ±{two_se:.2f} pp noise of {n:,} validation images)"
+        doc.add(f"**Answer.** Training to epoch {_num(long.train.get('epochs'))} changes the best validation accuracy by "
+                f"{ev.signed(gain, 2, ' pp')}{noise}: best at epoch {long.train['best_epoch']} against "
+                f"{base.train['best_epoch']}.")
+
+
+def _cheaper(doc: _Doc, params: Params) -> None:
+    doc.heading(3, "A cheaper network", "cheaper-network")
+    if SIMPLE_CNN_SMALL not in params.variants:
+        doc.not_run(f"`{SIMPLE_CNN_SMALL}` is not a variant in params.yaml")
+        return
+    hidden = params.variants[SIMPLE_CNN_SMALL].hidden
+    doc.add("The lab proposed a cheaper network with little accuracy loss; "
+            f"`{SIMPLE_CNN_SMALL}` is the Simple CNN "
+            + ("without fc1 (the pooled convolutional features go straight to the output layer)." if hidden == 0
+               else f"with a {hidden}-unit fc1."))
+    ev.cheaper_network(doc, (SIMPLE_CNN, doc.results(SIMPLE_CNN).train),
+                       (SIMPLE_CNN_SMALL, doc.results(SIMPLE_CNN_SMALL).train))
+
+
+def _alexnet_claim(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
+    doc.heading(3, "Overfitting: our curves against the lab's claim", "alexnet-overfitting")
+    d = _diagnosis(doc, params, data, ALEXNET)
+    if d is None:
+        doc.not_run(f"`results/{ALEXNET}/train/history.csv` is missing: no curves to compare with the lab's claim")
+        return
+    ours = "—"
+    if d is not None and "min_val_loss_epoch" in d:
+        ours = (f"validation loss lowest at epoch {d['min_val_loss_epoch']}, {d['val_loss_rise_pct']:.1f} % above "
+                f"that minimum at the last epoch")
+    doc.table(["", "what the curves show"],
+              [("the lab", f"overfitting after epoch {ALEXNET_CLAIM_EPOCH} (validation loss lowest near epochs "
+                           "10–14 while training loss kept falling)"),
+               ("ours", ours), ("agreement", ev.against_claim(d, ALEXNET_CLAIM_EPOCH))])
+
+
+def _alexnet_vs_mnist(doc: _Doc) -> None:
+    a, m = _final_layer(doc.results(ALEXNET)), _final_layer(doc.results(SIMPLE_CNN))
+    sentence = ev.compare_finals((ALEXNET, a), (SIMPLE_CNN, m)) if a and m else None
+    if sentence:
+        doc.add(sentence)
+
+
+def _accuracy(r: Results) -> Optional[float]:
     return r.train["best_val_acc"] if r.train is not None else (r.eval["accuracy"] if r.eval else None)
 
 
-def _transfer_part(doc: _Doc, params: Params, data: dict[str, _Data]) -> None:
+def _option_runs(doc: _Doc, params: Params, data: dict[str, Data], variant: str, label: str) -> dict:
+    """A transfer option's accuracy per run: its own run and its replicates (other seeds)."""
+    r = doc.results(variant)
+    reps, expected = load_replicates(doc.root, params, variant)
+    runs = ([r.train] if r.train is not None else []) + reps
+    val = [t["best_val_acc"] for t in runs]
+    if r.train is None and r.eval is not None:
+        val.insert(0, r.eval["accuracy"])
+    test = [t["test_acc"] for t in runs if ev.finite(t.get("test_acc"))]
+    if r.train is not None and "test_acc" not in r.train and r.eval and ev.finite(r.eval.get("test_accuracy")):
+        test.insert(0, r.eval["test_accuracy"])
+    lab = params.lab.get(variant)
+    return {"label": label, "variant": variant, "val": val, "test": test, "lab": lab.val_acc if lab else None,
+            "val_n": _n_val(data, params.variants[variant].dataset, r), "expected": 1 + expected,
+            "replicates": len(reps)}
+
+
+def _transfer_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
     present = [v for v, _ in TL_OPTIONS if v in params.variants]
     dataset = params.variants[present[0]].dataset if present else None
-    doc.heading(2, f"Part 1.3 — Transfer learning{_on(params, dataset, data)}")
+    doc.heading(2, f"Part 1.3 — Transfer learning{_on(params, dataset, data)}", "part-1-3")
     if present:
         used, lab_used, same = _data_used(params, dataset, data[dataset])
         doc.add(f"Data: {used}. The lab used {lab_used}."
                 + ("" if same or data[dataset].meta is None else " **Different data: the comparison is indicative only.**"))
         _sizes(doc, present[0], dataset, data[dataset])
-    results = {v: _load_results(doc.root, v) for v in present}
-    doc.heading(3, "Comparison of the four options")
-    rows = []
-    for v, label in TL_OPTIONS:
-        lab = params.lab.get(v)
-        lab_acc = lab.val_acc if lab else None
-        r = results.get(v)
-        if r is None or not r.ran:
-            rows.append((label, f"`{v}`", "not run", _pct(lab_acc), "—", "—", "—"))
-            continue
-        ours = _accuracy(r)
-        rows.append((label, f"`{v}`", _pct(ours), _pct(lab_acc), _pp(ours, lab_acc),
-                     _num(r.eval["macro_f1"]) if r.eval else "—",
-                     f"{r.train['params_total']:,}" if r.train else "—"))
-    doc.table(["option", "variant", "ours: validation accuracy", "lab", "difference", "macro F1",
-               "trainable parameters"], rows, right=(2, 3, 4, 5, 6))
-    doc.add("Ours is the best validation accuracy over the epochs (the checkpoint kept); the lab reported one "
-            "accuracy per option.")
-    # The lab compared the options' t-SNE plots by eye for linear separability; these are the measured
-    # figures of each option's final layer side by side.
-    finals = {v: r.embed["layers"]["final"] for v, r in results.items()
-              if r.embed is not None and isinstance(r.embed["layers"].get("final"), dict)}
+    doc.heading(3, "Comparison of the four options", "tl-comparison")
+    options = [_option_runs(doc, params, data, v, label) for v, label in TL_OPTIONS if v in params.variants]
+    options += [{"label": label, "variant": v, "val": [], "test": [], "lab": None, "val_n": None, "expected": 0,
+                 "replicates": 0} for v, label in TL_OPTIONS if v not in params.variants]
+    ev.noise_table(doc, options)
+    splits = ((data[dataset].meta or {}).get("splits") if dataset else None) or {}
+    test_n = splits.get("test") if isinstance(splits, dict) else None
+    if is_kind(test_n, "int") and test_n > 0:
+        doc.add(f"Model selection (the best epoch) uses the validation split; the test split ({test_n:,} images) "
+                "was never seen during selection, so its accuracy carries no selection bias.")
+    else:
+        doc.add("Model selection (the best epoch) uses the validation split, and the prepared data hold no test split "
+                "(as in the lab): the selected epoch's validation accuracy is optimistic by the selection itself.")
+    if not any(o["replicates"] for o in options):
+        doc.add("n = 1: no replicate runs found (`metrics/replicates/`), so the spread over seeds is unknown and "
+                "no confidence interval can be given.")
+    else:
+        seeds = ", ".join(str(s) for s in params.replicates.seeds)
+        doc.add(f"Runs: each option's own (seed {params.seed}) and its replicates (seeds {seeds}). Mean ± sample "
+                "standard deviation over runs; 95 % CI = mean ± t(0.975, n − 1) · s / √n. The lab's single number "
+                "per option sits beside our mean.")
+    doc.heading(3, "Which differences are noise?", "tl-noise")
+    if sum(1 for o in options if o["val"]) < 2:
+        doc.not_run("fewer than two options have results")
+    else:
+        ev.noise_pairs(doc, options)
+    doc.heading(3, "Linear separability of the two classes", "tl-separability")
+    finals = [(label, v, _final_layer(doc.results(v))) for v, label in TL_OPTIONS if v in params.variants]
+    finals = [f for f in finals if f[2] is not None]
     if finals:
-        keys = _numeric_keys(list(finals.values()))
-        doc.add("Separation of the two classes in each option's final layer (from the embed stage):")
-        doc.table(["option", "module", "dim", *[k.replace("_", " ") for k in keys]],
-                  [(label, f"`{finals[v]['module']}`", f"{finals[v]['dim']:,}", *(_num(finals[v].get(k)) for k in keys))
-                   for v, label in TL_OPTIONS if v in finals], right=tuple(range(2, 3 + len(keys))))
+        doc.add("The lab judged separability from the t-SNE plots by eye; these are each option's final-layer figures.")
+        ev.separability(doc, finals)
+    else:
+        doc.not_run("no option's embed stage has run")
     for v, label in TL_OPTIONS:
-        doc.heading(3, f"{label[0].upper() + label[1:]} (`{v}`)")
-        r = results.get(v)
-        if r is None:
+        doc.heading(3, f"{label[0].upper() + label[1:]} (`{v}`)", f"tl-{v.replace('_', '-')}")
+        if v not in params.variants:
             doc.not_run(f"`{v}` is not a variant in params.yaml")
             continue
+        r = doc.results(v)
         if not r.ran:
             doc.not_run(f"no results for `{v}` under results/ or metrics/ (run `dvc repro` for it)")
             continue
@@ -555,7 +528,21 @@ def _transfer_part(doc: _Doc, params: Params, data: dict[str, _Data]) -> None:
             doc.not_run(f"`metrics/{v}/train.json` is missing")
         else:
             doc.figure(v, r, "curves", f"{v}: loss and accuracy per epoch")
+            _verdict_line(doc, _diagnosis(doc, params, data, v))
+        _evaluation(doc, v, r, level=4)
         _embedding(doc, v, r, level=4)
+
+
+def _diagnosis_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
+    doc.heading(2, "Curve diagnosis of every variant", "curve-diagnosis")
+    doc.add("Bias or overfitting read from each variant's curves by one rule (below). Gaps are at the last epoch: "
+            "loss gap = validation − training loss; accuracy gap = training − validation accuracy.")
+    rows = []
+    for v in params.variants:
+        r = doc.results(v)
+        epochs = r.train.get("epochs") if r.train is not None else (len(r.history) if r.history else None)
+        rows.append((v, _diagnosis(doc, params, data, v), epochs))
+    ev.diagnosis_table(doc, rows)
 
 
 def _lab_baseline(params: Params, variant: str) -> tuple[Optional[str], Optional[float]]:
@@ -570,16 +557,16 @@ def _lab_baseline(params: Params, variant: str) -> tuple[Optional[str], Optional
     return (same[0], acc(same[0])) if len(same) == 1 else (None, None)
 
 
-def _other_part(doc: _Doc, params: Params, data: dict[str, _Data]) -> None:
+def _other_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
     others = [v for v in params.variants if v not in LAB_VARIANTS]
     if not others:
         return
-    doc.heading(2, "Other variants")
+    doc.heading(2, "Other variants", "other-variants")
     doc.add("Variants in params.yaml beyond the lab's six: recipes measured beside the lab's baselines.")
     rows = []
     for v in others:
         cfg = params.variants[v]
-        r = _load_results(doc.root, v)
+        r = doc.results(v)
         base, base_acc = _lab_baseline(params, v)
         base_txt = "—" if base is None else f"{_pct(base_acc)} (`{base}`)"
         if not r.ran:
@@ -592,6 +579,26 @@ def _other_part(doc: _Doc, params: Params, data: dict[str, _Data]) -> None:
                      _num(r.eval["macro_f1"]) if r.eval else "—", base_txt, _pp(ours, base_acc)))
     doc.table(["variant", "dataset", "model", "trainable parameters", "best validation accuracy", "best epoch",
                "macro F1", "lab baseline", "difference"], rows, right=(3, 4, 5, 6, 7, 8))
+    for v in others:
+        r = doc.results(v)
+        doc.heading(3, f"`{v}`", f"v-{v.replace('_', '-')}")
+        if not r.ran:
+            doc.not_run(f"no results for `{v}` under results/ or metrics/ (run `dvc repro` for it)")
+            continue
+        if v == SIMPLE_CNN_20EP:
+            doc.add("Its curves and verdict: [would more epochs help?](#more-epochs).")
+        elif r.train is not None and params.variants[v].classifier != "svm":
+            doc.figure(v, r, "curves", f"{v}: loss and accuracy per epoch")
+            _verdict_line(doc, _diagnosis(doc, params, data, v))
+        _evaluation(doc, v, r, level=4)
+        _embedding(doc, v, r, level=4)
+
+
+def _contents(doc: _Doc) -> list[str]:
+    # Python-Markdown nests a list only under a four-space indent.
+    lines = ["## Contents {#contents}", ""]
+    lines += [f"{'    ' * (level - 2)}- [{text}](#{anchor})" for level, text, anchor in doc.toc]
+    return lines + [""]
 
 
 def build(params: Params, root: Path, now: Optional[datetime] = None) -> Report:
@@ -601,17 +608,24 @@ def build(params: Params, root: Path, now: Optional[datetime] = None) -> Report:
     """
     root = Path(root)
     doc = _Doc(root)
-    data = {name: _load_data(root, name) for name in params.datasets}
+    data = {name: load_data(root, name) for name in params.datasets}
     _header(doc, params, data, now or datetime.now(timezone.utc))
     warnings_at = len(doc.lines)
-    _classifier_part(doc, params, data, SIMPLE_CNN, "Part 1.1 — Simple CNN", log=False)
-    _classifier_part(doc, params, data, ALEXNET, "Part 1.2 — AlexNet", log=True)
+    _classifier_part(doc, params, data, SIMPLE_CNN, "Part 1.1 — Simple CNN", "part-1-1", log=False,
+                     after_training=lambda: _more_epochs(doc, params, data),
+                     after_embedding=lambda: _cheaper(doc, params))
+    _classifier_part(doc, params, data, ALEXNET, "Part 1.2 — AlexNet", "part-1-2", log=True,
+                     after_training=lambda: _alexnet_claim(doc, params, data),
+                     after_embedding=lambda: _alexnet_vs_mnist(doc))
     _transfer_part(doc, params, data)
+    _diagnosis_part(doc, params, data)
     _other_part(doc, params, data)
     if doc.warnings:
         # Repeat them under the header: a reader who stops at the top should still see them.
-        summary = ["## Warnings", ""] + [f"- {w}" for w in doc.warnings] + [""]
+        summary = ["## Warnings {#warnings}", ""] + [f"- {w}" for w in doc.warnings] + [""]
         doc.lines[warnings_at:warnings_at] = summary
+        doc.toc.insert(1, (2, "Warnings", "warnings"))
+    doc.lines[doc.contents_at:doc.contents_at] = _contents(doc)
     title = doc.lines[0].lstrip("# ").strip()
     return Report(title=title, markdown=doc.text(), figures=dict(doc.figures), warnings=tuple(doc.warnings))
 
@@ -620,20 +634,52 @@ def build(params: Params, root: Path, now: Optional[datetime] = None) -> Report:
 
 CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; line-height: 1.5; color: #1a1a1a;
-       max-width: 62rem; margin: 2rem auto; padding: 0 1rem; }
+       max-width: 72rem; margin: 2rem auto; padding: 0 1rem; }
 h1 { font-size: 1.7rem; } h2 { border-bottom: 1px solid #ddd; padding-bottom: .2rem; margin-top: 2.5rem; }
-table { border-collapse: collapse; margin: 1rem 0; font-size: .92rem; }
-th, td { border: 1px solid #ccc; padding: .25rem .6rem; }
-th { background: #f3f3f3; } tr:nth-child(even) td { background: #fafafa; }
-img { max-width: 100%; height: auto; display: block; margin: 1rem 0; }
+h3 { margin-top: 2rem; } h4 { margin-top: 1.5rem; color: #333; }
+table { border-collapse: collapse; margin: 1rem 0; font-size: .9rem; }
+th, td { border: 1px solid #ccc; padding: .25rem .6rem; vertical-align: top; }
+th { background: #f3f3f3; text-align: left; } tr:nth-child(even) td { background: #fafafa; }
+td[style*="right"] { font-variant-numeric: tabular-nums; white-space: nowrap; }
+th { font-size: .85rem; }
+img { max-width: 100%; height: auto; display: block; margin: 1rem 0; border: 1px solid #eee; }
 code { background: #f3f3f3; padding: 0 .2rem; border-radius: 3px; }
 blockquote { border-left: 4px solid #d9822b; background: #fff6ec; margin: 1rem 0; padding: .3rem 1rem; }
+#contents + ul { columns: 2; column-gap: 2rem; background: #f7f9fc; padding: .8rem 1rem .8rem 2rem;
+                 border: 1px solid #dde3ec; }
+#contents + ul ul { margin: 0; }
+#contents + ul > li { break-inside: avoid; }   /* a part and its subsections stay in one column */
+#self-check { background: #fde8e8; border: 1px solid #c0392b; padding: .5rem 1rem; }
+"""
+
+# Runs in the reader's browser (and in tests/test_report_browser.py): did every inlined figure
+# decode, and which sections exist. It touches nothing outside the page: the HTML stays
+# self-contained. A failure is shown to the reader too, not only recorded for the test.
+SELF_CHECK = """
+<div id="self-check" hidden></div>
+<script>
+window.addEventListener("load", function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (im) { return !(im.complete && im.naturalWidth > 0); })
+                   .map(function (im) { return im.alt; });
+  var ids = Array.prototype.map.call(document.querySelectorAll("h1[id], h2[id], h3[id], h4[id]"),
+                                     function (h) { return h.id; });
+  document.body.dataset.selfCheck = JSON.stringify({images: imgs.length, broken: broken, sections: ids});
+  document.body.dataset.imagesOk = broken.length === 0 ? "yes" : "no";
+  if (broken.length) {
+    var box = document.getElementById("self-check");
+    box.textContent = broken.length + " figure(s) failed to load: " + broken.join("; ");
+    box.hidden = false;
+    document.body.insertBefore(box, document.body.firstChild);
+  }
+});
+</script>
 """
 
 
 def render_html(report: Report) -> str:
     """One self-contained HTML page: figures inlined as data URIs, no external resource at all."""
-    body = markdown.markdown(report.markdown, extensions=["tables"], output_format="html")
+    body = markdown.markdown(report.markdown, extensions=["tables", "attr_list"], output_format="html")
 
     def inline(m: re.Match) -> str:
         name = html.unescape(m.group(1))
@@ -645,7 +691,7 @@ def render_html(report: Report) -> str:
     return ("<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n"
             f"<title>{html.escape(report.title)}</title>\n<style>{CSS}</style>\n</head>\n"
-            f"<body>\n{body}\n</body>\n</html>\n")
+            f"<body>\n{body}\n{SELF_CHECK}</body>\n</html>\n")
 
 
 def write(report: Report, out_dir: Path | str) -> None:

@@ -56,7 +56,9 @@ def ws(tmp_path_factory):
     return ws, log
 
 
-VARIANTS = ["mnist_cnn", "cifar_alexnet", "tl_scratch", "tl_svm", "tl_finetune", "tl_finetune_aug"]
+VARIANTS = ["mnist_cnn", "mnist_cnn_20ep", "mnist_cnn_small", "cifar_alexnet",
+            "tl_scratch", "tl_svm", "tl_finetune", "tl_finetune_aug"]
+REPLICATES = ["replicate@tl_svm-1", "replicate@tl_finetune-1"]
 
 
 def test_every_stage_ran_and_wrote_its_outputs(ws):
@@ -64,6 +66,7 @@ def test_every_stage_ran_and_wrote_its_outputs(ws):
     assert log.startswith("protocol: offline (forced with --protocol)")
     stages = {f"{s}@{d}" for s in ("download", "preprocess") for d in ("mnist", "cifar10", "transfer")}
     stages |= {f"{s}@{v}" for s in ("train", "evaluate", "embed") for v in VARIANTS} | {"report"}
+    stages |= set(REPLICATES)
     assert _ran(log) == stages
     for d in ("mnist", "cifar10", "transfer"):
         for f in ("train.npz", "val.npz", "meta.json", "sizes.csv"):
@@ -77,6 +80,14 @@ def test_every_stage_ran_and_wrote_its_outputs(ws):
     train = json.loads((root / "metrics/mnist_cnn/train.json").read_text())
     assert train["params_total"] == 813_802 and train["protocol"] == "offline"
     assert json.loads((root / "metrics/cifar_alexnet/train.json").read_text())["params_total"] == 6_199_498
+    rep = json.loads((root / "metrics/replicates/tl_finetune-1.json").read_text())
+    assert rep["seed"] == 1 and "test_acc" in rep
+    # Same seed, same numbers: the 20-epoch run repeats the 10-epoch run's epochs exactly.
+    h10 = (root / "results/mnist_cnn/train/history.csv").read_text().splitlines()
+    h20 = (root / "results/mnist_cnn_20ep/train/history.csv").read_text().splitlines()
+    cols = h10[0].split(",").index("seconds")
+    strip = lambda line: [c for i, c in enumerate(line.split(",")) if i != cols]
+    assert [strip(x) for x in h10[1:]] == [strip(x) for x in h20[1:len(h10)]]
     md = (root / "reports/report.md").read_text()
     for heading in ("Part 1.1", "Part 1.2", "Part 1.3"):
         assert heading in md
@@ -91,7 +102,7 @@ def test_mlflow_has_one_run_per_variant_with_history_and_system_metrics(ws):
     exp = client.get_experiment_by_name("cnn-lab")
     runs = client.search_runs([exp.experiment_id])
     by_name = {r.info.run_name: r for r in runs}
-    assert set(VARIANTS) | {"report"} == set(by_name)
+    assert set(VARIANTS) | {"report", "tl_svm@seed1", "tl_finetune@seed1"} == set(by_name)
     for v in VARIANTS:
         r = by_name[v]
         assert r.info.status == "FINISHED"
@@ -122,7 +133,16 @@ def test_changing_one_variant_reruns_only_its_chain_and_the_report(ws):
     p["variants"]["tl_svm"]["svm_c"] = 0.5
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     log = _sh(["dvc", "repro"], root)
-    assert _ran(log) == {"train@tl_svm", "evaluate@tl_svm", "embed@tl_svm", "report"}
+    assert _ran(log) == {"train@tl_svm", "evaluate@tl_svm", "embed@tl_svm", "replicate@tl_svm-1", "report"}
+
+
+def test_adding_a_replicate_seed_runs_only_the_new_stages(ws):
+    root, _ = ws
+    p = yaml.safe_load((root / "params.yaml").read_text())
+    p["replicates"]["seeds"] = [1, 2]
+    (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    log = _sh(["dvc", "repro"], root)
+    assert _ran(log) == {"replicate@tl_svm-2", "replicate@tl_finetune-2", "report"}
 
 
 def test_bad_params_stop_the_stage_with_one_line(ws):

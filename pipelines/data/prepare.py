@@ -83,6 +83,27 @@ def subset(y: np.ndarray, limit: int, rng: np.random.Generator, per_class: bool)
     return np.sort(np.concatenate(picked))
 
 
+def split_pool(y: np.ndarray, val_limit: int, test_limit: int, rng: np.random.Generator,
+               per_class: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded, disjoint validation and held-out test indices drawn from one pool (the official
+    test/validation set). When a pool (or class) is too small for both limits it is divided in
+    proportion val_limit : test_limit; a limit of 0 means every sample (val) or none (test)."""
+    if test_limit <= 0:
+        return subset(y, val_limit, rng, per_class), np.array([], dtype=np.int64)
+    groups = [np.flatnonzero(y == c) for c in np.unique(y)] if per_class else [np.arange(len(y))]
+    val, test = [], []
+    for idx in groups:
+        idx = rng.permutation(idx)
+        v = val_limit if val_limit > 0 else max(len(idx) - test_limit, 0)
+        if v + test_limit > len(idx):
+            # Proportional, but neither split of a class with two or more images is left empty.
+            v = int(round(len(idx) * v / (v + test_limit)))
+            v = min(max(v, 1), len(idx) - 1) if len(idx) >= 2 else v
+        val.append(idx[:v])
+        test.append(idx[v:v + test_limit])
+    return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
+
+
 def fit(x: np.ndarray, size: int, channels: int) -> np.ndarray:
     """Resize square NHWC uint8 images to size x size (bilinear, antialiased) and match channels."""
     n, h, w, c = x.shape
@@ -136,10 +157,16 @@ def build(name: str, params: Params, raw_dir: Path,
     # A dataset with a backbone is the transfer role, whose limits count per class (balanced).
     per_class = ds.backbone(params.protocol) is not None
     i_tr = subset(y_tr, ds.train_limit, np.random.default_rng([params.seed, 0]), per_class)
-    i_va = subset(y_va, ds.val_limit, np.random.default_rng([params.seed, 1]), per_class)
+    i_va, i_te = split_pool(y_va, ds.val_limit, ds.test_limit, np.random.default_rng([params.seed, 1]), per_class)
+    if ds.test_limit and not len(i_te):
+        raise DataError(f"datasets.{name}.test_limit = {ds.test_limit}: no images left for a test split after "
+                        f"val_limit = {ds.val_limit}; lower val_limit")
+    x_te, y_te = x_va[i_te], y_va[i_te]
     x_tr, y_tr, x_va, y_va = x_tr[i_tr], y_tr[i_tr], x_va[i_va], y_va[i_va]
     arrays = {"x_train": fit(x_tr, ds.image_size, ds.channels), "y_train": y_tr.astype(np.int64),
               "x_val": fit(x_va, ds.image_size, ds.channels), "y_val": y_va.astype(np.int64)}
+    if len(i_te):
+        arrays.update(x_test=fit(x_te, ds.image_size, ds.channels), y_test=y_te.astype(np.int64))
     return arrays, classes
 
 
@@ -174,7 +201,7 @@ def _replace_dir(tmp: Path, out_dir: Path) -> None:
 
 def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
             log: Callable[[str], None] = lambda msg: None) -> dict:
-    """Write train.npz, val.npz, meta.json, sizes.csv (+ backbone.pt) to out_dir; return meta."""
+    """Write train.npz, val.npz (test.npz), meta.json, sizes.csv (+ backbone.pt) to out_dir; return meta."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     ds = params.dataset(name)
     record = verify_raw(name, params, raw_dir)
@@ -185,22 +212,25 @@ def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
     try:
         save_npz(tmp / "train.npz", x=arrays["x_train"], y=arrays["y_train"])
         save_npz(tmp / "val.npz", x=arrays["x_val"], y=arrays["y_val"])
-        files = {f: sha256_file(tmp / f) for f in ("train.npz", "val.npz")}
+        splits = ["train", "val"]
+        if "y_test" in arrays:
+            save_npz(tmp / "test.npz", x=arrays["x_test"], y=arrays["y_test"])
+            splits.append("test")
+        files = {f"{s}.npz": sha256_file(tmp / f"{s}.npz") for s in splits}
         backbone = None
         if ds.backbone(params.protocol):
             backbone = _write_backbone(name, params, raw_dir, record, tmp)
             files["backbone.pt"] = backbone["sha256"]
             log(f"  backbone {backbone['name']}: backbone.pt from {backbone['weights']}")
         mean, std = mean_std(arrays["x_train"])
-        n_tr, n_va = len(arrays["y_train"]), len(arrays["y_val"])
+        counts = {s: len(arrays[f"y_{s}"]) for s in splits}
         meta = {"dataset": name, "source": record["source"], "source_title": TITLES[record["source"]],
                 "protocol": params.protocol, "classes": classes, "height": ds.image_size,
                 "width": ds.image_size, "channels": ds.channels, "mean": mean, "std": std,
-                "splits": {"train": n_tr, "val": n_va}, "files": files, "backbone": backbone}
+                "splits": counts, "files": files, "backbone": backbone}
         write_json(tmp / "meta.json", meta)
         write_csv(tmp / "sizes.csv", ["split", "height", "width", "channels", "samples"],
-                  [["train", ds.image_size, ds.image_size, ds.channels, n_tr],
-                   ["val", ds.image_size, ds.image_size, ds.channels, n_va]])
+                  [[s, ds.image_size, ds.image_size, ds.channels, counts[s]] for s in splits])
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the published folder should look ordinary
         _replace_dir(tmp, out_dir)
     finally:
