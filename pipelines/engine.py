@@ -39,6 +39,8 @@ def pick_device(name: str) -> torch.device:
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU; use device: auto or cpu")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
+        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
     return torch.device(name)
 
 
@@ -63,6 +65,34 @@ def seed_everything(seed: int, threads: int = 0) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
+
+
+def dist_info() -> tuple[int, int]:
+    """(rank, world size): (0, 1) unless running under torch.distributed (torchrun)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1)."""
+    import torch.distributed as dist
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    return dist_info()
+
+
+def finish_distributed() -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 # ---------------------------------------------------------------------------- data on device
@@ -225,6 +255,8 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device:
     (weights, optimiser, schedule, RNG, history); `resume=state` continues from it, giving the
     same numbers on CPU as a run that was never interrupted.
     """
+    rank, world = dist_info()
+    core = getattr(model, "module", model)  # the model itself, unwrapped from DistributedDataParallel
     params = [p for p in model.parameters() if p.requires_grad]
     opt = make_optimizer(params, r)
     steps = math.ceil(len(train) / r.batch_size)
@@ -232,7 +264,7 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device:
     res = FitResult()
     first = 1
     if resume is not None:
-        model.load_state_dict(resume["model"])
+        core.load_state_dict(resume["model"])
         opt.load_state_dict(resume["optimizer"])
         if sched is not None:
             sched.load_state_dict(resume["schedule"])
@@ -249,7 +281,11 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.long)
         for idx in _progress(batch_indices(len(train), r.batch_size, gen), steps, f"{desc} epoch {epoch}/{r.epochs}"):
-            idx = idx.to(train.x.device)
+            # Under DDP every rank draws the same global batch and trains on its own slice of it;
+            # averaged gradients then match one process training on the whole batch.
+            idx = idx[rank::world].to(train.x.device)
+            if not len(idx):
+                continue
             xb = train.normalise(augment(r.augment, train.x[idx], gen))
             yb = train.y[idx]
             with autocast(device, precision):
@@ -267,7 +303,12 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device:
         seconds = time.perf_counter() - t0
         res.train_seconds += seconds
         res.train_images += len(train)
-        val_loss, val_acc, _ = evaluate(model, val, r.eval_batch_size, device, precision, r.label_smoothing)
+        if world > 1:
+            import torch.distributed as dist
+
+            dist.all_reduce(loss_sum)
+            dist.all_reduce(correct)
+        val_loss, val_acc, _ = evaluate(core, val, r.eval_batch_size, device, precision, r.label_smoothing)
         row = {
             "epoch": epoch,
             "train_loss": loss_sum.item() / len(train),
@@ -280,11 +321,11 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device:
         res.history.append(row)
         if val_acc > res.best_val_acc:  # strict: ties keep the earlier epoch
             res.best_val_acc, res.best_epoch = val_acc, epoch
-            res.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+            res.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()})
         on_epoch(row)
         if checkpoint is not None:
             checkpoint({
-                "epoch": epoch, "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "epoch": epoch, "model": core.state_dict(), "optimizer": opt.state_dict(),
                 "schedule": sched.state_dict() if sched is not None else None,
                 "torch_rng": torch.get_rng_state(), "history": res.history, "best_state": res.best_state,
                 "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,

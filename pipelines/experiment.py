@@ -108,6 +108,9 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
     engine.seed_everything(seed, params.threads)
     device = engine.pick_device(params.device)
     precision = engine.pick_precision(params.precision, device)
+    rank, world = engine.init_distributed(device)
+    if world > 1 and v.classifier == "svm":
+        raise ValueError(f"variants.{name}: the SVM option fits on one process; run it without torchrun")
     cfg = model_config(params, name, v, prep.meta)
     model = models.build(cfg)
     if v.pretrained:
@@ -121,7 +124,12 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
     total = sum(c for _, _, c in table)
     train_d, val_d = _device_split(prep.train, cfg, device), _device_split(prep.val, cfg, device)
 
-    fingerprint = _fingerprint(params, name, seed, prep.meta)
+    net = model
+    if world > 1:
+        # Same initial weights everywhere (DDP broadcasts rank 0's), then per-rank dropout streams.
+        net = torch.nn.parallel.DistributedDataParallel(model)
+        torch.manual_seed(seed * 1000 + rank)
+    fingerprint = _fingerprint(params, name, seed, prep.meta) | {"world": world}
     state = None
     if resume and checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -132,12 +140,19 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
             print(f"train {name}: {checkpoint} was made with other params or data; starting afresh", flush=True)
 
     def save_checkpoint(st: dict) -> None:
-        if checkpoint is not None:
+        if checkpoint is not None and rank == 0:
             with io.atomic_path(checkpoint) as tmp:
                 torch.save({"fingerprint": fingerprint, "state": st}, tmp)
 
     run_name = name if seed == params.seed else f"{name}@seed{seed}"
-    run_tags = {"dataset": v.dataset, "data_source": prep.meta["source"], "variant": name, "seed": seed}
+    run_tags = {"dataset": v.dataset, "data_source": prep.meta["source"], "variant": name, "seed": seed,
+                "world_size": world}
+    if rank != 0:
+        # Other ranks train in lockstep; only rank 0 logs and writes outputs.
+        engine.fit(net, train_d, val_d, _recipe(v), device, precision, seed, desc=f"{name} rank {rank}",
+                   resume=state)
+        engine.finish_distributed()
+        return {}
     with Run(params, "train", run_name, tags=run_tags) as run:
         run.log_params({**flat_params("", v), "seed": seed, "protocol": params.protocol,
                         "device": str(device), "precision": precision, "params_total": total,
@@ -153,7 +168,7 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
                 run.log_metrics({k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
                                 step=row["epoch"])
 
-            res = engine.fit(model, train_d, val_d, _recipe(v), device, precision, seed, on_epoch, name,
+            res = engine.fit(net, train_d, val_d, _recipe(v), device, precision, seed, on_epoch, name,
                              resume=state, checkpoint=save_checkpoint)
         hist = res.history
         model.load_state_dict(res.best_state)
@@ -186,6 +201,7 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         for p in (out_dir / "history.csv", out_dir / "params.csv", out_dir / "curves.png", model_dir / "model.pt"):
             run.log_artifact(p, "train")
         io.write_json(model_dir / "run.json", run.record())
+    engine.finish_distributed()
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # finished: the outputs above supersede it
     print(f"train {run_name}: best val acc {res.best_val_acc:.2f}% at epoch {res.best_epoch}"

@@ -8,9 +8,9 @@ def shrink(p: dict) -> dict:
     p["datasets"]["transfer"].update(train_limit=12, val_limit=12, test_limit=8, image_size=32)
     p["replicates"].update(variants=["tl_svm", "tl_finetune"], seeds=[1])
     p["defaults"].update(tsne_points=60, eval_batch_size=128)
-    for name, v in p["variants"].items():
+    for v in p["variants"].values():
         v["epochs"] = min(v.get("epochs", p["defaults"]["epochs"]), 2 if v.get("model") == "simple_cnn" else 1)
-    p["variants"]["mnist_cnn_20ep"]["epochs"] = 3  # still longer than mnist_cnn's 2
         v["batch_size"] = 16 if v.get("dataset") == "transfer" else 64
         v.pop("eval_batch_size", None)
+    p["variants"]["mnist_cnn_20ep"]["epochs"] = 3  # still longer than mnist_cnn's 2
     return p
