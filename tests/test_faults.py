@@ -1,0 +1,79 @@
+"""A full disk leaves no partial output; two processes share one MLflow store safely."""
+import os
+import subprocess
+import sys
+import textwrap
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipelines import io, plots
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A 256 KiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
+    mnt = tmp_path / "disk"
+    mnt.mkdir()
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)], capture_output=True)
+
+
+def test_full_disk_leaves_old_output_intact_and_no_partial_file(tiny_disk):
+    target = tiny_disk / "train.npz"
+    io.save_npz(target, x=np.zeros(100, np.uint8))
+    before = target.read_bytes()
+    with pytest.raises(OSError) as err:
+        io.save_npz(target, x=np.zeros(1 << 20, np.uint8))  # 1 MiB does not fit
+    assert err.value.errno == 28  # ENOSPC
+    assert target.read_bytes() == before
+    assert sorted(p.name for p in tiny_disk.iterdir()) == ["train.npz"]
+
+
+def test_full_disk_while_saving_a_figure(tiny_disk):
+    rng = np.random.default_rng(0)
+    fig = plots.examples(rng.integers(0, 255, (64, 64, 64, 3), dtype=np.uint8), [""] * 64, "noise", ncols=8)
+    with pytest.raises(OSError):
+        plots.save_figure(fig, tiny_disk / "grid.png", dpi=300)
+    assert list(tiny_disk.iterdir()) == []
+
+
+WRITER = textwrap.dedent("""
+    import sys
+    from pipelines import config
+    from pipelines.tracking import Run
+    params = config.load(sys.argv[1])
+    with Run(params, "train", sys.argv[2], system_metrics=False) as run:
+        for step in range(40):
+            run.log_metrics({"val_acc": step}, step=step)
+""")
+
+
+def test_two_processes_log_to_one_sqlite_store(tmp_path):
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    # Create the schema once first: two processes racing to migrate an empty database is not
+    # what concurrent pipeline runs do (the store exists after the first stage).
+    subprocess.run([sys.executable, "-c", WRITER, str(REPO / "params.yaml"), "init"], env=env, check=True,
+                   capture_output=True)
+    names = [f"w{uuid.uuid4().hex[:6]}" for _ in range(2)]
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(REPO / "params.yaml"), n], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in names]
+    for p in procs:
+        _, err = p.communicate(timeout=180)
+        assert p.returncode == 0, err[-2000:]
+    import mlflow
+    client = mlflow.MlflowClient(store)
+    runs = {r.info.run_name: r for r in client.search_runs([client.get_experiment_by_name("cnn-lab").experiment_id])}
+    for n in names:
+        assert runs[n].info.status == "FINISHED"
+        assert len(client.get_metric_history(runs[n].info.run_id, "val_acc")) == 40
