@@ -16,3 +16,16 @@ test: setup
 
 ui:
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+
+# CI on a params change: validate, rerun what the change makes stale, judge the metrics against
+# BASE (README "CI checks on params changes"). Exit 0 OK, 1 FAIL, 2 INVALID.
+BASE ?= origin/main
+CHECK_PROFILE ?= tiny
+.PHONY: check-params
+check-params: setup
+	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.check_params --base $(BASE) --profile $(CHECK_PROFILE)
+
+# Our loop vs the usual DataLoader recipe on the prepared data (needs `make run` first); writes
+# benchmarks/results-<date>-<cpu|cuda>.json and .md. Tens of minutes on 2 CPU cores.
+benchmark:
+	$(PY) -m benchmarks.compare

@@ -7,6 +7,8 @@ before any work is done, so results are never computed and then silently not rec
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
@@ -58,6 +60,22 @@ def git_commit() -> str:
     return (sha or "unknown") + ("-dirty" if dirty else "")
 
 
+@contextlib.contextmanager
+def _store_lock(uri: str):
+    """Serialise the first touch of an SQLite store: two processes creating its schema at once
+    (parallel stages, `dvc queue start -j 2`) fail with "table ... already exists"."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
+    with open(lock, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 class _Terminated(BaseException):
     """Raised from the SIGTERM handler so the run is closed as KILLED instead of left RUNNING."""
 
@@ -91,7 +109,8 @@ class Run:
         self._mlflow = mlflow
         mlflow.set_tracking_uri(uri)
         try:
-            exp = mlflow.set_experiment(self.params.tracking.experiment)
+            with _store_lock(uri):
+                exp = mlflow.set_experiment(self.params.tracking.experiment)
             run_id = self._resumable_run_id(mlflow)
             if self.system_metrics:
                 mlflow.set_system_metrics_sampling_interval(self.params.tracking.system_metrics_interval_s)
