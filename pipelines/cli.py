@@ -10,7 +10,7 @@ from typing import Callable
 from pipelines import config
 from pipelines.io import IntegrityError
 
-EXPECTED: tuple[type[BaseException], ...] = (config.ParamsError, IntegrityError, FileNotFoundError, ValueError)
+EXPECTED: tuple[type[BaseException], ...] = (config.ParamsError, IntegrityError, OSError, ValueError)
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
@@ -18,6 +18,18 @@ def expected_errors() -> tuple[type[BaseException], ...]:
     from pipelines.tracking import TrackingError
 
     return (*EXPECTED, DataError, TrackingError, RuntimeError)
+
+
+def guarded(label: str, body: Callable[[], object]) -> int:
+    """Run a stage body: failures a user can act on become one `error:` line and exit status 2;
+    anything else is a bug and keeps its traceback."""
+    try:
+        body()
+    except expected_errors() as err:
+        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
+        print(f"error: {label}: {msg}", file=sys.stderr)
+        return 2
+    return 0
 
 
 def variant_stage(stage: str, fn: Callable, argv: list[str] | None = None) -> int:
@@ -37,13 +49,10 @@ def variant_stage(stage: str, fn: Callable, argv: list[str] | None = None) -> in
     args = ap.parse_args(argv)
     if stage == "train":
         extra = {"seed": args.seed, "checkpoint": args.checkpoint, "resume": args.resume}
-    try:
+    def body() -> None:
         # Validate everything before anything is written.
         params = config.load()
         params.variant(args.variant)
         fn(params, args.variant, args.data, args.model, args.out, args.metrics, **extra)
-    except expected_errors() as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"error: {stage} {args.variant}: {msg}", file=sys.stderr)
-        return 2
-    return 0
+
+    return guarded(f"{stage} {args.variant}", body)

@@ -12,6 +12,7 @@ import io
 import json
 import os
 import tempfile
+import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
@@ -69,9 +70,15 @@ def read_csv(path: Path | str) -> list[dict[str, str]]:
 
 
 def save_npz(path: Path | str, **arrays: np.ndarray) -> None:
+    """An .npz (what np.load reads) whose bytes depend only on the arrays: np.savez stamps each
+    member with the current time, which would change the file's digest, and so rerun every DVC
+    stage downstream, whenever the same data are prepared again."""
     with atomic_path(path) as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
+        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
+            for name, arr in arrays.items():
+                info = zipfile.ZipInfo(f"{name}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                with zf.open(info, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(arr), allow_pickle=False)
 
 
 def load_npz(path: Path | str) -> dict[str, np.ndarray]:

@@ -74,3 +74,14 @@ def test_two_processes_log_to_one_sqlite_store(tmp_path):
     for n in names:
         assert runs[n].info.status == "FINISHED"
         assert len(client.get_metric_history(runs[n].info.run_id, "val_acc")) == 40
+
+
+def test_prepared_arrays_are_byte_for_byte_reproducible(tmp_path):
+    x = np.arange(24, dtype=np.uint8).reshape(2, 3, 4, 1)
+    io.save_npz(tmp_path / "a.npz", x=x, y=np.array([0, 1]))
+    import time
+    time.sleep(2.1)  # zip timestamps have 2 s resolution
+    io.save_npz(tmp_path / "b.npz", x=x, y=np.array([0, 1]))
+    assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
+    back = io.load_npz(tmp_path / "a.npz")
+    assert np.array_equal(back["x"], x) and back["y"].tolist() == [0, 1]

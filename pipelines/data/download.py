@@ -80,28 +80,9 @@ def _attempt(url: str, tmp: Path, timeout_s: float) -> tuple[str, str]:
     return sha.hexdigest(), md5.hexdigest()
 
 
-def fetch(
-    urls: Sequence[str],
-    filename: str,
-    dest_dir: Path | str,
-    *,
-    sha256: Optional[str] = None,
-    md5: Optional[str] = None,
-    sha256_prefix: Optional[str] = None,
-    retries: int = 3,
-    timeout_s: float = 30,
-    backoff_s: float = 1.0,
-    log: Callable[[str], None] = lambda msg: None,
-) -> Path:
-    """Download base+filename for the first base URL that serves it; return dest_dir/filename.
-
-    `retries` is the number of attempts per URL for transient failures (connection errors,
-    timeouts, 5xx, truncated bodies), spaced backoff_s, 2*backoff_s, ... apart. A digest
-    mismatch is not retried: the same server would send the same bytes, and a mirror serving
-    different bytes for a checksummed file is a problem to report, not to route around.
-    """
-    return fetch_from(urls, filename, dest_dir, sha256=sha256, md5=md5, sha256_prefix=sha256_prefix,
-                      retries=retries, timeout_s=timeout_s, backoff_s=backoff_s, log=log)[0]
+def fetch(urls: Sequence[str], filename: str, dest_dir: Path | str, **options) -> Path:
+    """fetch_from() without the URL that served the file."""
+    return fetch_from(urls, filename, dest_dir, **options)[0]
 
 
 def fetch_from(
@@ -117,7 +98,13 @@ def fetch_from(
     backoff_s: float = 1.0,
     log: Callable[[str], None] = lambda msg: None,
 ) -> tuple[Path, str]:
-    """As fetch(), returning (dest_dir/filename, the URL that served it)."""
+    """Download base+filename for the first base URL that serves it; return (dest_dir/filename, URL).
+
+    `retries` is the number of attempts per URL for transient failures (connection errors,
+    timeouts, 5xx, truncated bodies), spaced backoff_s, 2*backoff_s, ... apart. A digest
+    mismatch is not retried: the same server would send the same bytes, and a mirror serving
+    different bytes for a checksummed file is a problem to report, not to route around.
+    """
     dest_dir = Path(dest_dir)
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / filename
