@@ -6,7 +6,7 @@ it is blank on a machine without internet. Here DVC still does the work it is go
 `dvc plots show --json`, and vl-convert, which embeds the Vega engine in its wheel, renders each
 spec to SVG and PNG with no network. index.html references only those local files.
 
-    python -m pipelines.plots_offline [--root .] [--out reports/plots]
+    python -m pipelines.plots_offline [--root .] [--out plots/]
 """
 from __future__ import annotations
 
@@ -120,7 +120,7 @@ def _index(plots: list[dict], errors: list[str]) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("."), help="repository root holding dvc.yaml")
-    ap.add_argument("--out", type=Path, default=Path("reports/plots"), help="folder for the SVG/PNG files and index.html")
+    ap.add_argument("--out", type=Path, default=Path("plots"), help="folder for the SVG/PNG files and index.html")
     ap.add_argument("--scale", type=float, default=2.0, help="PNG pixel scale")
     a = ap.parse_args(argv)
     try:

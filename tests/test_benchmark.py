@@ -1,0 +1,98 @@
+"""The benchmark's whole code path on a few hundred synthetic images: every figure is produced
+and printed. No timing assertions: speed depends on the machine."""
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from benchmarks import compare
+from pipelines import engine
+
+
+def _arrays(n_train, n_val, size, c, seed):
+    rng = np.random.default_rng(seed)
+    return compare.Arrays(
+        rng.integers(0, 256, (n_train, size, size, c), dtype=np.uint8), np.arange(n_train) % 10,
+        rng.integers(0, 256, (n_val, size, size, c), dtype=np.uint8), np.arange(n_val) % 10,
+        [0.3] * c, [0.35] * c, 10)
+
+
+def _recipe(batch, augment):
+    return engine.Recipe(1, batch, 100, "adam", 1e-3, 0.9, 0.0, "constant", 0.0, augment)
+
+
+@pytest.fixture(scope="module")
+def result():
+    datasets = {"simple_cnn": _arrays(128, 100, 28, 1, 0), "alexnet": _arrays(96, 100, 32, 3, 1)}
+    recipes = {"simple_cnn": _recipe(64, "none"), "alexnet": _recipe(48, "crop_flip")}
+    # One thread: on a shared 2-core machine spinning thread pools, not the work, dominate tiny runs.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return compare.run(datasets, recipes, seed=3, precision_batches=2, compile_timeout_s=0,
+                           device_name="cpu", log=lambda s: None)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _finite(x):
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def test_every_model_figure_for_both_paths(result):
+    for key in ("simple_cnn", "alexnet"):
+        r = result["models"][key]
+        assert r["same_init"] is True
+        for path in ("ours", "usual"):
+            p = r[path]
+            for k in ("train_img_per_s", "eval_img_per_s", "train_seconds", "eval_seconds", "seconds",
+                      "val_acc", "val_loss", "train_loss", "peak_rss_mib", "peak_rss_increase_mib"):
+                assert _finite(p[k]), (key, path, k)
+            assert 0 <= p["val_acc"] <= 100 and p["peak_rss_mib"] > 0
+            assert p["eval_images"] == 100
+        assert r["ours"]["train_images"] == r["usual"]["train_images"] == r["train_n"]
+        assert all(_finite(v) for v in r["ratio_ours_over_usual"].values())
+    assert result["models"]["simple_cnn"]["params"] == 813_802
+    assert result["models"]["alexnet"]["params"] == 6_199_498
+
+
+def test_tsne_precision_compile_and_machine_figures(result):
+    t = result["tsne"]
+    assert t["features"] == [100, 128]
+    assert _finite(t["opentsne"]["seconds"]) and _finite(t["sklearn_barnes_hut"]["seconds"])
+    assert _finite(t["ratio_sklearn_over_opentsne_seconds"])
+    p = result["precision"]
+    assert p["batches"] == 2 and _finite(p["fp32"]["train_img_per_s"]) and _finite(p["bf16"]["train_img_per_s"])
+    assert p["auto_picks"] == ("bf16" if p["native_bf16"] else "fp32")
+    assert result["compile_eval"]["simple_cnn"]["status"].startswith("skipped")
+    m = result["machine"]
+    assert m["cpu_cores"] >= 1 and m["torch"] and "avx512_bf16" in m["flags"]
+    json.dumps(result)  # what --json writes
+
+
+def test_markdown_table_names_every_figure(result):
+    md = compare.render_markdown(result)
+    for word in ("simple_cnn", "alexnet", "ours (", "usual (fp32)", "ratio ours/usual", "t-SNE", "Barnes-Hut",
+                 "bf16 autocast", "torch.compile", "avx512_bf16", "peak RSS"):
+        assert word in md, word
+
+
+def test_usual_dataset_gives_normalised_pil_transformed_tensors():
+    d = _arrays(4, 4, 32, 3, 2)
+    ds = compare.NotebookDataset(d.train_x, d.train_y, compare.notebook_transforms(d, "crop_flip", True))
+    x, y = ds[1]
+    assert tuple(x.shape) == (3, 32, 32) and y == 1
+    g = _arrays(4, 4, 28, 1, 2)
+    x, _ = compare.NotebookDataset(g.val_x, g.val_y, compare.notebook_transforms(g, "none", False))[0]
+    expect = (g.val_x[0, :, :, 0] / 255 - 0.3) / 0.35
+    assert np.allclose(x[0].numpy(), expect, atol=1e-5)
+
+
+def test_compile_over_its_limit_is_skipped_not_fatal():
+    d = _arrays(10, 20, 28, 1, 4)
+    model = compare._build("simple_cnn", d, 0)
+    res = compare.compare_compile(model, "simple_cnn", d, 10, timeout_s=0.01, precision="fp32")
+    assert res["status"].startswith("timed out compiling"), res
+    assert res["eager_img_per_s"] > 0 and "compiled_img_per_s" not in res
