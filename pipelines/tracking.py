@@ -12,6 +12,7 @@ import fcntl
 import os
 import signal
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -153,29 +154,47 @@ class Run:
             status = "KILLED"
         else:
             status = "FAILED"
-        self._mlflow.end_run(status=status)
+        try:
+            self._mlflow.end_run(status=status)
+        except Exception as e:
+            if exc_type is None:
+                raise self._error(e) from None
+            # Already failing (often for the same reason: the store went away): keep that error.
+            print(f"warning: could not close MLflow run {self.run_id} as {status} on {self.uri}: "
+                  f"{str(e).splitlines()[0][:200]}", file=sys.stderr)
         if exc_type is _Terminated:
             raise SystemExit(143)
         return False
+
+    def _error(self, e: Exception) -> TrackingError:
+        return TrackingError(f"MLflow store {self.uri} failed during run {self.run_id}: "
+                             f"{type(e).__name__}: {str(e).splitlines()[0][:300]}; the per-epoch checkpoint "
+                             "lets `LAB_RESUME=1 dvc repro` continue once the store is back")
+
+    def _call(self, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:  # a store that goes away mid-run: one line naming it, not a traceback
+            raise self._error(e) from None
 
     def record(self) -> dict:
         return {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.uri}
 
     def log_params(self, params: dict) -> None:
-        self._mlflow.log_params({k: str(v)[:6000] for k, v in params.items()})
+        self._call(self._mlflow.log_params, {k: str(v)[:6000] for k, v in params.items()})
 
     def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
-        self._mlflow.log_metrics(clean, step=step)
+        self._call(self._mlflow.log_metrics, clean, step=step)
 
     def log_artifact(self, path: Path | str, folder: Optional[str] = None) -> None:
-        self._mlflow.log_artifact(str(path), artifact_path=folder)
+        self._call(self._mlflow.log_artifact, str(path), artifact_path=folder)
 
     def log_artifacts(self, path: Path | str, folder: Optional[str] = None) -> None:
-        self._mlflow.log_artifacts(str(path), artifact_path=folder)
+        self._call(self._mlflow.log_artifacts, str(path), artifact_path=folder)
 
     def set_tags(self, tags: dict) -> None:
-        self._mlflow.set_tags({k: str(v) for k, v in tags.items()})
+        self._call(self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 
 
 def flat_params(prefix: str, obj) -> dict:

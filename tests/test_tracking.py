@@ -287,7 +287,19 @@ def test_server_run_then_server_gone_fails_fast(server, params, monkeypatch, tmp
     assert [a.path for a in client.list_artifacts(run.run_id)] == ["confusion.json"]
     assert run.record()["tracking_uri"] == server.uri
 
-    server.stop()
+    # The server dies in the middle of a run: the next logging call fails within seconds with one
+    # line naming the store, and closing the run does not hang or hide that error.
+    t0 = None
+    with pytest.raises(TrackingError) as mid:
+        with Run(params, "evaluate", "mnist_cnn", system_metrics=False) as r2:
+            r2.log_metrics({"acc": 1.0}, step=1)
+            server.stop()
+            t0 = time.monotonic()
+            r2.log_metrics({"acc": 2.0}, step=2)
+    assert time.monotonic() - t0 < 30, time.monotonic() - t0
+    assert server.uri in str(mid.value) and "\n" not in str(mid.value)
+    assert "LAB_RESUME=1" in str(mid.value)
+
     t0 = time.monotonic()
     with pytest.raises(TrackingError) as info:
         with Run(params, "evaluate", "mnist_cnn", system_metrics=False):
