@@ -85,3 +85,35 @@ def test_prepared_arrays_are_byte_for_byte_reproducible(tmp_path):
     assert (tmp_path / "a.npz").read_bytes() == (tmp_path / "b.npz").read_bytes()
     back = io.load_npz(tmp_path / "a.npz")
     assert np.array_equal(back["x"], x) and back["y"].tolist() == [0, 1]
+
+
+@pytest.mark.slow
+def test_a_second_concurrent_repro_is_refused_and_the_first_completes(tmp_path):
+    """Two `dvc repro` in one checkout: DVC's repository lock turns the second away at once,
+    and the first finishes with intact, up-to-date outputs."""
+    import shutil
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for f in files:
+        if (REPO / f).is_file() and f != "dvc.lock":
+            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / f, tmp_path / f)
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    git = ["git", "-c", "user.email=t@localhost", "-c", "user.name=t"]
+    for cmd in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "x"]):
+        subprocess.run(cmd, cwd=tmp_path, check=True, capture_output=True)
+    first = subprocess.Popen(["dvc", "repro", "download@transfer"], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import time
+    time.sleep(1.5)  # the first holds the lock while its stage imports torch
+    second = subprocess.run(["dvc", "repro", "download@transfer"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=120)
+    out, _ = first.communicate(timeout=300)
+    assert first.returncode == 0, out
+    assert second.returncode != 0
+    assert "lock" in (second.stdout + second.stderr).lower()
+    status = subprocess.run(["dvc", "status", "download@transfer"], cwd=tmp_path, env=env,
+                            capture_output=True, text=True)
+    assert "up to date" in status.stdout
+    assert io.read_json(tmp_path / "data/raw/transfer/SOURCE.json")["dataset"] == "transfer"
