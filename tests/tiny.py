@@ -8,6 +8,8 @@ def shrink(p: dict) -> dict:
     p["datasets"]["transfer"].update(train_limit=12, val_limit=12, test_limit=8, image_size=32)
     p["replicates"].update(variants=["tl_svm", "tl_finetune"], seeds=[1])
     p["defaults"].update(tsne_points=60, eval_batch_size=128)
+    # Tiny stages train for a second or two: sample system metrics often enough to catch them.
+    p["tracking"]["system_metrics_interval_s"] = 0.5
     for v in p["variants"].values():
         v["epochs"] = min(v.get("epochs", p["defaults"]["epochs"]), 2 if v.get("model") == "simple_cnn" else 1)
         v["batch_size"] = 16 if v.get("dataset") == "transfer" else 64
