@@ -20,9 +20,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     try:
         params = config.load(args.params)
+        # Built before the MLflow run opens, so a bad input fails with one line and no log chatter.
+        rep = report.build(params, args.root)
+        report.write(rep, args.out)
         with Run(params, "report", "report", system_metrics=False) as run:
-            rep = report.build(params, args.root)
-            report.write(rep, args.out)
             run.log_params({"protocol": params.protocol, "variants": ",".join(params.variants)})
             run.log_artifact(args.out / "report.md", "report")
             run.log_artifact(args.out / "report.html", "report")
