@@ -159,6 +159,14 @@ class LabNumbers(_Strict):
     val_acc: Optional[float] = None
 
 
+class Recipe(_Strict):
+    """A stronger recipe judged against the lab's: same model and epoch budget as `baseline`,
+    and the best-validation-accuracy goal it is meant to reach under each protocol."""
+
+    baseline: str
+    target: dict[Protocol, Annotated[float, Field(gt=0, le=100)]] = {}
+
+
 class Params(_Strict):
     seed: int = Field(ge=0, le=2**32 - 1)
     protocol: Protocol
@@ -172,6 +180,7 @@ class Params(_Strict):
     replicates: Optional[Replicates] = None
     check: Optional[Check] = None
     lab: dict[str, LabNumbers] = {}
+    recipes: dict[str, Recipe] = {}
 
     @model_validator(mode="after")
     def _references(self) -> "Params":
@@ -196,6 +205,17 @@ class Params(_Strict):
         for name in self.lab:
             if name not in self.variants:
                 raise ValueError(f"lab.{name}: {name!r} is not a variant; allowed: {sorted(self.variants)}")
+        for name, rc in self.recipes.items():
+            for key, ref in ((name, name), (f"{name}.baseline", rc.baseline)):
+                if ref not in self.variants:
+                    raise ValueError(f"recipes.{key}: {ref!r} is not a variant; allowed: {sorted(self.variants)}")
+            if rc.baseline == name:
+                raise ValueError(f"recipes.{name}.baseline: {name!r} cannot be its own baseline")
+            v, b = self.variants[name], self.variants[rc.baseline]
+            for field in ("dataset", "model", "epochs", "hidden"):
+                if getattr(v, field) != getattr(b, field):
+                    raise ValueError(f"recipes.{name}: {field} {getattr(v, field)!r} differs from baseline "
+                                     f"{rc.baseline!r}'s {getattr(b, field)!r}; a recipe keeps the model and budget")
         return self
 
     def variant(self, name: str) -> Variant:

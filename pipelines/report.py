@@ -557,6 +557,48 @@ def _lab_baseline(params: Params, variant: str) -> tuple[Optional[str], Optional
     return (same[0], acc(same[0])) if len(same) == 1 else (None, None)
 
 
+RECIPE_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "label_smoothing", "augment")
+
+
+def _recipe_changes(params: Params, variant: str, baseline: str) -> str:
+    v, b = params.variants[variant], params.variants[baseline]
+    changed = [f"{f} {getattr(b, f)} → {getattr(v, f)}" for f in RECIPE_FIELDS
+               if getattr(v, f) != getattr(b, f) and not (f == "momentum" and "sgd" not in (v.optimizer, b.optimizer))]
+    return "; ".join(changed) or "none"
+
+
+def _recipes_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
+    if not params.recipes:
+        return
+    doc.heading(2, "Stronger recipes at the lab's budget", "recipes")
+    doc.add("Each recipe trains the same model for the same number of epochs on the same data as its baseline, "
+            "the lab's recipe run here; only the training recipe differs. The goal is the best validation "
+            f"accuracy named in params.yaml (`recipes`) for this run's protocol (`{params.protocol}`).")
+    rows, notes = [], []
+    for name, rc in params.recipes.items():
+        r, b = doc.results(name), doc.results(rc.baseline)
+        ours, base = _accuracy(r) if r.ran else None, _accuracy(b) if b.ran else None
+        goal = rc.target.get(params.protocol)
+        n = _n_val(data, params.variants[name].dataset, r) if r.ran else None
+        if ours is None:
+            verdict, p_txt = "not run", "—"
+        else:
+            verdict = "—" if goal is None else ("met" if ours >= goal else f"not met ({_pp(ours, goal)})")
+            p_txt = "—"
+            if base is not None and n:
+                p = ev.two_proportion_p(ours, n, base, n)
+                p_txt = ("below 0.001" if p < 0.001 else f"{p:.3g}") + (" (within noise)" if p > 0.05 else "")
+        secs = lambda x: f"{x.train['train_seconds']:.0f} s" if x.ran and x.train and ev.finite(x.train.get("train_seconds")) else "—"
+        rows.append((f"`{name}`", f"`{rc.baseline}`", params.variants[name].epochs, _recipe_changes(params, name, rc.baseline),
+                     _pct(base), _pct(ours), _pp(ours, base), p_txt, _pct(goal), verdict, f"{secs(b)} / {secs(r)}"))
+    doc.table(["recipe", "baseline (lab recipe)", "epochs", "what changed", "baseline best validation accuracy",
+               "recipe best validation accuracy", "difference", "p (two-proportion z)", "goal", "verdict",
+               "training time, baseline / recipe"], rows,
+              right=(2, 4, 5, 6, 7, 8, 10))
+    doc.add("Accuracies are best-epoch validation accuracies (the split model selection uses); p is the "
+            "two-proportion z-test on the validation images, which measures only that set's sampling noise.")
+
+
 def _other_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
     others = [v for v in params.variants if v not in LAB_VARIANTS]
     if not others:
@@ -619,6 +661,7 @@ def build(params: Params, root: Path, now: Optional[datetime] = None) -> Report:
                      after_embedding=lambda: _alexnet_vs_mnist(doc))
     _transfer_part(doc, params, data)
     _diagnosis_part(doc, params, data)
+    _recipes_part(doc, params, data)
     _other_part(doc, params, data)
     if doc.warnings:
         # Repeat them under the header: a reader who stops at the top should still see them.

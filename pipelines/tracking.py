@@ -32,6 +32,15 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
 
 
+def artifact_location(uri: str) -> Optional[str]:
+    """Where a new experiment keeps its artifacts: beside a SQLite store's file (mlflow.db -> mlruns/),
+    so a store outside the repository (tests, a scratch folder) never writes into it; None lets a
+    tracking server choose (its --artifacts-destination)."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
+    return None
+
+
 def _check_reachable(uri: str, timeout_s: float) -> None:
     if uri.startswith(("http://", "https://")):
         try:
@@ -111,7 +120,10 @@ class Run:
         mlflow.set_tracking_uri(uri)
         try:
             with _store_lock(uri):
-                exp = mlflow.set_experiment(self.params.tracking.experiment)
+                name = self.params.tracking.experiment
+                if mlflow.get_experiment_by_name(name) is None:
+                    mlflow.create_experiment(name, artifact_location=artifact_location(uri))
+                exp = mlflow.set_experiment(name)
             run_id = self._resumable_run_id(mlflow)
             if self.system_metrics:
                 mlflow.set_system_metrics_sampling_interval(self.params.tracking.system_metrics_interval_s)

@@ -24,6 +24,15 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than about 10 s")
 
 
+@pytest.fixture(autouse=True)
+def _private_tracking_store(tmp_path, monkeypatch):
+    """Every test logs to its own SQLite store, never to the repository's mlflow.db.
+
+    Tests that want another store (a server, a dead URI) set MLFLOW_TRACKING_URI themselves.
+    """
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'test-mlflow.db'}")
+
+
 def _merge(base: dict, over: dict) -> dict:
     for k, v in over.items():
         if isinstance(v, dict) and isinstance(base.get(k), dict):

@@ -25,7 +25,8 @@ SIMPLE_CNN_LAYERS = [("conv1.weight", "32x1x3x3", 288), ("conv1.bias", "32", 32)
                      ("fc2.weight", "10x128", 1280), ("fc2.bias", "10", 10)]
 # Synthetic results, one made-up accuracy per variant: test data, not measurements.
 SYNTHETIC_ACC = {"mnist_cnn": 91.23, "cifar_alexnet": 88.02, "tl_scratch": 70.5, "tl_svm": 81.0,
-                 "tl_finetune": 84.5, "tl_finetune_aug": 86.0, "mnist_cnn_20ep": 91.73, "mnist_cnn_small": 90.83}
+                 "tl_finetune": 84.5, "tl_finetune_aug": 86.0, "mnist_cnn_20ep": 91.73, "mnist_cnn_small": 90.83,
+                 "mnist_cnn_plus": 93.61, "cifar_alexnet_plus": 90.02}
 SMALL_CNN_LAYERS = [("conv1.weight", "32x1x3x3", 288), ("conv1.bias", "32", 32), ("conv2.weight", "32x32x3x3", 9216),
                     ("conv2.bias", "32", 32), ("fc.weight", "10x6272", 62720), ("fc.bias", "10", 10)]
 FLOPS = {"mnist_cnn": 16_000_000, "mnist_cnn_small": 14_400_000}
@@ -130,7 +131,7 @@ def populate(root: Path, variants=SYNTHETIC_ACC, replicates: bool = True) -> Pat
     write_dataset(root, "cifar10", 32, 3, FASHION, (60000, 10000))
     write_dataset(root, "transfer", 112, 3, ["T-shirt/top", "Shirt"], (200, 200, 200), backbone="efficientnet_lite0")
     for v in variants:
-        if v == "mnist_cnn":
+        if v in ("mnist_cnn", "mnist_cnn_plus"):
             write_variant(root, v, "mnist", FASHION, 10, layers=SIMPLE_CNN_LAYERS)
         elif v == "mnist_cnn_20ep":
             # Same seed as mnist_cnn: its first ten epochs are mnist_cnn's, then ten more.
@@ -139,7 +140,7 @@ def populate(root: Path, variants=SYNTHETIC_ACC, replicates: bool = True) -> Pat
             write_variant(root, v, "mnist", FASHION, 20, layers=SIMPLE_CNN_LAYERS, history=first + more)
         elif v == "mnist_cnn_small":
             write_variant(root, v, "mnist", FASHION, 10, layers=SMALL_CNN_LAYERS)
-        elif v == "cifar_alexnet":
+        elif v in ("cifar_alexnet", "cifar_alexnet_plus"):
             write_variant(root, v, "cifar10", FASHION, 15,
                           history=synthetic_history(SYNTHETIC_ACC[v], 15, overfit_after=10))
         else:
@@ -225,9 +226,9 @@ def test_written_report_is_self_contained(tmp_path):
     md = (out / "report.md").read_text()
     page = (out / "report.html").read_text()
     linked = set(re.findall(r"\(figures/([^)]+)\)", md))
-    # Four figures for each of mnist_cnn, cifar_alexnet, the two extra MNIST variants and the three trained
-    # transfer options; the SVM has no curves.
-    assert linked == {p.name for p in (out / "figures").iterdir()} and len(linked) == 4 * 4 + 3 * 4 + 3
+    # Four figures for each of mnist_cnn, cifar_alexnet, the two extra MNIST variants, the two stronger recipes
+    # and the three trained transfer options; the SVM has no curves.
+    assert linked == {p.name for p in (out / "figures").iterdir()} and len(linked) == 6 * 4 + 3 * 4 + 3
     assert "<table>" in page and 'style="text-align: right;"' in page
     refs = _Refs()
     refs.feed(page)
@@ -331,6 +332,7 @@ def test_stage_cli(tmp_path, capsys):
     out = tmp_path / "reports"
     assert report_stage.main(["--root", str(root), "--out", str(out), "--params", str(params_file)]) == 0
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
+    capsys.readouterr()  # the successful run's own MLflow log lines are not part of the error under test
 
     (root / "metrics" / "tl_svm" / "eval.json").write_text("[]")
     assert report_stage.main(["--root", str(root), "--out", str(out), "--params", str(params_file)]) == 2
@@ -486,3 +488,31 @@ def test_contents_link_every_part(tmp_path):
                    "part-1-3", "tl-comparison", "tl-noise", "tl-separability", "curve-diagnosis", "other-variants"):
         assert f"](#{anchor})" in contents, anchor
         assert f' id="{anchor}"' in report.render_html(rep)
+
+
+# ---------------------------------------------------------------- stronger recipes (issue 6)
+
+def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path):
+    root = populate(tmp_path / "root")
+    md = report.build(_params(), root, now=NOW).markdown
+    sec = _section(md, "## Stronger recipes at the lab's budget")
+    rows = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in sec.splitlines() if line.startswith("| `")}
+    cnn = rows["`mnist_cnn_plus`"]
+    assert cnn[:3] == ["`mnist_cnn_plus`", "`mnist_cnn`", "10"]
+    assert "optimizer adam → adamw" in cnn[3] and "schedule constant → onecycle" in cnn[3] and "momentum" not in cnn[3]
+    assert cnn[4:7] == ["91.23 %", "93.61 %", "+2.38 pp"] and cnn[8:10] == ["93.50 %", "met"]
+    alex = rows["`cifar_alexnet_plus`"]
+    assert alex[4:7] == ["88.02 %", "90.02 %", "+2.00 pp"] and alex[8:10] == ["94.00 %", "not met (-3.98 pp)"]
+
+    # A recipe without results says so; its goal under the other protocol is the seed one.
+    import shutil
+    shutil.rmtree(root / "metrics" / "cifar_alexnet_plus")
+    shutil.rmtree(root / "results" / "cifar_alexnet_plus")
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["protocol"] = "seed"
+    sec = _section(report.build(config.parse(raw), root, now=NOW).markdown, "## Stronger recipes at the lab's budget")
+    alex_line = next(l for l in sec.splitlines() if l.startswith("| `cifar_alexnet_plus`"))
+    assert "not run" in alex_line and "85.00 %" in alex_line
+    cnn_line = next(l for l in sec.splitlines() if l.startswith("| `mnist_cnn_plus`"))
+    assert "99.30 %" in cnn_line and "not met (-5.69 pp)" in cnn_line

@@ -85,6 +85,10 @@ def test_run_logs_params_metrics_artifact_and_finishes(store, params, tmp_path):
     assert run.record() == {"run_id": run.run_id, "experiment_id": r.info.experiment_id,
                             "tracking_uri": os.environ["MLFLOW_TRACKING_URI"]}
     assert store.get_experiment(r.info.experiment_id).name == "tracking-tests"
+    # Artifacts live beside the store's file, not in the working directory.
+    store_dir = Path(os.environ["MLFLOW_TRACKING_URI"].removeprefix("sqlite:///")).parent
+    assert r.info.artifact_uri.startswith((store_dir / "mlruns").as_uri())
+    assert (store_dir / "mlruns" / run.run_id / "artifacts" / "tables" / "history.csv").is_file()
 
 
 def test_resume_appends_to_the_train_run(store, params, tmp_path):
