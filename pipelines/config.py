@@ -102,7 +102,7 @@ class Variant(_Strict):
     weight_decay: float = Field(ge=0, le=1)
     schedule: Literal["constant", "cosine", "onecycle"]
     label_smoothing: float = Field(ge=0, lt=1)
-    augment: Literal["none", "crop_flip", "crop", "resized_crop_flip"]
+    augment: Literal["none", "flip", "crop_flip", "crop", "resized_crop_flip"]
     pretrained: bool
     freeze_backbone: bool
     classifier: Literal["softmax", "svm"]

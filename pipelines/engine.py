@@ -159,6 +159,7 @@ def _random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.5, 1.0)
 
 AUGMENTS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
     "none": lambda x, g: x,
+    "flip": _random_flip,
     "crop": lambda x, g: _random_crop(x, max(2, x.shape[1] // 8), g),
     "crop_flip": lambda x, g: _random_flip(_random_crop(x, max(2, x.shape[1] // 8), g), g),
     "resized_crop_flip": lambda x, g: _random_flip(_random_resized_crop(x, g), g),

@@ -28,6 +28,10 @@ def test_crop_moves_pixels_and_flip_mirrors():
     assert not all(torch.equal(o, x[0]) for o in out)
     flipped = engine._random_flip(x, torch.Generator().manual_seed(0))
     assert any(torch.equal(f, x[0].flip(1)) for f in flipped)
+    # "flip" alone only mirrors: every image is itself or its mirror image, and both occur.
+    only = engine.augment("flip", x, torch.Generator().manual_seed(0))
+    kinds = {0 if torch.equal(o, x[0]) else 1 if torch.equal(o, x[0].flip(1)) else 2 for o in only}
+    assert kinds == {0, 1}
 
 
 def test_unknown_augment_names_supported_ones():
