@@ -26,6 +26,6 @@ check-params: setup
 	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.check_params --base $(BASE) --profile $(CHECK_PROFILE)
 
 # Our loop vs the usual DataLoader recipe on the prepared data (needs `make run` first); writes
-# benchmarks/results-<date>-<cpu|cuda>.json and .md. Tens of minutes on 2 CPU cores.
+# benchmarks/results-<date>-<cpu|cuda>.json and .md. About 8 minutes on 2 CPU cores (measured 2026-11-28).
 benchmark:
 	$(PY) -m benchmarks.compare

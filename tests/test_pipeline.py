@@ -56,8 +56,7 @@ def ws(tmp_path_factory):
     return ws, log
 
 
-VARIANTS = ["mnist_cnn", "mnist_cnn_20ep", "mnist_cnn_small", "cifar_alexnet",
-            "tl_scratch", "tl_svm", "tl_finetune", "tl_finetune_aug"]
+VARIANTS = list(yaml.safe_load((REPO / "params.yaml").read_text())["variants"])
 REPLICATES = ["replicate@tl_svm-1", "replicate@tl_finetune-1"]
 
 

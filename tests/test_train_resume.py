@@ -37,7 +37,7 @@ def write_prepared(folder: Path, n_train=1500, n_val=200, size=28, seed=0):
 def workdir(tmp_path, params_raw):
     p = json.loads(json.dumps(params_raw))
     p["variants"] = {"mnist_cnn": {**p["variants"]["mnist_cnn"], "epochs": 3, "batch_size": 32}}
-    p["lab"] = {}
+    p["lab"], p["recipes"] = {}, {}
     p["replicates"] = None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     write_prepared(tmp_path / "data")
