@@ -210,7 +210,11 @@ def make_schedule(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
     if r.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
     if r.schedule == "onecycle":
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total, pct_start=0.25)
+        # OneCycleLR divides by zero unless each of its two phases spans more than a step: a run of a
+        # few batches (tiny data, one epoch) warms up for 1.5 steps instead of a quarter of the run.
+        total = max(total, 4)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
+                                                   pct_start=max(0.25, 1.5 / total))
     raise RuntimeError(f"unknown schedule {r.schedule!r}; supported: constant, cosine, onecycle")
 
 

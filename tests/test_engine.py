@@ -113,3 +113,20 @@ def test_tsne_and_quality_figures():
     q = features.quality(f, xy, y, 0)
     assert q["silhouette_features"] > 0.5 and q["knn_acc_features"] > 95 and q["linear_probe_acc"] > 95
     assert 0.5 < q["trustworthiness"] <= 1
+
+
+@pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 7, 40])
+def test_onecycle_runs_on_a_handful_of_steps(steps):
+    # A one-epoch run of a few batches (the tiny CI profile) once divided by zero inside OneCycleLR.
+    model = torch.nn.Linear(2, 2)
+    r = engine.Recipe(1, 32, 64, "adamw", 0.01, 0.9, 0.0, "onecycle", 0.0, "none")
+    opt = engine.make_optimizer(model.parameters(), r)
+    sched = engine.make_schedule(opt, r, steps)
+    lrs = []
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(0 < lr <= 0.01 + 1e-12 for lr in lrs)
+    if steps >= 40:
+        assert sched.total_steps == 40 and max(lrs) == pytest.approx(0.01, rel=0.01)
