@@ -567,6 +567,11 @@ def _recipe_changes(params: Params, variant: str, baseline: str) -> str:
     return "; ".join(changed) or "none"
 
 
+def _train_time(r: Results) -> str:
+    t = r.train if r.ran else None
+    return f"{t['train_seconds']:.0f} s" if t is not None and is_kind(t.get("train_seconds"), "num") else "—"
+
+
 def _recipes_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
     if not params.recipes:
         return
@@ -574,23 +579,21 @@ def _recipes_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
     doc.add("Each recipe trains the same model for the same number of epochs on the same data as its baseline, "
             "the lab's recipe run here; only the training recipe differs. The goal is the best validation "
             f"accuracy named in params.yaml (`recipes`) for this run's protocol (`{params.protocol}`).")
-    rows, notes = [], []
+    rows = []
     for name, rc in params.recipes.items():
         r, b = doc.results(name), doc.results(rc.baseline)
         ours, base = _accuracy(r) if r.ran else None, _accuracy(b) if b.ran else None
         goal = rc.target.get(params.protocol)
-        n = _n_val(data, params.variants[name].dataset, r) if r.ran else None
-        if ours is None:
-            verdict, p_txt = "not run", "—"
-        else:
+        verdict, p_txt = "not run", "—"
+        if ours is not None:
             verdict = "—" if goal is None else ("met" if ours >= goal else f"not met ({_pp(ours, goal)})")
-            p_txt = "—"
+            n = _n_val(data, params.variants[name].dataset, r)
             if base is not None and n:
                 p = ev.two_proportion_p(ours, n, base, n)
-                p_txt = ("below 0.001" if p < 0.001 else f"{p:.3g}") + (" (within noise)" if p > 0.05 else "")
-        secs = lambda x: f"{x.train['train_seconds']:.0f} s" if x.ran and x.train and ev.finite(x.train.get("train_seconds")) else "—"
+                p_txt = ev.p_text(p) + (" (within noise)" if p > ev.NOISE_P else "")
         rows.append((f"`{name}`", f"`{rc.baseline}`", params.variants[name].epochs, _recipe_changes(params, name, rc.baseline),
-                     _pct(base), _pct(ours), _pp(ours, base), p_txt, _pct(goal), verdict, f"{secs(b)} / {secs(r)}"))
+                     _pct(base), _pct(ours), _pp(ours, base), p_txt, _pct(goal), verdict,
+                     f"{_train_time(b)} / {_train_time(r)}"))
     doc.table(["recipe", "baseline (lab recipe)", "epochs", "what changed", "baseline best validation accuracy",
                "recipe best validation accuracy", "difference", "p (two-proportion z)", "goal", "verdict",
                "training time, baseline / recipe"], rows,

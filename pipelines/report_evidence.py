@@ -101,6 +101,13 @@ def two_proportion_p(p1: float, n1: int, p2: float, n2: int) -> float:
     return math.erfc(abs(a - b) / se / math.sqrt(2))
 
 
+NOISE_P = 0.05   # a difference with a two-sided p above this is within noise
+
+
+def p_text(p: float) -> str:
+    return "below 0.001" if p < 0.001 else f"{p:.3g}"
+
+
 def binomial_se(acc: float, n: int) -> float:
     a = acc / 100
     return math.sqrt(max(a * (1 - a), 1e-12) / max(n, 1)) * 100
@@ -355,11 +362,10 @@ def noise_pairs(doc: "_Doc", options: Sequence[dict]) -> None:
             else:
                 rows.append((f"{a['label']} vs {b['label']}", pp(mb, ma), "—", "—", "untestable: one run, no set size"))
                 continue
-            reading = "within noise" if p > 0.05 else "beyond noise"
-            if p > 0.05:
+            reading = "within noise" if p > NOISE_P else "beyond noise"
+            if p > NOISE_P:
                 within.append(f"{a['label']} vs {b['label']}")
-            rows.append((f"{a['label']} vs {b['label']}", pp(mb, ma), test, "below 0.001" if p < 0.001 else f"{p:.3g}",
-                         reading))
+            rows.append((f"{a['label']} vs {b['label']}", pp(mb, ma), test, p_text(p), reading))
     doc.table(["pair", "difference of means (second − first)", "test", "p", "reading"], rows, right=(1, 3))
     doc.add("**The rule.** A pair is within noise when its two-sided p > 0.05: Welch's t-test on the per-seed "
             "validation accuracies when both options have at least two runs; otherwise (one run) the two-proportion "

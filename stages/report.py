@@ -8,8 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines import config, report
-from pipelines.tracking import Run, TrackingError
+from pipelines import cli, config, report
+from pipelines.tracking import Run
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,7 +18,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=Path("reports"), help="folder for report.md, report.html, figures/")
     ap.add_argument("--params", type=Path, default=config.PARAMS_FILE, help="params file (default: params.yaml)")
     args = ap.parse_args(argv)
-    try:
+
+    def body() -> None:
         params = config.load(args.params)
         # Built before the MLflow run opens, so a bad input fails with one line and no log chatter.
         rep = report.build(params, args.root)
@@ -27,14 +28,11 @@ def main(argv: list[str] | None = None) -> int:
             run.log_params({"protocol": params.protocol, "variants": ",".join(params.variants)})
             run.log_artifact(args.out / "report.md", "report")
             run.log_artifact(args.out / "report.html", "report")
-    except (config.ParamsError, report.ReportError, TrackingError, OSError) as err:
-        # Expected failures are one line; anything else is a bug and keeps its traceback.
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for w in rep.warnings:
-        print(f"warning: {w}", file=sys.stderr)
-    print(f"wrote {args.out / 'report.md'}, {args.out / 'report.html'} and {len(rep.figures)} figures")
-    return 0
+        for w in rep.warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(f"wrote {args.out / 'report.md'}, {args.out / 'report.html'} and {len(rep.figures)} figures")
+
+    return cli.guarded("report", body)
 
 
 if __name__ == "__main__":

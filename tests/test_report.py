@@ -5,6 +5,7 @@ import base64
 import io
 import json
 import re
+import shutil
 from datetime import datetime, timezone
 from html.parser import HTMLParser
 from pathlib import Path
@@ -506,7 +507,6 @@ def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path
     assert alex[4:7] == ["88.02 %", "90.02 %", "+2.00 pp"] and alex[8:10] == ["94.00 %", "not met (-3.98 pp)"]
 
     # A recipe without results says so; its goal under the other protocol is the seed one.
-    import shutil
     shutil.rmtree(root / "metrics" / "cifar_alexnet_plus")
     shutil.rmtree(root / "results" / "cifar_alexnet_plus")
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
