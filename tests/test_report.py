@@ -38,6 +38,7 @@ REPLICATE_OFFSETS = {1: +1.0, 2: -1.0}   # params.yaml replicates.seeds -> accur
 def _params(extra: dict | None = None) -> config.Params:
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["variants"].update(extra or {})
+    raw["replicates"]["seeds"] = list(REPLICATE_OFFSETS)   # the seeds these tests write, whatever the checkout runs
     return config.parse(raw)
 
 

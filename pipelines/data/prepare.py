@@ -11,7 +11,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -83,17 +83,23 @@ def subset(y: np.ndarray, limit: int, rng: np.random.Generator, per_class: bool)
     return np.sort(np.concatenate(picked))
 
 
-def split_pool(y: np.ndarray, val_limit: int, test_limit: int, rng: np.random.Generator,
+def split_pool(y: np.ndarray, val_limit: int, test_limit: Optional[int], rng: np.random.Generator,
                per_class: bool) -> tuple[np.ndarray, np.ndarray]:
     """Seeded, disjoint validation and held-out test indices drawn from one pool (the official
-    test/validation set). When a pool (or class) is too small for both limits it is divided in
-    proportion val_limit : test_limit; a limit of 0 means every sample (val) or none (test)."""
-    if test_limit <= 0:
+    test/validation set). test_limit None: no test split; 0: every image the validation split
+    leaves; N: at most N. When a pool (or class) is too small for both limits it is divided in
+    proportion val_limit : test_limit; a val_limit of 0 means every sample."""
+    if test_limit is None:
         return subset(y, val_limit, rng, per_class), np.array([], dtype=np.int64)
     groups = [np.flatnonzero(y == c) for c in np.unique(y)] if per_class else [np.arange(len(y))]
     val, test = [], []
     for idx in groups:
         idx = rng.permutation(idx)
+        if test_limit == 0:
+            v = min(val_limit, len(idx)) if val_limit > 0 else len(idx)
+            val.append(idx[:v])
+            test.append(idx[v:])
+            continue
         v = val_limit if val_limit > 0 else max(len(idx) - test_limit, 0)
         if v + test_limit > len(idx):
             # Proportional, but neither split of a class with two or more images is left empty.
@@ -158,7 +164,7 @@ def build(name: str, params: Params, raw_dir: Path,
     per_class = ds.backbone(params.protocol) is not None
     i_tr = subset(y_tr, ds.train_limit, np.random.default_rng([params.seed, 0]), per_class)
     i_va, i_te = split_pool(y_va, ds.val_limit, ds.test_limit, np.random.default_rng([params.seed, 1]), per_class)
-    if ds.test_limit and not len(i_te):
+    if ds.test_limit is not None and not len(i_te):
         raise DataError(f"datasets.{name}.test_limit = {ds.test_limit}: no images left for a test split after "
                         f"val_limit = {ds.val_limit}; lower val_limit")
     x_te, y_te = x_va[i_te], y_va[i_te]
