@@ -94,7 +94,8 @@ def verdict(label_a: str, label_b: str, main: dict, seeds: Optional[tuple[float,
     if seeds is not None and not (seeds[1] > 0 if main["diff"] > 0 else seeds[2] < 0):
         return (none + f"; the main seed alone differs (p = {p_text(main['p'])}) but the mean over seeds "
                 f"{seeds[0]:+.2f} pp [{seeds[1]:+.2f}, {seeds[2]:+.2f}] includes zero")
-    return f"{label_a} beats {label_b} by {main['diff']:.2f} pp [{main['lo']:.2f}, {main['hi']:.2f}], p = {p_text(main['p'])}"
+    p = "p < 0.001" if main["p"] < 0.001 else f"p = {main['p']:.3g}"
+    return f"{label_a} beats {label_b} by {main['diff']:.2f} pp [{main['lo']:.2f}, {main['hi']:.2f}], {p}"
 
 
 def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_seed: int) -> list[tuple]:

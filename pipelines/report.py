@@ -198,7 +198,7 @@ def _summary(doc: _Doc, params: Params, data: dict[str, Data], transfer: Optiona
     if transfer is not None:
         doc.add(f"**Transfer-learning verdicts** ({transfer['n']:,} held-out test images, paired; "
                 "[the table and the rule](#tl-noise)):",
-                *[f"- {row[0]}: {row[-1]}" for row in transfer["rows"]])
+                *[f"- {row[-1]}" if " beats " in row[-1] else f"- {row[0]}: {row[-1]}" for row in transfer["rows"]])
     else:
         doc.add("**Transfer-learning verdicts:** none: no per-image test predictions were found "
                 "(`results/<variant>/eval/test_predictions.csv`; the dataset needs a `test_limit`).")

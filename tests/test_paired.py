@@ -72,7 +72,7 @@ def test_verdict_needs_the_main_seed_and_the_seeds_to_agree():
     by_pair = {r[0]: r for r in rows}
     win = by_pair["strong vs weak"]
     assert len(win) == len(paired.HEADER) and win[6] == 5
-    assert win[-1].startswith("strong beats weak by ") and ", p = below 0.001" in win[-1]
+    assert win[-1].startswith("strong beats weak by ") and ", p < 0.001" in win[-1]
     tie = next(r for r in rows if "same" in r[0] and "weak" in r[0])
     assert tie[-1].startswith("no difference detectable at this test size (smallest detectable: ")
 

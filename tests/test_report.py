@@ -517,3 +517,79 @@ def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path
     assert "not run" in alex_line and "85.00 %" in alex_line
     cnn_line = next(l for l in sec.splitlines() if l.startswith("| `mnist_cnn_plus`"))
     assert "99.30 %" in cnn_line and "not met (-5.69 pp)" in cnn_line
+
+
+# ---------------------------------------------------------------- paired verdicts on the test set
+
+TEST_ACC = {"tl_scratch": 0.70, "tl_svm": 0.84, "tl_finetune": 0.85, "tl_finetune_aug": 0.86}   # made up
+
+
+def write_predictions(root: Path, n: int = 1000, labels_seed: int = 0) -> None:
+    """Per-image test predictions of every transfer option and seed (made-up accuracies, one test set)."""
+    import numpy as np
+
+    y = np.random.default_rng(labels_seed).integers(0, 2, n)
+    rng = np.random.default_rng(1)
+    for v, acc in TEST_ACC.items():
+        for seed in (42, *REPLICATE_OFFSETS):
+            pred = np.where(rng.random(n) < acc, y, 1 - y)
+            folder = root / "results" / v / "eval" if seed == 42 else root / "results" / "replicates" / f"{v}-{seed}"
+            write_csv(folder / "test_predictions.csv", ["index", "label", "pred"],
+                      [(i, int(a), int(b)) for i, (a, b) in enumerate(zip(y, pred))])
+
+
+def test_transfer_verdicts_from_paired_test_predictions(tmp_path):
+    root = populate(tmp_path / "root")
+    write_predictions(root)
+    rep = report.build(_params(), root, now=NOW)
+    md = rep.markdown
+    header, rows = rep.tables["transfer_comparison"]
+    assert header[-1] == "verdict" and len(rows) == 6   # every pair of the four options
+    verdicts = {r[0]: r[-1] for r in rows}
+    # 70 % against 84-86 % on 1,000 images and 3 seeds: scratch loses to every pretrained option.
+    for other in ("pretrained + linear SVM", "fine-tuning, no augmentation", "fine-tuning, with augmentation"):
+        assert verdicts[f"{other} vs trained from scratch"].startswith(f"{other} beats trained from scratch by ")
+    # 84 % against 86 %: within what 1,000 images can tell apart.
+    pair = next(k for k in verdicts if "linear SVM" in k and "with augmentation" in k)
+    assert verdicts[pair].startswith("no difference detectable at this test size (smallest detectable: ")
+    assert all(r[1] == "1,000" and r[6] == 3 for r in rows)
+    p13 = _section(md, "## Part 1.3")
+    assert "| pair (A vs B) | test images | A correct, B wrong |" in p13 and "McNemar's exact" in p13
+    summary = _section(md, "## Summary")
+    assert "Transfer-learning verdicts** (1,000 held-out test images" in summary
+    assert all(f"- {r[-1]}" in summary if " beats " in r[-1] else f"- {r[0]}: {r[-1]}" in summary for r in rows)
+    assert "| `tl_scratch` | `transfer` | 70.50 % | 70.00 ± 1.00 % (n = 3) | 72.00 % | -1.50 pp |" in summary
+    assert "| `mnist_cnn` | `mnist` | 91.23 % | — | 98.94 % | -7.71 pp |" in summary
+    # 10 variants + 8 replicates at 12.5 s of training, 10 embeddings at 3 s: 255 s.
+    assert "**Whole-run time: 0:04:15** (h:mm:ss)" in summary and "training 3.8 min (18 stages), embedding 0.5 min (10 stages)" in summary
+    assert md.index("## Summary") < md.index("## Contents") < md.index("## Data used")
+
+
+def test_predictions_of_other_test_images_are_refused(tmp_path):
+    root = populate(tmp_path / "root")
+    write_predictions(root)
+    rows = (root / "results" / "replicates" / "tl_svm-2" / "test_predictions.csv").read_text().splitlines()
+    label = rows[1].split(",")[1]
+    rows[1] = ",".join(["0", "1" if label == "0" else "0", "0"])
+    (root / "results" / "replicates" / "tl_svm-2" / "test_predictions.csv").write_text("\n".join(rows) + "\n")
+    with pytest.raises(report.ReportError, match=r"tl_svm-2/test_predictions.csv: its labels differ .* same test images"):
+        report.build(_params(), root, now=NOW)
+
+
+def test_stage_logs_the_verdict_table_to_mlflow(tmp_path):
+    import mlflow
+
+    root = populate(tmp_path / "root")
+    write_predictions(root)
+    params_file = tmp_path / "params.yaml"
+    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+    raw["replicates"]["seeds"] = list(REPLICATE_OFFSETS)
+    params_file.write_text(yaml.safe_dump(raw))
+    assert report_stage.main(["--root", str(root), "--out", str(tmp_path / "out"), "--params", str(params_file)]) == 0
+    client = mlflow.MlflowClient()
+    exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
+    run = client.search_runs([exp.experiment_id], "tags.dvc_stage = 'report'")[0]
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "transfer_comparison.json", str(tmp_path))).read_text())
+    expected = report.build(config.load(params_file), root, now=NOW).tables["transfer_comparison"]
+    assert table["columns"] == list(expected[0])
+    assert [row[-1] for row in table["data"]] == [r[-1] for r in expected[1]]
