@@ -18,6 +18,7 @@ PARAMS_FILE = Path("params.yaml")
 Protocol = Literal["seed", "offline"]
 SourceName = Literal["mnist", "fashion_mnist", "cifar10", "hymenoptera"]
 BackboneName = Literal["resnet18", "efficientnet_lite0"]
+BUILTIN_SOURCES = "pipelines/data/sources.py"   # a dataset's `folder` when it reads no folder of its own
 ModelName = Literal["simple_cnn", "alexnet_cifar", "backbone"]
 
 
@@ -69,6 +70,11 @@ class Dataset(_Strict):
     offline_classes: Optional[list[Annotated[int, Field(ge=0, le=9)]]] = Field(default=None, min_length=2, max_length=2)
     backbone_seed: Optional[BackboneName] = None
     backbone_offline: Optional[BackboneName] = None
+    # Your own images instead of the sources above, under either protocol: a folder of <class>/<image>
+    # or {train,val[,test]}/<class>/<image> (pipelines/data/folder.py). BUILTIN_SOURCES (the default)
+    # means none; the value is always a path so that dvc.yaml can list it as a dependency.
+    folder: str = Field(default=BUILTIN_SOURCES, min_length=1)
+    skip_bad_images: bool = False   # true: unreadable or corrupt images are skipped and listed, not an error
 
     @field_validator("offline_classes")
     @classmethod
@@ -77,7 +83,13 @@ class Dataset(_Strict):
             raise ValueError(f"{v} names the same class twice; give two different class indices 0..9")
         return v
 
+    @property
+    def own_folder(self) -> Optional[str]:
+        return None if self.folder == BUILTIN_SOURCES else self.folder
+
     def source(self, protocol: str) -> str:
+        if self.own_folder:
+            return "image_folder"
         return self.seed if protocol == "seed" else self.offline
 
     def backbone(self, protocol: str) -> Optional[str]:

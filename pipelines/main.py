@@ -2,6 +2,7 @@
 
     python -m pipelines.main                  # seed protocol if its sources can be had, else offline
     python -m pipelines.main --protocol offline   # force one; extra arguments go to `dvc repro`
+    python -m pipelines.main --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
 
 The choice is written to params.yaml (`protocol:`), so DVC's cache and every MLflow run know
 which data a result came from; it is printed with its reason before any stage runs.
@@ -81,12 +82,49 @@ def set_protocol(path: Path, protocol: str) -> bool:
     return True
 
 
+def set_folder(path: Path, dataset: str, folder: str) -> str:
+    """Rewrite datasets.<dataset>.folder in params.yaml in place (comments kept); return the value written.
+    `builtin` restores the built-in sources; a folder is written as an absolute path."""
+    params = config.load(path)
+    params.dataset(dataset)   # one line naming the allowed datasets when unknown
+    if folder == "builtin":
+        value = config.BUILTIN_SOURCES
+    else:
+        target = Path(folder).expanduser().resolve()
+        if not target.is_dir():
+            raise config.ParamsError(f"--data {dataset}={folder}: {target} is not a folder")
+        value = str(target)
+    text = path.read_text()
+    block = re.search(rf"(?m)^  {re.escape(dataset)}:.*\n((?:    .*\n|\s*\n)*)", text)
+    line = re.compile(r"(?m)^(    folder:[ \t]*)(\S.*?)([ \t]+#.*)?$")
+    m = line.search(text, block.start(1), block.end(1)) if block else None
+    if m is None:
+        raise config.ParamsError(f"{path}: datasets.{dataset} has no 'folder:' line to set")
+    quoted = value if re.fullmatch(r"[\w./-]+", value) else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    new = text[:m.start(2)] + quoted + text[m.end(2):]
+    if new != text:
+        from pipelines.io import write_text
+
+        write_text(path, new)
+    config.load(path)
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.main", description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", choices=["auto", "seed", "offline"], default="auto")
+    ap.add_argument("--data", action="append", default=[], metavar="DATASET=FOLDER",
+                    help="read DATASET (mnist, cifar10, transfer) from your own image folder; FOLDER 'builtin' "
+                         "restores the built-in sources; written to params.yaml")
     ap.add_argument("repro_args", nargs=argparse.REMAINDER, help="passed to `dvc repro`")
     args = ap.parse_args(argv)
     try:
+        for spec in args.data:
+            name, sep, folder = spec.partition("=")
+            if not sep or not name or not folder:
+                raise config.ParamsError(f"--data {spec!r}: expected DATASET=FOLDER, e.g. transfer=~/photos")
+            value = set_folder(config.PARAMS_FILE, name, folder)
+            print(f"data: {name} reads {value}; params.yaml updated", flush=True)
         params = config.load()
     except config.ParamsError as e:
         print(f"error: {e}", file=sys.stderr)

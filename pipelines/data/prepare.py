@@ -19,7 +19,7 @@ from torchvision.datasets import FashionMNIST, MNIST
 
 from pipelines.config import Dataset, Params
 from pipelines.data import backbone as bb
-from pipelines.data import readers
+from pipelines.data import folder, readers
 from pipelines.data.download import DataError
 from pipelines.data.sources import CHECKSUMS, HYMENOPTERA_ZIP, WEIGHTS_DIR, files_for, read_source
 from pipelines.io import IntegrityError, save_npz, sha256_file, write_csv, write_json
@@ -29,6 +29,7 @@ TITLES = {
     "fashion_mnist": "Fashion-MNIST (Xiao, Rasul, Vollgraf; Zalando Research)",
     "cifar10": "CIFAR-10 (Krizhevsky, 2009)",
     "hymenoptera": "Hymenoptera ants/bees (PyTorch transfer-learning tutorial)",
+    "image_folder": "your own images",
 }
 RESIZE_CHUNK = 4096  # images per interpolate call: bounds the float32 working set
 
@@ -42,6 +43,10 @@ def verify_raw(name: str, params: Params, raw_dir: Path) -> dict:
     if got != want:
         raise DataError(f"{raw_dir}/SOURCE.json holds dataset/source/protocol {got}, params want {want}; "
                         f"rerun the download stage")
+    if ds.own_folder and (not isinstance(record.get("folder"), dict)
+                          or record["folder"].get("path") != str(Path(ds.own_folder).resolve())):
+        raise DataError(f"{raw_dir}/SOURCE.json does not describe the folder {ds.own_folder} params name; "
+                        "rerun the download stage")
     files = record.get("files", {})
     for _, rel in files_for(name, params):
         entry = files.get(rel)
@@ -143,11 +148,31 @@ def mean_std(x: np.ndarray) -> tuple[list[float], list[float]]:
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def build(name: str, params: Params, raw_dir: Path,
-          log: Callable[[str], None] = lambda msg: None) -> tuple[dict[str, np.ndarray], list[str]]:
+def _build_folder(ds: Dataset, record: dict, log: Callable[[str], None]) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The splits SOURCE.json planned, decoded; each file re-checked against its listed sha256."""
+    own = record["folder"]
+    root, sha = Path(own["path"]), {f["path"]: f["sha256"] for f in own["files"]}
+    arrays, skipped = {}, []
+    for split, items in own["splits"].items():
+        x, y, bad = folder.decode(root, [(rel, k) for rel, k in items], sha, ds.image_size, ds.channels,
+                                  ds.skip_bad_images)
+        arrays[f"x_{split}"], arrays[f"y_{split}"] = x, y
+        skipped += bad
+        log(f"  decoded {split}: {x.shape}" + (f", skipped {len(bad)} unreadable" if bad else ""))
+    for split in ("train", "val"):
+        if not len(arrays.get(f"y_{split}", ())):
+            raise DataError(f"{root}: no readable images left for the {split} split")
+    own["decode_skipped"] = skipped
+    return arrays, list(own["classes"])
+
+
+def build(name: str, params: Params, raw_dir: Path, log: Callable[[str], None] = lambda msg: None,
+          record: Optional[dict] = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The train/val arrays and class names of dataset `name` (raw files already verified)."""
     ds = params.dataset(name)
     source = ds.source(params.protocol)
+    if source == "image_folder":
+        return _build_folder(ds, record if record is not None else read_source(raw_dir), log)
     data = _decode(source, ds, raw_dir)
     log(f"  decoded {source}: train {data.x_train.shape}, val {data.x_val.shape}")
     x_tr, y_tr, x_va, y_va, classes = data
@@ -212,7 +237,7 @@ def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
     ds = params.dataset(name)
     record = verify_raw(name, params, raw_dir)
     log(f"  verified {len(record['files'])} raw file(s) against {raw_dir}/SOURCE.json")
-    arrays, classes = build(name, params, raw_dir, log)
+    arrays, classes = build(name, params, raw_dir, log, record)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
     try:
@@ -234,6 +259,12 @@ def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
                 "protocol": params.protocol, "classes": classes, "height": ds.image_size,
                 "width": ds.image_size, "channels": ds.channels, "mean": mean, "std": std,
                 "splits": counts, "files": files, "backbone": backbone}
+        if "folder" in record:
+            own = record["folder"]
+            meta["source_title"] = f"your own images, {own['path']}"
+            meta["folder"] = {"path": own["path"], "files": len(own["files"]), "digest": own["digest"],
+                              "layout": own["layout"], "ignored": own["ignored"],
+                              "skipped": own["skipped"] + own.get("decode_skipped", [])}
         write_json(tmp / "meta.json", meta)
         write_csv(tmp / "sizes.csv", ["split", "height", "width", "channels", "samples"],
                   [[s, ds.image_size, ds.image_size, ds.channels, counts[s]] for s in splits])

@@ -18,6 +18,7 @@ from torchvision.models import ResNet18_Weights
 
 from pipelines.config import Params
 from pipelines.data.download import DataError, fetch_from
+from pipelines.data.folder import scan
 from pipelines.io import IntegrityError, md5_file, read_json, sha256_file, write_json
 
 SOURCE_FILE = "SOURCE.json"
@@ -54,6 +55,7 @@ CHECKSUMS: dict[str, dict[str, dict[str, str]]] = {
     "hymenoptera": {HYMENOPTERA_ZIP: {}},
     "resnet18": {RESNET18_FILE: {"sha256_prefix": _hash_prefix(RESNET18_FILE)}},
     "efficientnet_lite0": {EFFNET_FILE: {"sha256": EFFNET_SHA256}},
+    "image_folder": {},   # your own folder: every file is listed with its sha256 in SOURCE.json's "folder"
 }
 
 FASHION_HINT = ("install it with `apt-get install dataset-fashion-mnist` "
@@ -213,6 +215,14 @@ def acquire(name: str, params: Params, raw_dir: Path | str,
     """Fill raw_dir with the verified files of dataset `name` and write SOURCE.json; return it."""
     ds = params.dataset(name)
     raw_dir = Path(raw_dir)
+    own = None
+    if ds.own_folder:
+        # Checked and listed before anything is written: a bad folder leaves no trace.
+        own = scan(ds.own_folder, ds.train_limit, ds.val_limit, ds.test_limit, params.seed, ds.skip_bad_images)
+        log(f"  {own['path']}: {len(own['files'])} image(s) in {len(own['classes'])} classes ({own['layout']} layout), "
+            f"digest {own['digest'][:12]}; ignored {own['ignored']['hidden']} hidden and "
+            f"{own['ignored']['not_image']} non-image file(s)" + (f"; skipped {len(own['skipped'])} bad image(s)"
+                                                                    if own["skipped"] else ""))
     raw_dir.mkdir(parents=True, exist_ok=True)
     try:
         previous = read_json(raw_dir / SOURCE_FILE).get("files", {})
@@ -231,5 +241,7 @@ def acquire(name: str, params: Params, raw_dir: Path | str,
             log(f"  {filename}: no published digest; recorded sha256 {files[rel]['sha256']} (trust on first use)")
     record = {"dataset": name, "source": ds.source(params.protocol), "protocol": params.protocol,
               "files": files}
+    if own is not None:
+        record["folder"] = own
     write_json(raw_dir / SOURCE_FILE, record)
     return record

@@ -1,0 +1,284 @@
+"""Your own images as a dataset: a folder laid out as torchvision's ImageFolder.
+
+    <folder>/<class>/<image>                      a seeded, stratified split from the dataset's limits
+    <folder>/{train,val[,test]}/<class>/<image>   the split the folders give
+
+`scan` (download stage) checks the layout and every file before anything is written and lists
+each file with its sha256; `decode` (preprocess stage) reads the listed files, checks each digest
+again, and decodes them (EXIF orientation applied, converted to the dataset's channels, shorter
+side resized and centre-cropped to image_size) straight into one preallocated uint8 array, on
+several threads (Pillow releases the GIL while it decodes and resizes).
+
+Hidden files (a leading dot), Thumbs.db/desktop.ini and files without an image extension are
+ignored and counted. Every bad input stops with one line naming the file or folder.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from pipelines.data.download import DataError
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+JUNK = {"thumbs.db", "desktop.ini"}
+SPLITS = ("train", "val", "test")
+
+
+def _is_image_name(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTS)
+
+
+def _open(path: Path, data: bytes) -> Image.Image:
+    """Pillow image of `data` (the bytes of `path`), or DataError naming the file."""
+    try:
+        with warnings.catch_warnings():
+            # Over Pillow's limit (MAX_IMAGE_PIXELS) is refused, not merely warned about.
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            img.size  # noqa: B018 -- the header is parsed here
+            return img
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise DataError(f"{path}: {err}; Pillow refuses images over {Image.MAX_IMAGE_PIXELS:,} pixels") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise DataError(f"{path}: not a readable image ({err})") from None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
+
+
+def _walk(root: Path, counts: dict[str, int]) -> list[Path]:
+    """Every candidate image file under root (sorted), refusing links that leave it."""
+    real_root = root.resolve()
+    found = []
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        here = Path(dirpath)
+        for d in list(dirnames):
+            p = here / d
+            if d.startswith("."):
+                dirnames.remove(d)
+                counts["hidden"] += 1
+            elif p.is_symlink():
+                target = p.resolve()
+                if not target.is_relative_to(real_root):
+                    raise DataError(f"{p}: a symbolic link to {target}, outside {root}; copy the files in instead")
+        for f in filenames:
+            p = here / f
+            if f.startswith("."):
+                counts["hidden"] += 1
+                continue
+            if f.lower() in JUNK or not _is_image_name(f):
+                counts["not_image"] += 1
+                continue
+            if p.is_symlink():
+                target = p.resolve()
+                if not target.is_relative_to(real_root):
+                    raise DataError(f"{p}: a symbolic link to {target}, outside {root}; copy the file in instead")
+            found.append(p)
+    return sorted(found)
+
+
+def _layout(root: Path, files: list[Path]) -> tuple[str, dict[str, dict[str, list[Path]]]]:
+    """('splits' | 'classes', {split: {class: [files]}}); split '' for a folder without split folders."""
+    top = {p.relative_to(root).parts[0] for p in files}
+    by: dict[str, dict[str, list[Path]]] = {}
+    if top and top <= set(SPLITS):
+        layout = "splits"
+        for p in files:
+            parts = p.relative_to(root).parts
+            if len(parts) != 3:
+                raise DataError(f"{p}: expected <split>/<class>/<image> under {root}")
+            by.setdefault(parts[0], {}).setdefault(parts[1], []).append(p)
+        for s in ("train", "val"):
+            if s not in by:
+                raise DataError(f"{root}: has {', '.join(sorted(top))}/ but no {s}/; split folders need train/ and val/ "
+                                "(test/ is optional), or put the class folders directly in it")
+        classes = {s: sorted(c) for s, c in by.items()}
+        ref = classes["train"]
+        for s, cs in classes.items():
+            if cs != ref:
+                raise DataError(f"{root}: {s}/ holds classes {cs} but train/ holds {ref}; every split folder "
+                                "needs the same class folders")
+    else:
+        layout = "classes"
+        for p in files:
+            parts = p.relative_to(root).parts
+            if len(parts) != 2:
+                raise DataError(f"{p}: expected <class>/<image> (or <split>/<class>/<image>) under {root}")
+            by.setdefault("", {}).setdefault(parts[0], []).append(p)
+    return layout, by
+
+
+def _limit(n: int, limit: int) -> int:
+    return n if limit <= 0 else min(n, limit)
+
+
+def plan_splits(root: Path, layout: str, by: dict[str, dict[str, list[Path]]], classes: list[str],
+                train_limit: int, val_limit: int, test_limit: Optional[int], seed: int) -> dict[str, list[tuple[Path, int]]]:
+    """{split: [(file, class index)]}: limits count per class; seeded and stratified."""
+    rng = np.random.default_rng([seed, 2])
+    out: dict[str, list[tuple[Path, int]]] = {s: [] for s in SPLITS}
+    for k, cls in enumerate(classes):
+        if layout == "splits":
+            tr = list(rng.permutation(len(by["train"][cls])))[: _limit(len(by["train"][cls]), train_limit)]
+            out["train"] += [(by["train"][cls][i], k) for i in sorted(tr)]
+            pool = by["val"][cls]
+            if test_limit is not None and "test" in by:
+                te = list(rng.permutation(len(by["test"][cls])))[: _limit(len(by["test"][cls]), test_limit)]
+                out["test"] += [(by["test"][cls][i], k) for i in sorted(te)]
+                test_from_val = None
+            else:
+                test_from_val = test_limit
+            order = rng.permutation(len(pool))
+            nv = _limit(len(pool), val_limit)
+            if test_from_val is not None:
+                nv = min(val_limit, len(pool)) if val_limit > 0 else 0
+                nt = len(pool) - nv if test_from_val == 0 else min(test_from_val, len(pool) - nv)
+                if nv < 1 or nt < 1:
+                    raise DataError(f"{root / 'val' / cls}: {len(pool)} image(s), too few for val_limit {val_limit} "
+                                    f"and a test split (test_limit {test_from_val}); add images or a test/ folder")
+                out["test"] += [(pool[i], k) for i in sorted(order[nv:nv + nt])]
+            out["val"] += [(pool[i], k) for i in sorted(order[:nv])]
+            continue
+        files = by[""][cls]
+        if val_limit <= 0:
+            raise DataError(f"{root}: has no val/ folder, so val_limit must say how many images per class to hold "
+                            f"out for validation (it is {val_limit})")
+        need_test = 0 if test_limit is None else max(test_limit, 1)
+        need = val_limit + max(train_limit, 1) + need_test
+        if len(files) < need:
+            raise DataError(f"{root / cls}: {len(files)} image(s), fewer than the splits need ({val_limit} validation "
+                            f"+ {max(train_limit, 1)} training" + (f" + {need_test} test" if need_test else "")
+                            + "); add images or lower the limits")
+        order = rng.permutation(len(files))
+        nv, rest = val_limit, len(files) - val_limit
+        if test_limit is None:
+            nt, ntr = 0, _limit(rest, train_limit)
+        elif test_limit == 0:   # test takes every image training leaves, so training needs a limit
+            if train_limit <= 0:
+                raise DataError(f"{root}: train_limit 0 and test_limit 0 both ask for every image left; "
+                                "give one of them a number")
+            ntr = train_limit
+            nt = rest - ntr
+        else:
+            nt = test_limit
+            ntr = _limit(rest - nt, train_limit)
+        out["val"] += [(files[i], k) for i in sorted(order[:nv])]
+        out["train"] += [(files[i], k) for i in sorted(order[nv:nv + ntr])]
+        out["test"] += [(files[i], k) for i in sorted(order[nv + ntr:nv + ntr + nt])]
+    return out
+
+
+def scan(root: Path | str, train_limit: int, val_limit: int, test_limit: Optional[int], seed: int,
+         skip_bad: bool = False) -> dict:
+    """Check a folder and plan its splits; the SOURCE.json record of it (every file with its sha256)."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: no such folder")
+    counts = {"hidden": 0, "not_image": 0}
+    files = _walk(root, counts)
+    if not files:
+        raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTS)}) in it or in its class folders")
+    layout, by = _layout(root, files)
+    classes = sorted({c for split in by.values() for c in split})
+    if len(classes) < 2:
+        raise DataError(f"{root}: only one class folder ({classes[0]!r}); a classifier needs two or more")
+    entries, skipped, digest = [], [], hashlib.sha256()
+    bad: set[Path] = set()
+    for p in files:
+        data = _read(p)
+        try:
+            img = _open(p, data)
+            if img.format == "PNG":
+                img.verify()   # checks the PNG chunks' CRCs without decoding
+        except DataError as err:
+            if not skip_bad:
+                raise
+            skipped.append({"path": str(p.relative_to(root)), "reason": str(err).split(": ", 1)[-1]})
+            bad.add(p)
+            continue
+        except Exception as err:   # verify() raises whatever its plugin raises
+            if not skip_bad:
+                raise DataError(f"{p}: not a readable image ({err})") from None
+            skipped.append({"path": str(p.relative_to(root)), "reason": f"not a readable image ({err})"})
+            bad.add(p)
+            continue
+        sha = hashlib.sha256(data).hexdigest()
+        rel = str(p.relative_to(root))
+        entries.append({"path": rel, "sha256": sha, "bytes": len(data)})
+        digest.update(f"{rel}\0{sha}\n".encode())
+    if bad:
+        by = {s: {c: [p for p in fs if p not in bad] for c, fs in cs.items()} for s, cs in by.items()}
+    plan = plan_splits(root, layout, by, classes, train_limit, val_limit, test_limit, seed)
+    splits = {s: [[str(p.relative_to(root)), k] for p, k in items] for s, items in plan.items() if items}
+    return {"path": str(root.resolve()), "layout": layout, "classes": classes, "files": entries,
+            "digest": digest.hexdigest(), "ignored": counts, "skipped": skipped, "splits": splits}
+
+
+# ---------------------------------------------------------------- decoding
+
+def to_square(img: Image.Image, size: int, channels: int) -> np.ndarray:
+    """EXIF-upright, gray or RGB as `channels`, shorter side resized to `size` (antialiased), centre crop."""
+    if img.format == "JPEG":
+        img.draft("L" if channels == 1 else "RGB", (size, size))   # decode at a reduced scale when it can
+    img = ImageOps.exif_transpose(img)
+    img = img.convert("L" if channels == 1 else "RGB")
+    w, h = img.size
+    if w <= h:
+        nw, nh = size, max(size, round(size * h / w))
+    else:
+        nw, nh = max(size, round(size * w / h)), size
+    if (nw, nh) != (w, h):
+        img = img.resize((nw, nh), Image.BILINEAR, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    arr = np.asarray(img.crop((left, top, left + size, top + size)), dtype=np.uint8)
+    return arr[..., None] if channels == 1 else arr
+
+
+def decode(root: Path, items: list[tuple[str, int]], sha256: dict[str, str], size: int, channels: int,
+           skip_bad: bool = False, threads: int = 0) -> tuple[np.ndarray, np.ndarray, list[dict]]:
+    """(uint8 N×size×size×channels, int64 labels, skipped files) of the listed files, each checked
+    against its recorded sha256 first. Decoded in parallel into one preallocated array."""
+    x = np.empty((len(items), size, size, channels), dtype=np.uint8)
+    ok = np.ones(len(items), dtype=bool)
+    skipped: list[dict] = []
+
+    def one(i: int) -> Optional[dict]:
+        rel = items[i][0]
+        path = root / rel
+        data = _read(path)
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256[rel]:
+            raise DataError(f"{path}: changed since the download stage listed it (sha256 {actual}, listed "
+                            f"{sha256[rel]}); rerun `dvc repro`")
+        try:
+            with _open(path, data) as img:
+                x[i] = to_square(img, size, channels)
+        except (DataError, OSError, SyntaxError, ValueError) as err:
+            msg = str(err) if isinstance(err, DataError) else f"{path}: not a readable image ({err})"
+            if not skip_bad:
+                raise DataError(msg) from None
+            ok[i] = False
+            return {"path": rel, "reason": msg.split(": ", 1)[-1]}
+        return None
+
+    workers = threads or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for res in pool.map(one, range(len(items)), chunksize=64):
+            if res is not None:
+                skipped.append(res)
+    y = np.array([k for _, k in items], dtype=np.int64)
+    if not ok.all():
+        x, y = x[ok], y[ok]
+    return x, y, skipped
