@@ -222,6 +222,18 @@ def _data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool
     used += f" (protocol `{meta['protocol']}`)"
     if len(meta["classes"]) <= 4:  # a small class set is part of what the data is; ten names are noise
         used += f"; classes {' vs '.join(str(c) for c in meta['classes'])}"
+    own = meta.get("folder")
+    if isinstance(own, dict) and is_kind(own.get("files"), "int") and isinstance(own.get("digest"), str):
+        # Which of your folders ran, exactly: its file count and the digest over every file's sha256.
+        used += f" ({own['files']:,} files, digest sha256 `{own['digest'][:16]}`"
+        ignored = own.get("ignored") if isinstance(own.get("ignored"), dict) else {}
+        if any(ignored.values()):
+            used += f"; ignored {ignored.get('hidden', 0)} hidden and {ignored.get('not_image', 0)} non-image files"
+        skipped = own.get("skipped") if isinstance(own.get("skipped"), list) else []
+        if skipped:
+            names = ", ".join(str(x.get("path")) for x in skipped[:10] if isinstance(x, dict))
+            used += f"; skipped {len(skipped)} unreadable: {names}" + (" …" if len(skipped) > 10 else "")
+        used += ")"
     backbone = meta["backbone"].get("name") if isinstance(meta.get("backbone"), dict) else None
     if backbone:
         used += f"; backbone {BACKBONE_TITLES.get(backbone, backbone)} (ImageNet)"

@@ -1,6 +1,8 @@
 """The main command's protocol choice, against a real HTTP server on 127.0.0.1."""
 from pathlib import Path
 
+import pytest
+
 from pipelines import main
 from pipelines.data import sources
 
@@ -56,3 +58,25 @@ def test_set_protocol_keeps_comments(tmp_path):
     assert main.set_protocol(p, "seed")
     assert p.read_text() == "seed: 1\nprotocol: seed   # comment\n# more\n"
     assert not main.set_protocol(p, "seed")
+
+
+def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
+    from pipelines import config, main
+
+    params_file = tmp_path / "params.yaml"
+    params_file.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    photos = tmp_path / "meine Fotos"
+    photos.mkdir()
+    before = params_file.read_text()
+    assert main.set_folder(params_file, "transfer", str(photos)) == str(photos.resolve())
+    p = config.load(params_file)
+    assert p.datasets["transfer"].own_folder == str(photos.resolve()) and p.datasets["mnist"].own_folder is None
+    assert p.datasets["transfer"].source("offline") == p.datasets["transfer"].source("seed") == "image_folder"
+    assert "# the sources above; or your own two-class photo folder" in params_file.read_text()   # comment kept
+    main.set_folder(params_file, "transfer", "builtin")
+    assert params_file.read_text() == before
+    with pytest.raises(config.ParamsError, match="is not a folder"):
+        main.set_folder(params_file, "mnist", str(tmp_path / "nope"))
+    with pytest.raises(config.ParamsError, match="'digits'"):
+        main.set_folder(params_file, "digits", str(photos))
+    assert params_file.read_text() == before

@@ -593,3 +593,19 @@ def test_stage_logs_the_verdict_table_to_mlflow(tmp_path):
     expected = report.build(config.load(params_file), root, now=NOW).tables["transfer_comparison"]
     assert table["columns"] == list(expected[0])
     assert [row[-1] for row in table["data"]] == [r[-1] for r in expected[1]]
+
+
+def test_own_folder_is_named_with_its_file_count_and_digest(tmp_path):
+    root = populate(tmp_path / "root")
+    meta_path = root / "data" / "prepared" / "transfer" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta.update(source="image_folder", source_title="your own images, /home/me/Fotos Bienen",
+                classes=["Ameisen", "Bienen"],
+                folder={"path": "/home/me/Fotos Bienen", "files": 397, "digest": "ab12" * 16, "layout": "splits",
+                        "ignored": {"hidden": 2, "not_image": 1}, "skipped": [{"path": "Bienen/kaputt.jpg", "reason": "x"}]})
+    write_json(meta_path, meta)
+    md = report.build(_params(), root, now=NOW).markdown
+    line = ("your own images, /home/me/Fotos Bienen at 112×112×3 (protocol `offline`); classes Ameisen vs Bienen "
+            "(397 files, digest sha256 `ab12ab12ab12ab12`; ignored 2 hidden and 1 non-image files; skipped 1 "
+            "unreadable: Bienen/kaputt.jpg)")
+    assert line in _section(md, "## Summary") and line in _section(md, "## Data used")
