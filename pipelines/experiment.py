@@ -159,7 +159,10 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
 
     run_name = name if seed == params.seed else f"{name}@seed{seed}"
     run_tags = {"dataset": v.dataset, "data_source": prep.meta["source"], "variant": name, "seed": seed,
-                "world_size": world}
+                "world_size": world, "data_classes": ", ".join(prep.meta["classes"])[:5000]}
+    if isinstance(prep.meta.get("folder"), dict):   # your own images: which folder, exactly
+        own = prep.meta["folder"]
+        run_tags.update(data_folder=own["path"], data_files=own["files"], data_digest=own["digest"])
     if rank != 0:
         # Other ranks train in lockstep; only rank 0 logs and writes outputs.
         engine.fit(net, train_d, val_d, _recipe(v), device, precision, seed, desc=f"{name} rank {rank}",
