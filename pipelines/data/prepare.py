@@ -134,17 +134,19 @@ def fit(x: np.ndarray, size: int, channels: int) -> np.ndarray:
 
 
 def mean_std(x: np.ndarray) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std on the 0..1 scale, accumulated in float64 chunks."""
+    """Per-channel mean and std on the 0..1 scale, exact, from per-channel histograms of the uint8
+    values (counted in chunks: a few MB of working memory whatever the array's size)."""
     c = x.shape[-1]
-    s, s2, n = np.zeros(c), np.zeros(c), 0
+    hist = np.zeros((c, 256), dtype=np.int64)
     flat = x.reshape(-1, c)
     for i in range(0, len(flat), 1 << 22):
-        block = flat[i:i + (1 << 22)].astype(np.float64) / 255.0
-        s += block.sum(0)
-        s2 += (block * block).sum(0)
-        n += len(block)
-    mean = s / max(n, 1)
-    std = np.sqrt(np.maximum(s2 / max(n, 1) - mean * mean, 0.0))
+        block = flat[i:i + (1 << 22)]
+        for k in range(c):
+            hist[k] += np.bincount(block[:, k], minlength=256)
+    levels = np.arange(256) / 255.0
+    n = np.maximum(hist.sum(1), 1)
+    mean = (hist * levels).sum(1) / n
+    std = np.sqrt(np.maximum((hist * levels ** 2).sum(1) / n - mean * mean, 0.0))
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
