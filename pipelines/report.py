@@ -248,7 +248,9 @@ def _header(doc: _Doc, params: Params, data: dict[str, Data], now: datetime, tra
             + (" (packaged offline data instead of the lab's downloads)" if params.protocol == "offline" else ""),
             f"- Generated: {now.strftime('%Y-%m-%d %H:%M UTC')}",
             f"- Code version: git `{commit}`" if commit else "- Code version: unknown (not a git checkout)",
-            f"- Seed: {params.seed}")
+            f"- Seed: {params.seed}",
+            *[f"- Your own images: `{name}` from `{ds.own_folder}` (whatever the protocol)"
+              for name, ds in params.datasets.items() if ds.own_folder])
     _summary(doc, params, data, transfer)
     doc.contents_at = len(doc.lines)
     doc.heading(2, "Data used", "data-used")

@@ -604,7 +604,11 @@ def test_own_folder_is_named_with_its_file_count_and_digest(tmp_path):
                 folder={"path": "/home/me/Fotos Bienen", "files": 397, "digest": "ab12" * 16, "layout": "splits",
                         "ignored": {"hidden": 2, "not_image": 1}, "skipped": [{"path": "Bienen/kaputt.jpg", "reason": "x"}]})
     write_json(meta_path, meta)
-    md = report.build(_params(), root, now=NOW).markdown
+    params = _params()
+    params = params.model_copy(update={"datasets": {**params.datasets, "transfer": params.datasets["transfer"].model_copy(
+        update={"folder": "/home/me/Fotos Bienen"})}})
+    md = report.build(params, root, now=NOW).markdown
+    assert "- Your own images: `transfer` from `/home/me/Fotos Bienen` (whatever the protocol)" in md
     line = ("your own images, /home/me/Fotos Bienen at 112×112×3 (protocol `offline`); classes Ameisen vs Bienen "
             "(397 files, digest sha256 `ab12ab12ab12ab12`; ignored 2 hidden and 1 non-image files; skipped 1 "
             "unreadable: Bienen/kaputt.jpg)")
