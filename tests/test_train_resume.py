@@ -103,6 +103,7 @@ def test_checkpoint_of_other_params_is_not_resumed(workdir):
     assert "made with other params or data; starting afresh" in r.stdout
 
 
+@pytest.mark.slow
 def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, params_raw, monkeypatch):
     """mnist_cnn_20ep's way: train 2 epochs, continue that state to 4; the history equals a straight
     4-epoch run of the same seed, and the continuation trains only epochs 3 and 4."""
