@@ -3,7 +3,7 @@
 PY ?= python3
 PROTOCOL ?= auto
 
-.PHONY: setup run test ui benchmark
+.PHONY: setup run test ui benchmark gpu-check gpu-wheels
 
 setup:
 	bash .ci/setup
@@ -29,3 +29,14 @@ check-params: setup
 # benchmarks/results-<date>-<cpu|cuda>.json and .md. About 8 minutes on 2 CPU cores (measured 2026-11-28).
 benchmark:
 	$(PY) -m benchmarks.compare
+
+# The offline protocol's training and evaluation on a CUDA GPU, timed (README "GPU check"); without
+# a GPU, the same code on the CPU on tiny data. Writes benchmarks/results-<date>-cuda.json and .md.
+gpu-check:
+	$(PY) -m benchmarks.gpu_check
+
+# pydantic's wheels for the GPU machine's Python 3.12 (its image lacks pydantic), into .whl/.
+gpu-wheels:
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(PY) -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('pydantic', 'pydantic-core', 'annotated-types', 'typing-inspection')))")
