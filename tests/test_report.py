@@ -516,3 +516,25 @@ def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path
     assert "not run" in alex_line and "85.00 %" in alex_line
     cnn_line = next(l for l in sec.splitlines() if l.startswith("| `mnist_cnn_plus`"))
     assert "99.30 %" in cnn_line and "not met (-5.69 pp)" in cnn_line
+
+
+def test_where_the_time_went_sums_every_stage_the_metrics_timed(tmp_path):
+    root = populate(tmp_path / "root")
+    t = json.loads((root / "metrics" / "mnist_cnn" / "train.json").read_text())
+    write_json(root / "metrics" / "mnist_cnn" / "train.json", {**t, "stage_seconds": 300.0})
+    e = json.loads((root / "metrics" / "mnist_cnn" / "eval.json").read_text())
+    write_json(root / "metrics" / "mnist_cnn" / "eval.json", {**e, "seconds": 4.0, "img_per_s": 2500.0})
+    params = _params()
+    md = report.build(params, root, now=NOW).markdown
+    part = _section(md, "## Where the time went")
+    rows = [r for r in part.splitlines() if r.startswith("| `")]
+    n_reps = len(params.replicates.variants) * len(params.replicates.seeds)
+    # A train and an embed row per variant (eval only where it recorded seconds), a train row per replicate.
+    assert len(rows) == 2 * len(params.variants) + 1 + n_reps
+    secs = [float(r.split("|")[2].replace(",", "")) for r in rows]
+    assert secs == sorted(secs, reverse=True) and secs[0] == 300.0
+    assert abs(sum(float(r.split("|")[3].strip(" %")) for r in rows) - 100) < 0.5
+    flops = t["flops_per_image"]
+    assert f"| `train@mnist_cnn` | 300.0 |" in part and f"{3 * flops * t['train_img_per_s'] / 1e9:,.1f} |" in part
+    assert "| `evaluate@mnist_cnn` | 4.0 |" in part and "| 2,500 |" in part
+    assert f"Sum of these stages: {sum(secs):,.0f} s" in part
