@@ -10,9 +10,11 @@ from params.yaml:
   usual  a torchvision-style Dataset returning PIL images, per-sample ToTensor/Normalize
          (+ RandomCrop/RandomHorizontalFlip for the AlexNet), DataLoader(shuffle=True,
          num_workers=0), a plain fp32 NCHW loop.
-Then: t-SNE of the trained Simple CNN's fc1 features over the validation set through openTSNE
-(the pipeline's features.tsne_2d) and scikit-learn's Barnes-Hut; fp32 vs bf16 autocast in our
-loop; torch.compile for evaluation in a child process given a time limit.
+Then: a roofline (benchmarks/roofline.py: measured peaks, every path's FLOP/s and % of peak,
+per-layer profiler times, oneDNN's ISA); fp32/bf16 x channels-last/NCHW forms of a training step
+for both networks; the embed stage's t-SNE against its earlier schedule, with the maps' quality;
+fp32 vs bf16 autocast in our loop; torch.compile for evaluation in a child process given a time
+limit. --quick runs a small subset of all this (tests use it).
 
 Writes the figures to benchmarks/results-<date>-<device>.json and a Markdown summary beside it.
 """
@@ -516,7 +518,7 @@ def run(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], *, seed:
                            for key, _v, _d, model_name in MODELS}
         progress(result)
     if tsne:
-        log("t-SNE: the pipeline's (every core, converged) vs openTSNE one thread 750 iterations vs scikit-learn ...")
+        log("t-SNE: the pipeline's (every core, converged) vs openTSNE on one thread, 750 iterations ...")
         result["tsne"] = compare_tsne(trained["simple_cnn"], datasets["simple_cnn"], seed, device, precision)
         progress(result)
     log(f"precision: fp32 vs bf16 autocast, {precision_batches} batches ...")
@@ -540,7 +542,10 @@ def run(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], *, seed:
         f"validation runs on the first {FIT_VAL_SLICE} validation images, the timed evaluation on all of them",
         "both paths start from identical weights (same seed) and run in this one process, ours first; "
         "peak RSS is sampled every 20 ms during each path (increase = over the RSS at the path's start)",
-        "t-SNE: both on one thread, each with its own default iteration schedule",
+        "t-SNE: the pipeline's features.tsne_2d (every core, stopped when converged) against openTSNE on one "
+        "thread with its default 250 + 500 iterations (the embed stage's earlier settings), same features",
+        "roofline: training FLOP/s = 3 x flops_per_image x img/s (forward + a backward of about twice the "
+        "forward), evaluation 1 x; % of the best GEMM/convolution peak measured here in the path's precision",
         "bf16 autocast on a CPU without AVX-512 BF16/AMX is emulated: it is the slow case, and why "
         "precision auto picks fp32 there",
     ]
