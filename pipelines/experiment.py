@@ -131,7 +131,7 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         net = torch.nn.parallel.DistributedDataParallel(model)
         torch.manual_seed(seed * 1000 + rank)
     fingerprint = _fingerprint(params, name, seed, prep.meta) | {"world": world}
-    state, reused = None, 0
+    state, reused, reused_rows = None, 0, []
     source = config.start_variant(v.start)
     if source is not None:
         # Continue the source variant's last epoch: its weights, optimiser, RNG and history, checked
@@ -141,7 +141,7 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
             raise RuntimeError(f"variants.{name}.start: {v.start} is missing or was made with other params, "
                                f"seed or data than variants.{source}'s; rerun train@{source} (dvc repro)")
         state = saved["state"]
-        reused = state["epoch"]
+        reused, reused_rows = state["epoch"], list(state["history"])
         print(f"train {name}: continuing {source} after epoch {state['epoch']} ({v.start})", flush=True)
     if resume and checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -183,6 +183,10 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
                 run.log_metrics({k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
                                 step=row["epoch"])
 
+            for row in reused_rows:
+                # The continued variant's epochs, logged under this run too, so its curves are whole.
+                run.log_metrics({k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
+                                step=row["epoch"])
             res = engine.fit(net, train_d, val_d, _recipe(v), device, precision, seed, on_epoch, name,
                              resume=state, checkpoint=save_checkpoint)
         hist = res.history
