@@ -341,7 +341,9 @@ def embed(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         for role, (path, _) in modules.items():
             f = feats[role]
             t_map, info = time.perf_counter(), {}
-            xy, backend = features.tsne_2d(f, params.seed, v.tsne_perplexity, info=info)
+            # As many threads as torch's (params `threads`; 0 = every core): one on a shared machine.
+            xy, backend = features.tsne_2d(f, params.seed, v.tsne_perplexity, n_jobs=torch.get_num_threads(),
+                                           info=info)
             t_map = time.perf_counter() - t_map
             q = features.quality(f, xy, sub["y"], params.seed)
             result["layers"][role] = {"module": path, "dim": int(f.shape[1]), **q, "tsne_seconds": t_map,
