@@ -19,6 +19,7 @@ import argparse
 import copy
 import dataclasses
 import datetime as dt
+import os
 import shutil
 import sys
 import tempfile
@@ -205,6 +206,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--tiny", action="store_true", help="128/64 images, 2-3 epochs (implied without a GPU)")
     a = ap.parse_args(argv)
     log = lambda s: print(s, file=sys.stderr, flush=True)  # noqa: E731
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # before cuBLAS starts, as seed_everything asks
     t_all = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     tiny = a.tiny or device.type != "cuda"
