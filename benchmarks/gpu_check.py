@@ -163,8 +163,9 @@ def mlflow_gpu_metrics(tmp: Path, device) -> dict:
     try:
         mlflow.set_tracking_uri(f"sqlite:///{tmp / 'mlflow.db'}")
         mlflow.set_system_metrics_sampling_interval(1)
+        exp = mlflow.set_experiment("gpu-check")  # of this store: an experiment set earlier may be another's
         a = torch.randn(2048, 2048, device=device)
-        with mlflow.start_run(log_system_metrics=True) as run:
+        with mlflow.start_run(experiment_id=exp.experiment_id, log_system_metrics=True) as run:
             t0 = time.perf_counter()
             while time.perf_counter() - t0 < 6:
                 a = torch.tanh(a @ a)
