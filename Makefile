@@ -3,7 +3,7 @@
 PY ?= python3
 PROTOCOL ?= auto
 
-.PHONY: setup run test ui benchmark
+.PHONY: setup run test ui benchmark gpu-check gpu-wheels
 
 setup:
 	bash .ci/setup
@@ -26,6 +26,20 @@ check-params: setup
 	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.check_params --base $(BASE) --profile $(CHECK_PROFILE)
 
 # Our loop vs the usual DataLoader recipe on the prepared data (needs `make run` first); writes
-# benchmarks/results-<date>-<cpu|cuda>.json and .md. About 8 minutes on 2 CPU cores (measured 2026-11-28).
+# benchmarks/results-<date>-<cpu|cuda>.json and .md, with the roofline (README "Speed"). 8 minutes on
+# 2 quiet CPU cores before the roofline and forms sections were added (measured 2026-11-28);
+# BENCH_ARGS=--quick runs a minute's subset.
+BENCH_ARGS ?=
 benchmark:
-	$(PY) -m benchmarks.compare
+	$(PY) -m benchmarks.compare $(BENCH_ARGS)
+
+# The offline protocol's training and evaluation on a CUDA GPU, timed (README "GPU check"); without
+# a GPU, the same code on the CPU on tiny data. Writes benchmarks/results-<date>-cuda.json and .md.
+gpu-check:
+	$(PY) -m benchmarks.gpu_check
+
+# pydantic's wheels for the GPU machine's Python 3.12 (its image lacks pydantic), into .whl/.
+gpu-wheels:
+	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
+	  $$($(PY) -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('pydantic', 'pydantic-core', 'annotated-types', 'typing-inspection')))")

@@ -10,9 +10,11 @@ from params.yaml:
   usual  a torchvision-style Dataset returning PIL images, per-sample ToTensor/Normalize
          (+ RandomCrop/RandomHorizontalFlip for the AlexNet), DataLoader(shuffle=True,
          num_workers=0), a plain fp32 NCHW loop.
-Then: t-SNE of the trained Simple CNN's fc1 features over the validation set through openTSNE
-(the pipeline's features.tsne_2d) and scikit-learn's Barnes-Hut; fp32 vs bf16 autocast in our
-loop; torch.compile for evaluation in a child process given a time limit.
+Then: a roofline (benchmarks/roofline.py: measured peaks, every path's FLOP/s and % of peak,
+per-layer profiler times, oneDNN's ISA); fp32/bf16 x channels-last/NCHW forms of a training step
+for both networks; the embed stage's t-SNE against its earlier schedule, with the maps' quality;
+fp32 vs bf16 autocast in our loop; torch.compile for evaluation in a child process given a time
+limit. --quick runs a small subset of all this (tests use it).
 
 Writes the figures to benchmarks/results-<date>-<device>.json and a Markdown summary beside it.
 """
@@ -93,7 +95,8 @@ def machine_info() -> dict:
         "torch": torch.__version__,
         "torchvision": torchvision.__version__,
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")},
+        "flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")},
+        "all_flags": " ".join(sorted(flags)),
         "native_bf16": engine.cpu_has_native_bf16(),
         # Other jobs shared this machine: the load says how much the figures may have suffered.
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
@@ -267,40 +270,30 @@ def compare_model(key: str, model_name: str, data: Arrays, r: engine.Recipe, see
 
 # ---------------------------------------------------------------------------- t-SNE
 def compare_tsne(model: torch.nn.Module, data: Arrays, seed: int, device, precision, perplexity: float = 30.0) -> dict:
-    from sklearn.manifold import TSNE
-    from sklearn.model_selection import cross_val_score
-    from sklearn.neighbors import KNeighborsClassifier
+    """The embed stage's t-SNE (features.tsne_2d: every core, stopped when converged) against openTSNE
+    as the stage ran it before (one thread, its default 250 + 500 iterations), on the same features:
+    seconds, and the map's quality (5-NN accuracy on the map, trustworthiness, silhouette)."""
+    from openTSNE import TSNE
 
     val_d = _device_data(data.val_x, data.val_y, data, device)
     feats = engine.extract(model, {"fc1": model.fc1}, val_d, 1000, device, precision)["fc1"]
     y = data.val_y
     perp = min(perplexity, max(2.0, (len(feats) - 1) / 3))
+    keep = ("knn_acc_tsne", "trustworthiness", "silhouette_tsne")
+    out = {"features": list(feats.shape), "layer": "fc1 (Simple CNN trained by our loop)", "perplexity": perp}
+    t0, info = time.perf_counter(), {}
+    xy, backend = features.tsne_2d(feats, seed, perp, info=info)
+    q = features.quality(feats, xy, y, seed)
+    out["pipeline"] = {"backend": backend, "seconds": time.perf_counter() - t0 - q["seconds"],
+                       "threads": torch.get_num_threads(), **info, **{k: q.get(k) for k in keep}}
     t0 = time.perf_counter()
-    xy_open, backend = features.tsne_2d(feats, seed, perp)
-    open_s = time.perf_counter() - t0
-    # One thread, as features.tsne_2d runs openTSNE (n_jobs=1): the same footing, and OpenMP's
-    # spinning threads made scikit-learn several times slower whenever other jobs shared the cores.
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        t0 = time.perf_counter()
-        xy_sk = TSNE(2, perplexity=perp, init="pca", method="barnes_hut", random_state=seed).fit_transform(
-            feats.astype(np.float32))
-        sk_s = time.perf_counter() - t0
-
-    def knn(xy) -> Optional[float]:
-        # A check that both maps are usable, not just fast: 5-NN accuracy of the 2-D points.
-        folds = int(min(5, np.bincount(y).min())) if len(y) else 0
-        if folds < 2:
-            return None
-        return float(cross_val_score(KNeighborsClassifier(5), xy, y, cv=folds).mean() * 100)
-
-    return {"features": list(feats.shape), "layer": "fc1 (Simple CNN trained by our loop)", "perplexity": perp,
-            "opentsne": {"backend": backend, "seconds": open_s, "threads": 1, "knn5_acc_2d": knn(xy_open),
-                         "iterations": "its defaults: 250 exaggerated + 500"},
-            "sklearn_barnes_hut": {"seconds": sk_s, "threads": 1, "knn5_acc_2d": knn(xy_sk),
-                                   "iterations": "its default max_iter 1000 (250 exaggerated)"},
-            "ratio_sklearn_over_opentsne_seconds": sk_s / open_s if open_s else None}
+    xy = np.asarray(TSNE(2, perplexity=perp, initialization="pca", random_state=seed, n_jobs=1).fit(
+        feats.astype(np.float32)))
+    secs = time.perf_counter() - t0
+    q = features.quality(feats, xy, y, seed)
+    out["opentsne_one_thread_750"] = {"seconds": secs, "threads": 1, "iterations": 750, **{k: q.get(k) for k in keep}}
+    out["speedup"] = secs / out["pipeline"]["seconds"] if out["pipeline"]["seconds"] else None
+    return out
 
 
 # ---------------------------------------------------------------------------- fp32 vs bf16
@@ -316,6 +309,93 @@ def compare_precision(model_name: str, data: Arrays, r: engine.Recipe, batches: 
         out[prec] = {"train_seconds": res.train_seconds, "train_img_per_s": res.train_images / res.train_seconds,
                      "train_loss": res.history[-1]["train_loss"]}
     out["bf16_speedup"] = out["bf16"]["train_img_per_s"] / out["fp32"]["train_img_per_s"]
+    return out
+
+
+# Numerical forms of a training step measured against each other (interleaved rounds, best of each:
+# other jobs on a shared machine slow whichever form they happen to meet, not one form throughout).
+FORMS = {
+    "fp32 channels-last": ("fp32", True),
+    "fp32 NCHW": ("fp32", False),
+    "bf16 autocast channels-last": ("bf16", True),
+    "bf16 autocast NCHW": ("bf16", False),
+}
+
+
+def compare_forms(model_name: str, data: Arrays, r: engine.Recipe, seed: int, steps: int, rounds: int,
+                  forms: dict = FORMS) -> dict:
+    """img/s of training steps and of evaluation batches in each numerical form, same weights and batch."""
+    n = min(len(data.train_y), r.batch_size)
+    d = _device_data(data.train_x[:n], data.train_y[:n], data, torch.device("cpu"))
+    xb, yb = d.normalise(d.x), d.y
+    ev = _device_data(data.val_x[: r.eval_batch_size], data.val_y[: r.eval_batch_size], data, torch.device("cpu"))
+    xe = ev.normalise(ev.x)
+    nets = {}
+    for name, (prec, cl) in forms.items():
+        m = _build(model_name, data, seed)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        nets[name] = (m.to(memory_format=fmt), engine.make_optimizer(m.parameters(), r), prec,
+                      xb.contiguous(memory_format=fmt), xe.contiguous(memory_format=fmt))
+    best = {name: {"train": 0.0, "eval": 0.0} for name in forms}
+    losses = {}
+    for _ in range(rounds):
+        for name, (m, opt, prec, x, x_eval) in nets.items():
+            dev = torch.device("cpu")
+            m.train()
+            t0 = time.perf_counter()
+            for _ in range(steps):
+                with engine.autocast(dev, prec):
+                    loss = F.cross_entropy(models.logits_of(m(x)).float(), yb)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            best[name]["train"] = max(best[name]["train"], steps * len(yb) / (time.perf_counter() - t0))
+            losses[name] = float(loss.detach())
+            m.eval()
+            with torch.no_grad(), engine.autocast(dev, prec):
+                t0 = time.perf_counter()
+                m(x_eval)
+                best[name]["eval"] = max(best[name]["eval"], len(x_eval) / (time.perf_counter() - t0))
+    base = best["fp32 channels-last"]
+    return {"model": model_name, "batch_size": len(yb), "eval_batch": len(xe), "steps": steps, "rounds": rounds,
+            "forms": {name: {"train_img_per_s": b["train"], "eval_img_per_s": b["eval"],
+                             "train_vs_fp32": b["train"] / base["train"], "eval_vs_fp32": b["eval"] / base["eval"],
+                             "loss_after": losses[name]} for name, b in best.items()}}
+
+
+def compare_roofline(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], results: dict, seed: int,
+                     precision: str, quick: bool) -> dict:
+    """The machine's measured peaks, every path of `results` as FLOP/s and % of peak, per-layer times."""
+    from benchmarks import roofline
+    from pipelines.experiment import flops_per_image
+
+    out: dict = {"onednn": roofline.onednn_info()}
+    nets, convs = {}, {}
+    for key, _v, _d, model_name in MODELS:
+        data = datasets[key]
+        m = _build(model_name, data, seed)
+        cfg = {"in_channels": data.train_x.shape[-1], "image_size": data.train_x.shape[1]}
+        nets[key] = (m, flops_per_image(m, cfg))
+        name, conv, shape, _f = roofline.heaviest_conv(m, torch.zeros(1, cfg["in_channels"], cfg["image_size"],
+                                                                       cfg["image_size"]))
+        convs[f"{key}.{name}"] = (conv, shape, _f)
+    out["peak"] = roofline.peaks(convs, gemm_n=256 if quick else 2048, batch=16 if quick else 128,
+                                 repeats=1 if quick else 3, min_seconds=0.02 if quick else 0.3)
+    out["paths"] = {}
+    for key, (m, flops) in nets.items():
+        for path in ("ours", "usual"):
+            row = results[key][path]
+            prec = row["precision"]
+            out["paths"][f"{key}/{path}"] = {
+                "flops_per_image": flops, "precision": prec,
+                "train": roofline.achieved(flops, row["train_img_per_s"], True, prec, out["peak"]),
+                "eval": roofline.achieved(flops, row["eval_img_per_s"], False, prec, out["peak"])}
+        data, r = datasets[key], recipes[key]
+        n = min(len(data.train_y), r.batch_size)
+        d = _device_data(data.train_x[:n], data.train_y[:n], data, torch.device("cpu"))
+        layers = roofline.layer_times(m.to(memory_format=torch.channels_last), d.normalise(d.x), d.y, precision,
+                                      steps=1 if quick else 5)
+        out[f"layers_{key}"] = layers
     return out
 
 
@@ -415,7 +495,7 @@ def compare_compile(model: torch.nn.Module, model_name: str, data: Arrays, batch
 # ---------------------------------------------------------------------------- run & report
 def run(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], *, seed: int = 42,
         precision_batches: int = 200, compile_timeout_s: float = 60.0, device_name: str = "auto",
-        log=print, progress=lambda result: None) -> dict:
+        log=print, progress=lambda result: None, quick: bool = False, tsne: bool = True) -> dict:
     """Every measurement; datasets and recipes are keyed by the MODELS' benchmark key. progress(result)
     is called after each section, so a long run stopped part-way still leaves its figures."""
     engine.seed_everything(seed)
@@ -428,9 +508,19 @@ def run(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], *, seed:
         result["models"][key], trained[key] = compare_model(key, model_name, datasets[key], recipes[key], seed,
                                                             device, precision, log)
         progress(result)
-    log("t-SNE: openTSNE vs scikit-learn Barnes-Hut ...")
-    result["tsne"] = compare_tsne(trained["simple_cnn"], datasets["simple_cnn"], seed, device, precision)
-    progress(result)
+    if device.type == "cpu":
+        log("roofline: peaks, FLOP/s of every path, per-layer times ...")
+        result["roofline"] = compare_roofline(datasets, recipes, result["models"], seed, precision, quick)
+        progress(result)
+        log("numerical forms: fp32/bf16 x channels-last/NCHW ...")
+        result["forms"] = {key: compare_forms(model_name, datasets[key], recipes[key], seed,
+                                              steps=2 if quick else 10, rounds=1 if quick else 3)
+                           for key, _v, _d, model_name in MODELS}
+        progress(result)
+    if tsne:
+        log("t-SNE: the pipeline's (every core, converged) vs openTSNE on one thread, 750 iterations ...")
+        result["tsne"] = compare_tsne(trained["simple_cnn"], datasets["simple_cnn"], seed, device, precision)
+        progress(result)
     log(f"precision: fp32 vs bf16 autocast, {precision_batches} batches ...")
     result["precision"] = compare_precision("simple_cnn", datasets["simple_cnn"], recipes["simple_cnn"],
                                             precision_batches, seed, device)
@@ -452,7 +542,10 @@ def run(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], *, seed:
         f"validation runs on the first {FIT_VAL_SLICE} validation images, the timed evaluation on all of them",
         "both paths start from identical weights (same seed) and run in this one process, ours first; "
         "peak RSS is sampled every 20 ms during each path (increase = over the RSS at the path's start)",
-        "t-SNE: both on one thread, each with its own default iteration schedule",
+        "t-SNE: the pipeline's features.tsne_2d (every core, stopped when converged) against openTSNE on one "
+        "thread with its default 250 + 500 iterations (the embed stage's earlier settings), same features",
+        "roofline: training FLOP/s = 3 x flops_per_image x img/s (forward + a backward of about twice the "
+        "forward), evaluation 1 x; % of the best GEMM/convolution peak measured here in the path's precision",
         "bf16 autocast on a CPU without AVX-512 BF16/AMX is emulated: it is the slow case, and why "
         "precision auto picks fp32 there",
     ]
@@ -461,6 +554,38 @@ def run(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], *, seed:
 
 def _fmt(v, spec=",.0f") -> str:
     return "n/a" if v is None else format(v, spec)
+
+
+def _roofline_md(res: dict) -> list[str]:
+    if "roofline" not in res:
+        return []
+    rf, pk = res["roofline"], res["roofline"]["peak"]
+    od = rf["onednn"]
+    lines = ["", "## Roofline", "",
+             f"oneDNN {od.get('version', '?')}, ISA: {od.get('isa', '?')}; convolution kernels: "
+             f"{', '.join(od.get('conv_kernels', [])) or '?'}.", "",
+             f"Measured peaks ({pk['threads']} threads): GEMM {pk['gemm_n']}^3 fp32 {pk['gemm_fp32_flops'] / 1e9:,.0f} "
+             f"GFLOP/s, bf16 {pk['gemm_bf16_flops'] / 1e9:,.0f} GFLOP/s; "
+             + "; ".join(f"conv {k[5:-6]} ({pk[k[:-11] + '_shape']}) {v / 1e9:,.0f}"
+                         for k, v in pk.items() if k.startswith("conv_") and k.endswith("_flops"))
+             + " GFLOP/s (batch " + str(pk["conv_batch"]) + "). Peak used: the best of these per precision.", "",
+             "| path | precision | MFLOP/img (fwd) | train GFLOP/s | train % of peak | eval GFLOP/s | eval % of peak |",
+             "|---|---|---|---|---|---|---|"]
+    for key, p in rf["paths"].items():
+        lines.append(f"| {key} | {p['precision']} | {p['flops_per_image'] / 1e6:.1f} | {p['train']['gflop_per_s']:.1f} | "
+                     f"{p['train']['pct_of_peak']:.0f} % | {p['eval']['gflop_per_s']:.1f} | {p['eval']['pct_of_peak']:.0f} % |")
+    for key in (k for k in rf if k.startswith("layers_")):
+        top = [r for r in rf[key] if r["forward_mflop"] > 0][:4]
+        lines += ["", f"{key[7:]}, forward time per layer of a training step (torch.profiler), heaviest first: "
+                  + "; ".join(f"{r['layer']} ({r['type']}) {r['forward_ms']:.2f} ms, {r['share_pct']:.0f} %, "
+                              f"{_fmt(r['gflop_per_s'], '.0f')} GFLOP/s" for r in top) + "."]
+    if "forms" in res:
+        lines += ["", "| model | form | train img/s | x fp32 | eval img/s | x fp32 |", "|---|---|---|---|---|---|"]
+        for key, f in res["forms"].items():
+            for name, r in f["forms"].items():
+                lines.append(f"| {key} | {name} | {r['train_img_per_s']:,.0f} | {r['train_vs_fp32']:.2f} | "
+                             f"{r['eval_img_per_s']:,.0f} | {r['eval_vs_fp32']:.2f} |")
+    return lines
 
 
 def render_markdown(res: dict) -> str:
@@ -481,12 +606,17 @@ def render_markdown(res: dict) -> str:
         q = r["ratio_ours_over_usual"]
         lines.append(f"| {key} | ratio ours/usual | {_fmt(q['train_img_per_s'], '.2f')}x | "
                      f"{_fmt(q['eval_img_per_s'], '.2f')}x | | | | |")
-    t = res["tsne"]
-    lines += ["", f"t-SNE of {t['features'][0]:,} x {t['features'][1]} {t['layer']} features: "
-              f"{t['opentsne']['backend']} {t['opentsne']['seconds']:.1f} s (5-NN on the map "
-              f"{_fmt(t['opentsne']['knn5_acc_2d'], '.1f')} %), scikit-learn Barnes-Hut "
-              f"{t['sklearn_barnes_hut']['seconds']:.1f} s ({_fmt(t['sklearn_barnes_hut']['knn5_acc_2d'], '.1f')} %): "
-              f"ratio {_fmt(t['ratio_sklearn_over_opentsne_seconds'], '.2f')}x."]
+    lines += _roofline_md(res)
+    if "tsne" in res:
+        t = res["tsne"]
+        a, b = t["pipeline"], t["opentsne_one_thread_750"]
+        lines += ["", f"t-SNE of {t['features'][0]:,} x {t['features'][1]} {t['layer']} features:", "",
+                  "| t-SNE | seconds | iterations | 5-NN on map % | trustworthiness | silhouette |", "|---|---|---|---|---|---|",
+                  f"| pipeline ({a['threads']} threads, converged) | {a['seconds']:.1f} | {a.get('iterations')} | "
+                  f"{_fmt(a['knn_acc_tsne'], '.2f')} | {_fmt(a['trustworthiness'], '.4f')} | {_fmt(a['silhouette_tsne'], '.3f')} |",
+                  f"| openTSNE 1 thread, 750 iterations | {b['seconds']:.1f} | 750 | {_fmt(b['knn_acc_tsne'], '.2f')} | "
+                  f"{_fmt(b['trustworthiness'], '.4f')} | {_fmt(b['silhouette_tsne'], '.3f')} |",
+                  "", f"speed-up {_fmt(t['speedup'], '.2f')}x."]
     p = res["precision"]
     lines += ["", f"Our loop, {p['model']}, {p['batches']} batches of {p['batch_size']}: fp32 "
               f"{p['fp32']['train_img_per_s']:,.0f} img/s, bf16 autocast {p['bf16']['train_img_per_s']:,.0f} img/s "
@@ -546,10 +676,15 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--precision-batches", type=int, default=200, help="batches of the fp32 vs bf16 run")
     ap.add_argument("--compile-timeout", type=float, default=60.0, help="seconds torch.compile may take (0 = skip)")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    ap.add_argument("--quick", action="store_true",
+                    help="a minute's subset: 2,000/1,000 images, small peak problems, no t-SNE or torch.compile")
     ap.add_argument("--data", type=Path, default=Path("data/prepared"), help="folder of the prepared datasets")
     ap.add_argument("--json", type=Path, default=None,
                     help="output file (default benchmarks/results-<date>-<cpu|cuda>.json); a .md goes beside it")
     a = ap.parse_args(argv)
+    if a.quick:
+        a.train_limit, a.val_limit = a.train_limit or 2000, a.val_limit or 1000
+        a.precision_batches, a.compile_timeout = min(a.precision_batches, 10), 0
     from pipelines import config
 
     try:
@@ -569,7 +704,7 @@ def main(argv: Optional[list[str]] = None) -> int:
 
     res = run(datasets, recipes, seed=seed, precision_batches=a.precision_batches,
               compile_timeout_s=a.compile_timeout, device_name=a.device,
-              log=lambda s: print(s, file=sys.stderr, flush=True), progress=partial)
+              log=lambda s: print(s, file=sys.stderr, flush=True), progress=partial, quick=a.quick, tsne=not a.quick)
     res["data"] = data_info
     res["complete"] = True
     io.write_json(out, res)

@@ -20,6 +20,7 @@ SourceName = Literal["mnist", "fashion_mnist", "cifar10", "hymenoptera"]
 BackboneName = Literal["resnet18", "efficientnet_lite0"]
 BUILTIN_SOURCES = "pipelines/data/sources.py"   # a dataset's `folder` when it reads no folder of its own
 ModelName = Literal["simple_cnn", "alexnet_cifar", "backbone"]
+SCRATCH = "pipelines/models.py"   # variants.<v>.start of a run from the seeded initialisation
 
 
 class ParamsError(ValueError):
@@ -122,6 +123,11 @@ class Variant(_Strict):
     tsne_points: int = Field(ge=10)
     tsne_perplexity: float = Field(gt=0, le=500)
     hidden: int = Field(default=128, ge=0, le=65536)   # simple_cnn: 0 drops the fc1 layer
+    # What training starts from, as the path train's DVC stage depends on: SCRATCH (the model code's
+    # seeded initialisation) or models/<variant>/state.pt, the last-epoch training state of a variant
+    # with the same recipe and fewer epochs (weights, optimiser, RNG, history): its epochs are reused.
+    start: str = Field(default=SCRATCH, min_length=1)
+    save_state: bool = False   # write models/<variant>/state.pt for a variant that starts from it
 
     @field_validator("lr", "momentum", "weight_decay", "label_smoothing", "svm_c", "tsne_perplexity", mode="before")
     @classmethod
@@ -138,6 +144,22 @@ class Variant(_Strict):
         if self.model != "backbone" and (self.pretrained or self.freeze_backbone):
             raise ValueError(f"model {self.model!r} has no pretrained weights; pretrained/freeze_backbone apply to 'backbone'")
         return self
+
+
+# A continuation repeats its source's every epoch only if nothing but the epoch count differs
+# (a constant schedule: cosine and one-cycle steps depend on the total number of epochs).
+CONTINUE_SAME = ("dataset", "model", "hidden", "batch_size", "optimizer", "lr", "momentum", "weight_decay",
+                 "schedule", "label_smoothing", "augment", "pretrained", "freeze_backbone", "classifier")
+
+
+def start_variant(start: str) -> Optional[str]:
+    """The variant whose state `start` names (models/<variant>/state.pt), None for SCRATCH."""
+    if start == SCRATCH:
+        return None
+    parts = start.split("/")
+    if len(parts) != 3 or parts[0] != "models" or parts[2] != "state.pt" or not parts[1]:
+        raise ValueError(f"start {start!r}: allowed are {SCRATCH!r} or 'models/<variant>/state.pt'")
+    return parts[1]
 
 
 class Replicates(_Strict):
@@ -202,6 +224,7 @@ class Params(_Strict):
                     f"variants.{name}.dataset: {v.dataset!r} is not a dataset; allowed: {sorted(self.datasets)}")
             if v.model == "backbone" and self.datasets[v.dataset].backbone(self.protocol) is None:
                 raise ValueError(f"variants.{name}: model 'backbone' needs datasets.{v.dataset}.backbone_{self.protocol}")
+            self._check_start(name, v)
         r = self.replicates
         if r is not None:
             if r.dataset not in self.datasets:
@@ -214,6 +237,10 @@ class Params(_Strict):
                                      f"not replicates.dataset {r.dataset!r}")
             if self.seed in r.seeds:
                 raise ValueError(f"replicates.seeds: {self.seed} is the global seed, already run by the variants")
+            for name in r.variants:
+                if self.variants[name].start != SCRATCH:
+                    raise ValueError(f"replicates.variants: {name!r} starts from {self.variants[name].start} "
+                                     f"(the global seed's run); replicates train from scratch")
         for name in self.lab:
             if name not in self.variants:
                 raise ValueError(f"lab.{name}: {name!r} is not a variant; allowed: {sorted(self.variants)}")
@@ -229,6 +256,30 @@ class Params(_Strict):
                     raise ValueError(f"recipes.{name}: {field} {getattr(v, field)!r} differs from baseline "
                                      f"{rc.baseline!r}'s {getattr(b, field)!r}; a recipe keeps the model and budget")
         return self
+
+    def _check_start(self, name: str, v: Variant) -> None:
+        try:
+            src = start_variant(v.start)
+        except ValueError as e:
+            raise ValueError(f"variants.{name}.{e}") from None
+        if src is None:
+            return
+        if src not in self.variants or src == name:
+            raise ValueError(f"variants.{name}.start: {src!r} is not another variant; allowed: "
+                             f"{sorted(set(self.variants) - {name})}")
+        s = self.variants[src]
+        for field in CONTINUE_SAME:
+            if getattr(v, field) != getattr(s, field):
+                raise ValueError(f"variants.{name}.start: {field} {getattr(v, field)!r} differs from {src!r}'s "
+                                 f"{getattr(s, field)!r}; a continuation changes only the epochs")
+        if v.schedule != "constant":
+            raise ValueError(f"variants.{name}.start: schedule {v.schedule!r} depends on the total epochs; "
+                             f"only 'constant' continues exactly")
+        if v.epochs <= s.epochs:
+            raise ValueError(f"variants.{name}.start: epochs {v.epochs} must exceed {src!r}'s {s.epochs}")
+        if not s.save_state:
+            raise ValueError(f"variants.{name}.start: {src!r} does not write its state; set "
+                             f"variants.{src}.save_state: true")
 
     def variant(self, name: str) -> Variant:
         if name not in self.variants:

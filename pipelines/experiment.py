@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipelines import diagnosis, engine, features, io, models, plots
+from pipelines import config, diagnosis, engine, features, io, models, plots
 from pipelines.config import Params, Variant
 from pipelines.tracking import Run, flat_params
 
@@ -143,7 +143,18 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         net = torch.nn.parallel.DistributedDataParallel(model)
         torch.manual_seed(seed * 1000 + rank)
     fingerprint = _fingerprint(params, name, seed, prep.meta) | {"world": world}
-    state = None
+    state, reused, reused_rows = None, 0, []
+    source = config.start_variant(v.start)
+    if source is not None:
+        # Continue the source variant's last epoch: its weights, optimiser, RNG and history, checked
+        # to come from its current params and data, so its epochs are not trained a second time.
+        saved = torch.load(Path(v.start), map_location="cpu", weights_only=True) if Path(v.start).exists() else {}
+        if saved.get("fingerprint") != _fingerprint(params, source, seed, prep.meta) | {"world": world}:
+            raise RuntimeError(f"variants.{name}.start: {v.start} is missing or was made with other params, "
+                               f"seed or data than variants.{source}'s; rerun train@{source} (dvc repro)")
+        state = saved["state"]
+        reused, reused_rows = state["epoch"], list(state["history"])
+        print(f"train {name}: continuing {source} after epoch {state['epoch']} ({v.start})", flush=True)
     if resume and checkpoint is not None and checkpoint.exists():
         saved = torch.load(checkpoint, map_location="cpu", weights_only=True)
         if saved.get("fingerprint") == fingerprint:
@@ -152,7 +163,10 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         else:
             print(f"train {name}: {checkpoint} was made with other params or data; starting afresh", flush=True)
 
+    last_state: dict = {}
+
     def save_checkpoint(st: dict) -> None:
+        last_state["state"] = st
         if checkpoint is not None and rank == 0:
             with io.atomic_path(checkpoint) as tmp:
                 torch.save({"fingerprint": fingerprint, "state": st}, tmp)
@@ -184,9 +198,17 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
                 run.log_metrics({k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
                                 step=row["epoch"])
 
+            for row in reused_rows:
+                # The continued variant's epochs, logged under this run too, so its curves are whole.
+                run.log_metrics({k: row[k] for k in ("train_loss", "train_acc", "val_loss", "val_acc", "lr")},
+                                step=row["epoch"])
             res = engine.fit(net, train_d, val_d, _recipe(v), device, precision, seed, on_epoch, name,
                              resume=state, checkpoint=save_checkpoint)
         hist = res.history
+        if v.save_state and last_state:
+            # Written before load_state_dict below swaps the best epoch's weights in.
+            with io.atomic_path(model_dir / "state.pt") as tmp:
+                torch.save({"fingerprint": fingerprint, "state": last_state["state"]}, tmp)
         model.load_state_dict(res.best_state)
         test = {}
         if prep.test is not None:
@@ -199,6 +221,8 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
             "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
             "final_val_acc": hist[-1]["val_acc"], "min_val_loss_epoch": diag.get("min_val_loss_epoch", 1),
             "epochs": len(hist), "val_n": len(val_d), **test,
+            "start": v.start, "epochs_reused": reused,
+            "train_seconds_here": sum(r["seconds"] for r in hist[reused:]),
             "train_seconds": res.train_seconds,
             "train_img_per_s": res.train_images / res.train_seconds if res.train_seconds else 0.0,
             "device": str(device), "precision": precision, "diagnosis": diag,
@@ -260,7 +284,9 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
     val_d = _device_split(prep.val, cfg, device)
     classes = prep.meta["classes"]
     with Run(params, "evaluate", name, resume=model_dir / "run.json", system_metrics=False) as run:
+        t0 = time.perf_counter()
         loss, acc, logits = engine.evaluate(model, val_d, v.eval_batch_size, device, precision)
+        infer_s = time.perf_counter() - t0
         y = prep.val["y"]
         pred = logits.argmax(1).numpy()
         k = len(classes)
@@ -270,7 +296,8 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
         off.sort(key=lambda t: (-t[0], t[1], t[2]))
         top = [{"true": classes[i], "pred": classes[j], "count": c} for c, i, j in off[:5]]
         result = {"split": "val", "n": int(len(y)), "accuracy": acc, "loss": loss,
-                  "macro_f1": float(f1.mean() * 100), "top_confusions": top}
+                  "macro_f1": float(f1.mean() * 100), "top_confusions": top, "precision": precision,
+                  "inference_seconds": infer_s, "img_per_s": len(y) / infer_s if infer_s else 0.0}
         if prep.test is not None:
             test = _test_predictions(model, prep, cfg, v, device, precision, out_dir)
             result.update(test_accuracy=test["test_acc"], test_n=test["test_n"])
@@ -325,9 +352,14 @@ def embed(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         panels = []
         for role, (path, _) in modules.items():
             f = feats[role]
-            xy, backend = features.tsne_2d(f, params.seed, v.tsne_perplexity)
+            t_map, info = time.perf_counter(), {}
+            # As many threads as torch's (params `threads`; 0 = every core): one on a shared machine.
+            xy, backend = features.tsne_2d(f, params.seed, v.tsne_perplexity, n_jobs=torch.get_num_threads(),
+                                           info=info)
+            t_map = time.perf_counter() - t_map
             q = features.quality(f, xy, sub["y"], params.seed)
-            result["layers"][role] = {"module": path, "dim": int(f.shape[1]), **q}
+            result["layers"][role] = {"module": path, "dim": int(f.shape[1]), **q, "tsne_seconds": t_map,
+                                      **{f"tsne_{k}": val for k, val in info.items()}}
             result["tsne_backend"] = backend
             rows += [[role, f"{a:.4f}", f"{b:.4f}", int(c)] for (a, b), c in zip(xy, sub["y"])]
             panels.append((f"{role}: {path} ({f.shape[1]}-d)", xy, sub["y"]))

@@ -768,6 +768,46 @@ def _other_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
         _embedding(doc, v, r, level=4)
 
 
+def _time_rows(name: str, r: Results) -> list[tuple[str, float, Optional[float], Optional[float]]]:
+    """(stage, seconds, img/s, achieved GFLOP/s) of one run's stages, from the metrics they wrote."""
+    rows = []
+    t = r.train
+    if t is not None:
+        # Older metrics lack the stage's own wall time: their training seconds stand in for it.
+        secs = t.get("seconds", t.get("train_seconds_here", t.get("train_seconds", 0.0)))
+        ips = t.get("train_img_per_s")
+        flops = t.get("flops_per_image")
+        rows.append((f"train@{name}", secs, ips, 3 * flops * ips / 1e9 if flops and ips else None))
+    if r.eval is not None and "seconds" in r.eval:
+        rows.append((f"evaluate@{name}", r.eval["seconds"], r.eval.get("img_per_s"), None))
+    if r.embed is not None and "seconds" in r.embed:
+        rows.append((f"embed@{name}", r.embed["seconds"], r.embed["points"] / r.embed["seconds"]
+                     if r.embed["seconds"] else None, None))
+    return rows
+
+
+def _time_part(doc: _Doc, params: Params) -> None:
+    """Where the time went: each stage's seconds as its metrics recorded them, and their share."""
+    rows = []
+    for v in params.variants:
+        rows += _time_rows(v, doc.results(v))
+    for v in (params.replicates.variants if params.replicates else []):
+        for t in load_replicates(doc.root, params, v)[0]:
+            rows += _time_rows(f"{v}-{t['seed']}", Results(t, None, None, None, None, None, {}))
+    doc.heading(2, "Where the time went", "time")
+    if not rows:
+        doc.not_run("no stage metrics with timings under metrics/")
+        return
+    total = sum(s for _, s, _, _ in rows) or 1.0
+    rows.sort(key=lambda row: -row[1])
+    doc.table(["stage", "seconds", "share", "img/s", "achieved GFLOP/s (training: 3x forward)"],
+              [(f"`{n}`", f"{s:,.1f}", f"{100 * s / total:.1f} %", "—" if i is None else f"{i:,.0f}",
+                "—" if g is None else f"{g:,.1f}") for n, s, i, g in rows], right=(1, 2, 3, 4))
+    doc.add(f"Sum of these stages: {total:,.0f} s ({total / 60:.1f} min). Download, preprocess and this report "
+            "are not timed here (seconds each on packaged data). The machine's measured peak, and each path's "
+            "% of it, come from `make benchmark` (README, \"Speed\").")
+
+
 def _contents(doc: _Doc) -> list[str]:
     # Python-Markdown nests a list only under a four-space indent.
     lines = ["## Contents {#contents}", ""]
@@ -796,6 +836,7 @@ def build(params: Params, root: Path, now: Optional[datetime] = None) -> Report:
     _diagnosis_part(doc, params, data)
     _recipes_part(doc, params, data)
     _other_part(doc, params, data)
+    _time_part(doc, params)
     if doc.warnings:
         # Repeat them under the header: a reader who stops at the top should still see them.
         summary = ["## Warnings {#warnings}", ""] + [f"- {w}" for w in doc.warnings] + [""]

@@ -104,12 +104,12 @@ META = {"source": "str", "source_title": "str", "protocol": "str", "classes": "l
 SIZES = {"split": "str", "height": "int", "width": "int", "channels": "int", "samples": "int"}
 TRAIN = {"params_total": "int", "best_val_acc": "num", "best_epoch": "int"}
 TRAIN_OPTIONAL = {"seed": "int", "flops_per_image": "int", "val_n": "int", "test_acc": "num", "test_n": "int",
-                  "seconds": "num", "train_seconds": "num",
+                  "seconds": "num", "train_seconds": "num", "train_seconds_here": "num", "epochs_reused": "int",
                   "train_img_per_s": "num", "epochs": "int", "diagnosis": "dict"}
 HISTORY = {"epoch": "int", "train_loss": "num?", "train_acc": "num?", "val_loss": "num?", "val_acc": "num?"}
 PARAM_ROWS = {"layer": "str", "shape": "str", "params": "int"}
 EVAL = {"n": "int", "accuracy": "num", "macro_f1": "num", "top_confusions": "list"}
-EVAL_OPTIONAL = {"test_accuracy": "num", "test_n": "int", "seconds": "num"}
+EVAL_OPTIONAL = {"test_accuracy": "num", "test_n": "int", "seconds": "num", "img_per_s": "num"}
 PREDICTIONS = {"index": "int", "label": "int", "pred": "int"}
 PREDICTIONS_FILE = "test_predictions.csv"   # written by pipelines/experiment.py (TEST_PREDICTIONS)
 PER_CLASS = {"class": "str", "precision": "num", "recall": "num", "f1": "num", "support": "int"}

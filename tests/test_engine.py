@@ -130,3 +130,25 @@ def test_onecycle_runs_on_a_handful_of_steps(steps):
     assert all(0 < lr <= 0.01 + 1e-12 for lr in lrs)
     if steps >= 40:
         assert sched.total_steps == 40 and max(lrs) == pytest.approx(0.01, rel=0.01)
+
+
+def test_tsne_stops_once_converged_and_repeats_itself(monkeypatch):
+    rng = np.random.default_rng(1)
+    y = np.repeat([0, 1, 2], 50)
+    f = (rng.normal(size=(150, 8)) + 6 * y[:, None]).astype(np.float32)
+    info, again = {}, {}
+    xy, _ = features.tsne_2d(f, 3, 30, info=info)
+    xy2, _ = features.tsne_2d(f, 3, 30, info=again)
+    # Same seed, same map on every core; the KL value's last digits depend on the threads' summation order.
+    assert np.array_equal(xy, xy2) and info["iterations"] == again["iterations"]
+    assert info["kl_divergence"] == pytest.approx(again["kl_divergence"], rel=1e-9)
+    assert features.TSNE_EXAGGERATION_ITER < info["iterations"] <= features.TSNE_EXAGGERATION_ITER + features.TSNE_MAX_ITER
+    assert features.quality(f, xy, y, 0)["knn_acc_tsne"] > 95
+    monkeypatch.setattr(features, "TSNE_TOL", 0.0)  # never converged: the full budget
+    full = {}
+    features.tsne_2d(f, 3, 30, info=full)
+    assert full["iterations"] == features.TSNE_EXAGGERATION_ITER + features.TSNE_MAX_ITER
+    monkeypatch.setattr(features, "TSNE_TOL", 1.0)  # any decrease is small enough: stops at the second check
+    short = {}
+    features.tsne_2d(f, 3, 30, info=short)
+    assert short["iterations"] == features.TSNE_EXAGGERATION_ITER + 2 * features.TSNE_CHECK_EVERY

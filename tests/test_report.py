@@ -613,3 +613,25 @@ def test_own_folder_is_named_with_its_file_count_and_digest(tmp_path):
             "(397 files, digest sha256 `ab12ab12ab12ab12`; ignored 2 hidden and 1 non-image files; skipped 1 "
             "unreadable: Bienen/kaputt.jpg)")
     assert line in _section(md, "## Summary") and line in _section(md, "## Data used")
+
+
+def test_where_the_time_went_sums_every_stage_the_metrics_timed(tmp_path):
+    root = populate(tmp_path / "root")
+    t = json.loads((root / "metrics" / "mnist_cnn" / "train.json").read_text())
+    write_json(root / "metrics" / "mnist_cnn" / "train.json", {**t, "seconds": 300.0})
+    e = json.loads((root / "metrics" / "mnist_cnn" / "eval.json").read_text())
+    write_json(root / "metrics" / "mnist_cnn" / "eval.json", {**e, "seconds": 4.0, "img_per_s": 2500.0})
+    params = _params()
+    md = report.build(params, root, now=NOW).markdown
+    part = _section(md, "## Where the time went")
+    rows = [r for r in part.splitlines() if r.startswith("| `")]
+    n_reps = len(params.replicates.variants) * len(params.replicates.seeds)
+    # A train and an embed row per variant (eval only where it recorded seconds), a train row per replicate.
+    assert len(rows) == 2 * len(params.variants) + 1 + n_reps
+    secs = [float(r.split("|")[2].replace(",", "")) for r in rows]
+    assert secs == sorted(secs, reverse=True) and secs[0] == 300.0
+    assert abs(sum(float(r.split("|")[3].strip(" %")) for r in rows) - 100) < 0.5
+    flops = t["flops_per_image"]
+    assert f"| `train@mnist_cnn` | 300.0 |" in part and f"{3 * flops * t['train_img_per_s'] / 1e9:,.1f} |" in part
+    assert "| `evaluate@mnist_cnn` | 4.0 |" in part and "| 2,500 |" in part
+    assert f"Sum of these stages: {sum(secs):,.0f} s" in part

@@ -101,3 +101,55 @@ def test_checkpoint_of_other_params_is_not_resumed(workdir):
     r = subprocess.run(_cmd("x") + ["--resume"], cwd=workdir, env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert "made with other params or data; starting afresh" in r.stdout
+
+
+@pytest.mark.slow
+def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, params_raw, monkeypatch):
+    """mnist_cnn_20ep's way: train 2 epochs, continue that state to 4; the history equals a straight
+    4-epoch run of the same seed, and the continuation trains only epochs 3 and 4."""
+    from pipelines import config, experiment
+
+    p = json.loads(json.dumps(params_raw))
+    base = {**p["variants"]["mnist_cnn"], "batch_size": 50}
+    p["variants"] = {"short": {**base, "epochs": 2, "save_state": True},
+                     "longer": {**base, "epochs": 4, "save_state": False, "start": "models/short/state.pt"},
+                     "straight": {**base, "epochs": 4, "save_state": False}}
+    p["lab"], p["recipes"], p["replicates"], p["precision"] = {}, {}, None, "fp32"
+    params = config.parse(p)
+    write_prepared(tmp_path / "data", n_train=300, n_val=100)
+    monkeypatch.chdir(tmp_path)  # `start` is a path relative to the repository root, as DVC runs it
+
+    def run(name):
+        m = experiment.train(params, name, Path("data"), Path(f"models/{name}"), Path(f"res/{name}"),
+                             Path(f"metrics/{name}.json"))
+        h = io.read_csv(Path(f"res/{name}/history.csv"))
+        return m, [{k: r[k] for k in r if k != "seconds"} for r in h]
+
+    short, h_short = run("short")
+    assert Path("models/short/state.pt").is_file() and not Path("models/straight/state.pt").exists()
+    longer, h_longer = run("longer")
+    straight, h_straight = run("straight")
+    assert h_longer == h_straight and h_longer[:2] == h_short and len(h_longer) == 4
+    assert longer["epochs_reused"] == 2 and straight["epochs_reused"] == 0
+    assert longer["best_val_acc"] == straight["best_val_acc"] and longer["best_epoch"] == straight["best_epoch"]
+    assert longer["best_val_acc"] > 30  # learnable labels: well above the 10 % of chance
+    # The source retrained with other params: its old state must not be continued silently.
+    changed = config.parse({**p, "seed": 7})
+    with pytest.raises(RuntimeError, match="made with other params, seed or data"):
+        experiment.train(changed, "longer", Path("data"), Path("models/x"), Path("res/x"), Path("metrics/x.json"))
+    assert not Path("models/x").exists()
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"lr": 0.002}, "lr 0.002 differs"),
+    ({"epochs": 2}, "must exceed"),
+    ({"start": "models/nope/state.pt"}, "'nope' is not another variant"),
+    ({"start": "weights.pt"}, "allowed are"),
+])
+def test_bad_continuation_is_one_line_error(params_raw, change, message):
+    from pipelines import config
+
+    p = json.loads(json.dumps(params_raw))
+    p["variants"]["mnist_cnn_20ep"].update(change)
+    with pytest.raises(config.ParamsError, match=message):
+        config.parse(p)
