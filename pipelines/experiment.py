@@ -72,6 +72,20 @@ def _device_split(split: dict, cfg: dict, device) -> engine.DeviceData:
     return engine.DeviceData.from_arrays(split["x"], split["y"], cfg["mean"], cfg["std"], device)
 
 
+def dataset_inputs(prep: Prepared, contexts: dict[str, str]) -> list[dict]:
+    """The prepared splits as MLflow dataset inputs ({split: context}); the digest is the file's
+    sha256 that meta.json records, so the UI names exactly the bytes a run read."""
+    out = []
+    for split, context in contexts.items():
+        arrays = getattr(prep, split)
+        if arrays is None:
+            continue
+        out.append({"name": f"{prep.meta['dataset']}-{split}", "x": arrays["x"], "y": arrays["y"],
+                    "source": (prep.folder / f"{split}.npz").resolve(), "digest": prep.meta["files"][f"{split}.npz"],
+                    "context": context, "classes": prep.meta["classes"], "data_source": prep.meta["source"]})
+    return out
+
+
 def _recipe(v: Variant) -> engine.Recipe:
     return engine.Recipe(v.epochs, v.batch_size, v.eval_batch_size, v.optimizer, v.lr, v.momentum,
                          v.weight_decay, v.schedule, v.label_smoothing, v.augment)
@@ -99,6 +113,7 @@ def _fingerprint(params: Params, name: str, seed: int, meta: dict) -> dict:
 def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path,
           seed: Optional[int] = None, checkpoint: Optional[Path] = None, resume: bool = False) -> dict:
     """Train one variant (with `seed`, default the global one); write the model, history, tables."""
+    t_stage = time.perf_counter()
     v = params.variant(name)
     seed = params.seed if seed is None else seed
     prep = load_prepared(data_dir)
@@ -153,7 +168,8 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
                    resume=state)
         engine.finish_distributed()
         return {}
-    with Run(params, "train", run_name, tags=run_tags) as run:
+    with Run(params, "train", run_name, tags=run_tags, variant_run=True) as run:
+        run.log_datasets(dataset_inputs(prep, {"train": "training", "val": "validation"}), variant_too=True)
         run.log_params({**flat_params("", v), "seed": seed, "protocol": params.protocol,
                         "device": str(device), "precision": precision, "params_total": total,
                         "data.source": prep.meta["source"], "data.train": len(train_d), "data.val": len(val_d)})
@@ -194,19 +210,34 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
                      [[("" if isinstance(x, float) and x != x else x) for x in r.values()] for r in hist])
         io.write_csv(out_dir / "params.csv", ["layer", "shape", "params"], table)
         plots.save_figure(plots.curves(hist, res.best_epoch, f"{run_name}: loss and accuracy"), out_dir / "curves.png")
-        io.write_json(metrics_path, summary)
-        run.log_metrics({"best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch, **test,
-                         "train_img_per_s": summary["train_img_per_s"], "train_seconds": res.train_seconds})
+        headline = {"val_accuracy": res.best_val_acc, **({"test_accuracy": test["test_acc"]} if test else {}),
+                    "best_epoch": res.best_epoch, "train_img_per_s": summary["train_img_per_s"],
+                    "train_seconds": res.train_seconds}
+        run.log_metrics({"best_val_acc": res.best_val_acc, **test, **headline})
         run.set_tags({"diagnosis": diag["verdict"][:250]})
-        for p in (out_dir / "history.csv", out_dir / "params.csv", out_dir / "curves.png", model_dir / "model.pt"):
+        for p in (out_dir / "history.csv", out_dir / "params.csv", out_dir / "curves.png"):
             run.log_artifact(p, "train")
+        run.finish_stage()
+        # The variant run: its headline metrics and the model, loadable as runs:/<run_id>/model.
+        run.log_metrics(headline)
+        run.set_tags({"diagnosis": diag["verdict"][:250]})
+        logged = run.log_model(
+            model_dir / "model.pt", prep.val["x"][:2],
+            options={"precision": precision, "eval_batch_size": v.eval_batch_size},
+            metadata={"variant": name, "dataset": v.dataset, "protocol": params.protocol, "classes": cfg["classes"],
+                      "image_size": cfg["image_size"], "channels": cfg["in_channels"]})
+        summary.update(mlflow_run_id=run.run_id, model_log_seconds=logged["seconds"],
+                       stage_seconds=time.perf_counter() - t_stage)
+        run.log_metrics({"model_log_seconds": logged["seconds"], "stage_seconds": summary["stage_seconds"]})
+        io.write_json(metrics_path, summary)
         io.write_json(model_dir / "run.json", run.record())
     engine.finish_distributed()
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # finished: the outputs above supersede it
     print(f"train {run_name}: best val acc {res.best_val_acc:.2f}% at epoch {res.best_epoch}"
           + (f", test acc {test['test_acc']:.2f}%" if test else "")
-          + f" ({summary['train_img_per_s']:.0f} img/s); {diag['verdict']}", flush=True)
+          + f" ({summary['train_img_per_s']:.0f} img/s); {diag['verdict']}; MLflow model logged in "
+          f"{summary['model_log_seconds']:.1f} s of the stage's {summary['stage_seconds']:.1f} s", flush=True)
     return summary
 
 
@@ -244,6 +275,7 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
     val_d = _device_split(prep.val, cfg, device)
     classes = prep.meta["classes"]
     with Run(params, "evaluate", name, resume=model_dir / "run.json", system_metrics=False) as run:
+        run.log_datasets(dataset_inputs(prep, {"val": "validation", "test": "test"}))
         loss, acc, logits = engine.evaluate(model, val_d, v.eval_batch_size, device, precision)
         y = prep.val["y"]
         pred = logits.argmax(1).numpy()
@@ -276,8 +308,10 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
             fig = plots.examples(np.stack(images), captions, f"{name}: the two most frequent confusions", ncols=8)
             plots.save_figure(fig, out_dir / "confusions.png")
         io.write_json(metrics_path, result)
-        run.log_metrics({"eval_accuracy": acc, "eval_loss": loss, "eval_macro_f1": result["macro_f1"],
-                         **({"eval_test_accuracy": result["test_accuracy"]} if "test_accuracy" in result else {})})
+        headline = {"val_accuracy": acc, "val_macro_f1": result["macro_f1"],
+                    **({"test_accuracy": result["test_accuracy"]} if "test_accuracy" in result else {})}
+        run.log_metrics({**headline, "val_loss": loss})
+        run.log_variant_metrics(headline)
         for f in sorted(out_dir.iterdir()):
             if f.suffix in (".png", ".csv") and f.name != "confusion.csv":
                 run.log_artifact(f, "evaluate")
