@@ -365,6 +365,15 @@ def register_champion(model_name: str, run_id: str, tags: dict) -> str:
     import mlflow
     from mlflow.exceptions import MlflowException
 
+    try:
+        return _register(mlflow, model_name, run_id, tags)
+    except MlflowException as e:
+        raise TrackingError(f"registering {model_name} from run {run_id}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _register(mlflow, model_name: str, run_id: str, tags: dict) -> str:
+    from mlflow.exceptions import MlflowException
+
     client = mlflow.MlflowClient()
     try:
         client.get_registered_model(model_name)
@@ -374,7 +383,13 @@ def register_champion(model_name: str, run_id: str, tags: dict) -> str:
     if same:
         version = str(min(int(mv.version) for mv in same))
     else:
-        version = str(mlflow.register_model(f"runs:/{run_id}/model", model_name).version)
+        # MLflow 3 keeps a logged model outside the run's artifacts: register the run's logged model.
+        run = client.get_run(run_id)
+        logged = client.search_logged_models([run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run_id}' AND name = 'model'")
+        if not logged:
+            raise TrackingError(f"run {run_id} has no logged model 'model' to register as {model_name}")
+        version = str(mlflow.register_model(f"models:/{logged[0].model_id}", model_name).version)
     for k, v in tags.items():
         if k != "description":
             client.set_model_version_tag(model_name, version, k, str(v))

@@ -34,40 +34,53 @@ print(json.dumps({"classes": out["class"].tolist(), "probability": out["probabil
 """
 
 
+VARIANTS = ("mnist_cnn", "mnist_cnn_small")
+
+
+def _stage_paths(root: Path, v: str, stage: str) -> tuple:
+    return (root / "data/prepared/mnist", root / f"models/{v}", root / f"results/{v}/{stage}",
+            root / f"metrics/{v}/{stage}.json")
+
+
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, params_raw):
-    """One tiny mnist_cnn trained and evaluated through the stage functions, in its own store."""
+    """Two tiny variants trained and evaluated through the stage functions, in their own store."""
     from pipelines.config import parse
 
     root = tmp_path_factory.mktemp("variant")
     raw = json.loads(json.dumps(params_raw))
     raw["precision"], raw["device"] = "fp32", "cpu"
     raw["tracking"].update(experiment="model-tests", system_metrics_interval_s=0.5)
-    raw["variants"] = {"mnist_cnn": {**raw["variants"]["mnist_cnn"], "epochs": 2, "batch_size": 32}}
+    raw["variants"] = {"mnist_cnn": {**raw["variants"]["mnist_cnn"], "epochs": 2, "batch_size": 32},
+                       "mnist_cnn_small": {**raw["variants"]["mnist_cnn_small"], "epochs": 1, "batch_size": 32}}
     raw["lab"], raw["recipes"], raw["replicates"] = {}, {}, None
+    (root / "params.yaml").write_text(json.dumps(raw))
     params = parse(raw)
-    write_prepared(root / "data", n_train=400, n_val=120)
+    data = root / "data/prepared/mnist"
+    write_prepared(data, n_train=400, n_val=120)
+    io.write_json(data / "meta.json", {**io.read_json(data / "meta.json"), "source_title": "synthetic digits"})
     old = os.environ.get("MLFLOW_TRACKING_URI")
     uri = f"sqlite:///{root / 'mlflow.db'}"
     os.environ["MLFLOW_TRACKING_URI"] = uri
+    out = {"root": root, "uri": uri, "params": params}
     try:
-        summary = experiment.train(params, "mnist_cnn", root / "data", root / "model", root / "res/train",
-                                   root / "metrics/train.json")
-        ev = experiment.evaluate(params, "mnist_cnn", root / "data", root / "model", root / "res/eval",
-                                 root / "metrics/eval.json")
+        for v in VARIANTS:
+            out[v] = {"summary": experiment.train(params, v, *_stage_paths(root, v, "train")),
+                      "eval": experiment.evaluate(params, v, *_stage_paths(root, v, "eval")),
+                      "run": io.read_json(root / f"models/{v}/run.json")}
     finally:
         if old is None:
             os.environ.pop("MLFLOW_TRACKING_URI", None)
         else:
             os.environ["MLFLOW_TRACKING_URI"] = old
-    return {"root": root, "uri": uri, "params": params, "summary": summary, "eval": ev,
-            "run": io.read_json(root / "model/run.json")}
+    out.update(out["mnist_cnn"])
+    return out
 
 
 def _predict_in_new_process(model_uri: str, tracking_uri: str, cwd: Path) -> dict:
     # Not the repository's folder nor its PYTHONPATH: the model must bring its own code.
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": tracking_uri}
-    out = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, model_uri, str(cwd / "data/val.npz")],
+    out = subprocess.run([sys.executable, "-c", LOAD_AND_PREDICT, model_uri, str(cwd / "data/prepared/mnist/val.npz")],
                          cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -77,7 +90,7 @@ def test_model_by_run_uri_predicts_what_evaluate_predicted(trained):
     root = trained["root"]
     run_id = trained["run"]["run_id"]
     got = _predict_in_new_process(f"runs:/{run_id}/model", trained["uri"], root)
-    expected = [row["predicted"] for row in io.read_csv(root / "res/eval/confusion.csv")]
+    expected = [row["predicted"] for row in io.read_csv(root / "results/mnist_cnn/eval/confusion.csv")]
     assert got["classes"] == expected
     assert trained["eval"]["accuracy"] > 30  # learnable synthetic data, 10 classes: well above chance
     assert all(0.1 <= p <= 1.0 for p in got["probability"])
@@ -116,6 +129,8 @@ def test_runs_layout_datasets_and_uniform_metrics(trained):
     exp = client.get_experiment_by_name("model-tests")
     assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == "custom_model_development"
     variant = client.get_run(trained["run"]["run_id"])
+    assert {r.info.run_name for r in client.search_runs([exp.experiment_id], "attributes.run_name != 'x'")
+            if "mlflow.parentRunId" not in r.data.tags} == set(VARIANTS)
     children = {r.info.run_name: r for r in client.search_runs(
         [exp.experiment_id], f"tags.mlflow.parentRunId = '{variant.info.run_id}'")}
     assert set(children) == {"train", "evaluate"}
@@ -130,7 +145,7 @@ def test_runs_layout_datasets_and_uniform_metrics(trained):
     assert variant.data.params["epochs"] == "2"
     assert [m.step for m in client.get_metric_history(children["train"].info.run_id, "val_acc")] == [1, 2]
     # Datasets: name, digest of the exact file, shape, classes, context.
-    meta = io.read_json(trained["root"] / "data/meta.json")
+    meta = io.read_json(trained["root"] / "data/prepared/mnist/meta.json")
     for run, contexts in ((variant, {"training", "validation"}), (children["train"], {"training", "validation"}),
                           (children["evaluate"], {"validation"})):
         inputs = run.inputs.dataset_inputs
@@ -144,3 +159,86 @@ def test_runs_layout_datasets_and_uniform_metrics(trained):
     # Logging the model is timed and recorded beside the stage's time.
     s = trained["summary"]
     assert 0 < s["model_log_seconds"] < s["stage_seconds"]
+
+
+def _report(root: Path, uri: str, monkeypatch) -> None:
+    from stages import report as stage
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    assert stage.main(["--root", str(root), "--out", str(root / "reports"), "--params", str(root / "params.yaml")]) == 0
+
+
+def test_report_registers_the_best_variant_as_champion_and_logs_tables(trained, monkeypatch, capsys):
+    import mlflow
+
+    root, uri = trained["root"], trained["uri"]
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
+    acc = {v: trained[v]["eval"]["accuracy"] for v in VARIANTS}
+    best = max(VARIANTS, key=lambda v: acc[v])  # no test split here: chosen on validation accuracy
+    other = next(v for v in VARIANTS if v != best)
+    _report(root, uri, monkeypatch)
+    name = "model-tests-mnist"
+    champ = client.get_model_version_by_alias(name, "champion")
+    assert champ.run_id == trained[best]["run"]["run_id"] and champ.tags["variant"] == best
+    assert champ.tags["chosen_on"] == "val_accuracy"
+    _report(root, uri, monkeypatch)  # same outputs again: same version, nothing added
+    assert len(client.search_model_versions(f"name = '{name}'")) == 1
+
+    # The other variant rerun and now better: the alias moves to it.
+    ev = root / f"metrics/{other}/eval.json"
+    io.write_json(ev, {**io.read_json(ev), "accuracy": acc[best] + 1.0})
+    _report(root, uri, monkeypatch)
+    assert client.get_model_version_by_alias(name, "champion").run_id == trained[other]["run"]["run_id"]
+    assert len(client.search_model_versions(f"name = '{name}'")) == 2
+    assert "@champion" in capsys.readouterr().out
+
+    # The report run: HTML report and the per-variant summary as an MLflow table.
+    exp = client.get_experiment_by_name("model-tests")
+    rep = client.search_runs([exp.experiment_id], "attributes.run_name = 'report'", order_by=["start_time DESC"])[0]
+    arts = {a.path for a in client.list_artifacts(rep.info.run_id, "report")}
+    assert "report/report.html" in arts
+    mlflow.set_tracking_uri(uri)
+    table = mlflow.load_table("tables/variant_summary.json", run_ids=[rep.info.run_id])
+    assert sorted(table["variant"]) == sorted(VARIANTS)
+    row = table.set_index("variant").loc[other]
+    assert row["val_accuracy"] == pytest.approx(acc[best] + 1.0)
+    assert row["mlflow_run_id"] == trained[other]["run"]["run_id"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_mlflow_models_serve_answers_one_request(trained, tmp_path):
+    root, uri = trained["root"], trained["uri"]
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": uri}
+    run_id = trained["run"]["run_id"]
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model",
+                             "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"),
+                            start_new_session=True)
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/ping", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            assert proc.poll() is None and time.time() < deadline, (tmp_path / "serve.log").read_text()[-3000:]
+            time.sleep(0.5)
+        x = np.load(root / "data/prepared/mnist/val.npz")["x"][:3]
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/invocations",
+                                     data=json.dumps({"inputs": x.tolist()}).encode(),
+                                     headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(req, timeout=60) as r:
+            answer = json.loads(r.read())
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+    expected = [row["predicted"] for row in io.read_csv(root / "results/mnist_cnn/eval/confusion.csv")][:3]
+    assert [p["class"] for p in answer["predictions"]] == expected
