@@ -1,17 +1,21 @@
 # The two commands of the README: `make run` (main job) and `make test` (tests).
-# Both install what they need first, so they work on a fresh machine of this kind.
+# Both install what they need first, so they work on a fresh machine of this kind: `make run` only
+# what running needs (.ci/setup), `make test` that plus PostgreSQL and Chromium (.ci/setup-test).
 PY ?= python3
 PROTOCOL ?= auto
 
-.PHONY: setup run test ui benchmark
+.PHONY: setup setup-test run test ui benchmark
 
 setup:
 	bash .ci/setup
 
+setup-test:
+	bash .ci/setup-test
+
 run: setup
 	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.main --protocol $(PROTOCOL)
 
-test: setup
+test: setup-test
 	DVC_NO_ANALYTICS=1 $(PY) -m pytest -q
 
 ui:
