@@ -4,12 +4,16 @@ the report stage registers a champion per part without duplicate versions; `mlfl
 answers on 127.0.0.1."""
 from __future__ import annotations
 
+import html
 import json
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
@@ -242,3 +246,74 @@ def test_mlflow_models_serve_answers_one_request(trained, tmp_path):
         proc.wait(timeout=30)
     expected = [row["predicted"] for row in io.read_csv(root / "results/mnist_cnn/eval/confusion.csv")][:3]
     assert [p["class"] for p in answer["predictions"]] == expected
+
+
+CHROMIUM = shutil.which("chromium")
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync", "--hide-scrollbars"]
+
+
+def _text(dom: str) -> str:
+    dom = re.sub(r"<(style|script)\b.*?</\1>", " ", dom, flags=re.S)
+    return html.unescape(re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", dom)))
+
+
+def _page(url: str, profile: Path, *extra: str) -> str:
+    out = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--virtual-time-budget=20000",
+                          "--window-size=1600,900", *extra, url], capture_output=True, text=True, timeout=180)
+    errors = [ln for ln in out.stderr.splitlines() if "dbus" not in ln]
+    assert out.returncode == 0 and (out.stdout or "--dump-dom" not in extra), f"chromium rc {out.returncode}: {errors[-10:]}"
+    return out.stdout
+
+
+def test_mlflow_ui_shows_the_runs_datasets_models_and_a_metric_column(trained, tmp_path):
+    """`mlflow ui` on the tiny store, read by headless Chromium: the experiment's runs page lists every
+    variant run with its datasets and registered model; the compare view lines up val_accuracy."""
+    assert CHROMIUM, "headless Chromium not installed (Debian package `chromium`; .ci/setup-test installs it)"
+    import mlflow
+
+    uri = trained["uri"]
+    client = mlflow.MlflowClient(uri)
+    exp = client.get_experiment_by_name("model-tests")
+    mlflow.set_tracking_uri(uri)
+    tracking.register_champion("model-tests-mnist", trained["run"]["run_id"], {})  # a version the UI lists
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1",
+                             "--port", str(port)], cwd=tmp_path, stdout=subprocess.DEVNULL,
+                            stderr=open(tmp_path / "ui.log", "w"), start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                assert proc.poll() is None and time.time() < deadline, (tmp_path / "ui.log").read_text()[-3000:]
+                time.sleep(0.5)
+        # The README's link: the runs page, sorted by the headline metric.
+        runs_url = (f"{base}/#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
+                    "&orderByKey=metrics.%60val_accuracy%60&orderByAsc=false")
+        page = _text(_page(runs_url, tmp_path / "p1", "--dump-dom"))
+        assert "Sort: val_accuracy" in page
+        for v in VARIANTS:
+            assert re.search(rf"\b{v}\b", page), f"run {v} not on the runs page"
+        assert page.count(" evaluate ") >= 2 and page.count(" train ") >= 2  # the stage child runs
+        assert "mnist-train" in page and "mnist-val" in page  # the Dataset column
+        assert "model-tests-mnist v" in page  # the Models column: the registered version
+        ids = [trained[v]["run"]["run_id"] for v in VARIANTS]
+        compare = (f"{base}/#/compare-runs?runs={urllib.parse.quote(json.dumps(ids))}"
+                   f"&experiments={urllib.parse.quote(json.dumps([exp.experiment_id]))}")
+        metrics = _text(_page(compare, tmp_path / "p2", "--dump-dom")).split(" Metrics Show diff only ", 1)[-1]
+        assert re.search(r"\bval_accuracy\b", metrics) and "train_seconds" in metrics
+        shot = (REPO / "reports-ci" if os.environ.get("CI") else tmp_path) / "mlflow-runs.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        _page(runs_url, tmp_path / "p3", f"--screenshot={shot}")
+        from PIL import Image
+
+        with Image.open(shot) as im:
+            assert im.size == (1600, 900)
+            assert len(im.convert("RGB").resize((160, 90)).getcolors(160 * 90) or ()) > 20
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
