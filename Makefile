@@ -19,6 +19,7 @@ test: setup-test
 	DVC_NO_ANALYTICS=1 $(PY) -m pytest -q
 
 ui:
+	@echo "training runs: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 # CI on a params change: validate, rerun what the change makes stale, judge the metrics against
