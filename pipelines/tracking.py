@@ -104,8 +104,8 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-# MLflow 3's UI opens an experiment on the page its kind names; without the tag it guesses and may
-# open the GenAI overview (traces, token usage) instead of the training runs.
+# MLflow 3's record of what an experiment is for: model training, not GenAI (traces, token usage).
+# MLflow 3.17.2's own UI follows its "GenAI / Model training" switch instead (README, MLflow section).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 CHAMPION = "champion"
@@ -182,7 +182,8 @@ class Run:
                                           log_system_metrics=self.system_metrics)
             self._open += 1
         except Exception as e:  # any store failure: say where, stop the stage
-            self._end_open("FAILED")
+            with contextlib.suppress(Exception):  # a run already opened is closed, if the store lets us
+                self._end_open("FAILED")
             raise TrackingError(f"MLflow store {uri}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
         self.stage_run_id = active.info.run_id
         self.run_id = self.variant_run_id if self.variant_run else active.info.run_id
