@@ -215,12 +215,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_mlflow_models_serve_answers_one_request(trained, tmp_path):
+def test_mlflow_models_serve_of_the_champion_answers_one_request(trained, tmp_path):
     root, uri = trained["root"], trained["uri"]
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"MLFLOW_TRACKING_URI": uri}
-    run_id = trained["run"]["run_id"]
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", f"runs:/{run_id}/model",
+    import mlflow
+
+    mlflow.set_tracking_uri(uri)
+    tracking.register_champion("model-tests-mnist", trained["run"]["run_id"], {})  # as the report stage does
+    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "models", "serve", "-m", "models:/model-tests-mnist@champion",
                              "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
                             cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "serve.log", "w"),
                             start_new_session=True)

@@ -128,6 +128,7 @@ def test_mlflow_has_one_run_per_variant_with_a_child_per_stage_a_model_and_a_cha
     assert "train/curves.png" in {a.path for a in client.list_artifacts(train.info.run_id, "train")}
     # The SVM option is one MLflow Model too: loaded by run URI it predicts what evaluate predicted.
     x = np.load(root / "data/prepared/transfer/val.npz")["x"]
+    mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"runs:/{top['tl_svm'].info.run_id}/model")
     got = model.predict(x)["class"].tolist()
     assert got == [row["predicted"] for row in io.read_csv(root / "results/tl_svm/eval/confusion.csv")]
