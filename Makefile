@@ -1,20 +1,25 @@
 # The two commands of the README: `make run` (main job) and `make test` (tests).
-# Both install what they need first, so they work on a fresh machine of this kind.
+# Both install what they need first, so they work on a fresh machine of this kind: `make run` only
+# what running needs (.ci/setup), `make test` that plus PostgreSQL and Chromium (.ci/setup-test).
 PY ?= python3
 PROTOCOL ?= auto
 
-.PHONY: setup run test ui benchmark gpu-check gpu-wheels
+.PHONY: setup setup-test run test ui benchmark gpu-check gpu-wheels
 
 setup:
 	bash .ci/setup
 
+setup-test:
+	bash .ci/setup-test
+
 run: setup
 	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.main --protocol $(PROTOCOL)
 
-test: setup
+test: setup-test
 	DVC_NO_ANALYTICS=1 $(PY) -m pytest -q
 
 ui:
+	@echo "training runs: http://127.0.0.1:5000/#/experiments?workflowType=machine_learning"
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 # CI on a params change: validate, rerun what the change makes stale, judge the metrics against

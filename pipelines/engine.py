@@ -236,16 +236,23 @@ def _progress(iterable, total: int, desc: str):
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int, device: torch.device, precision: str,
-             label_smoothing: float = 0.0) -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy (%) and the logits (float32, on CPU) over a whole split."""
+def predict_logits(model: nn.Module, data: DeviceData, batch_size: int, device: torch.device,
+                   precision: str) -> torch.Tensor:
+    """float32 logits over a whole split, in order, batch by batch (on the data's device)."""
     model.eval()
     outs = []
     for idx in batch_indices(len(data), batch_size, None):
         idx = idx.to(data.x.device)
         with autocast(device, precision):
             outs.append(logits_of(model(data.normalise(data.x[idx]))).float())
-    logits = torch.cat(outs)
+    return torch.cat(outs)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: DeviceData, batch_size: int, device: torch.device, precision: str,
+             label_smoothing: float = 0.0) -> tuple[float, float, torch.Tensor]:
+    """Mean loss, accuracy (%) and the logits (float32, on CPU) over a whole split."""
+    logits = predict_logits(model, data, batch_size, device, precision)
     loss = F.cross_entropy(logits, data.y, label_smoothing=label_smoothing).item()
     acc = (logits.argmax(1) == data.y).float().mean().item() * 100
     return loss, acc, logits.cpu()

@@ -72,6 +72,20 @@ def _device_split(split: dict, cfg: dict, device) -> engine.DeviceData:
     return engine.DeviceData.from_arrays(split["x"], split["y"], cfg["mean"], cfg["std"], device)
 
 
+def dataset_inputs(prep: Prepared, contexts: dict[str, str]) -> list[dict]:
+    """The prepared splits as MLflow dataset inputs ({split: context}); the digest is the file's
+    sha256 that meta.json records, so the UI names exactly the bytes a run read."""
+    out = []
+    for split, context in contexts.items():
+        arrays = getattr(prep, split)
+        if arrays is None:
+            continue
+        out.append({"name": f"{prep.meta['dataset']}-{split}", "x": arrays["x"], "y": arrays["y"],
+                    "source": (prep.folder / f"{split}.npz").resolve(), "digest": prep.meta["files"][f"{split}.npz"],
+                    "context": context, "classes": prep.meta["classes"], "data_source": prep.meta["source"]})
+    return out
+
+
 def _recipe(v: Variant) -> engine.Recipe:
     return engine.Recipe(v.epochs, v.batch_size, v.eval_batch_size, v.optimizer, v.lr, v.momentum,
                          v.weight_decay, v.schedule, v.label_smoothing, v.augment)
@@ -183,7 +197,8 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
                    resume=state)
         engine.finish_distributed()
         return {}
-    with Run(params, "train", run_name, tags=run_tags) as run:
+    with Run(params, "train", run_name, tags=run_tags, variant_run=True) as run:
+        run.log_datasets(dataset_inputs(prep, {"train": "training", "val": "validation"}), variant_too=True)
         run.log_params({**flat_params("", v), "seed": seed, "protocol": params.protocol,
                         "device": str(device), "precision": precision, "params_total": total,
                         "data.source": prep.meta["source"], "data.train": len(train_d), "data.val": len(val_d)})
@@ -226,26 +241,41 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
             "train_seconds": res.train_seconds,
             "train_img_per_s": res.train_images / res.train_seconds if res.train_seconds else 0.0,
             "device": str(device), "precision": precision, "diagnosis": diag,
-            "seconds": time.perf_counter() - t_start,   # the whole stage body, data loading to test predictions
         }
         models.save_checkpoint(model_dir / "model.pt", model, cfg, res.best_state)
         io.write_csv(out_dir / "history.csv", list(hist[0]),
                      [[("" if isinstance(x, float) and x != x else x) for x in r.values()] for r in hist])
         io.write_csv(out_dir / "params.csv", ["layer", "shape", "params"], table)
         plots.save_figure(plots.curves(hist, res.best_epoch, f"{run_name}: loss and accuracy"), out_dir / "curves.png")
-        io.write_json(metrics_path, summary)
-        run.log_metrics({"best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch, **test,
-                         "train_img_per_s": summary["train_img_per_s"], "train_seconds": res.train_seconds})
+        headline = {"val_accuracy": res.best_val_acc, **({"test_accuracy": test["test_acc"]} if test else {}),
+                    "best_epoch": res.best_epoch, "train_img_per_s": summary["train_img_per_s"],
+                    "train_seconds": res.train_seconds}
+        run.log_metrics({"best_val_acc": res.best_val_acc, **test, **headline})
         run.set_tags({"diagnosis": diag["verdict"][:250]})
-        for p in (out_dir / "history.csv", out_dir / "params.csv", out_dir / "curves.png", model_dir / "model.pt"):
+        for p in (out_dir / "history.csv", out_dir / "params.csv", out_dir / "curves.png"):
             run.log_artifact(p, "train")
+        run.finish_stage()
+        # The variant run: its headline metrics and the model, loadable as runs:/<run_id>/model.
+        run.log_metrics(headline)
+        run.set_tags({"diagnosis": diag["verdict"][:250]})
+        logged = run.log_model(
+            model_dir / "model.pt", prep.val["x"][:2],
+            options={"precision": precision, "eval_batch_size": v.eval_batch_size},
+            metadata={"variant": name, "dataset": v.dataset, "protocol": params.protocol, "classes": cfg["classes"],
+                      "image_size": cfg["image_size"], "channels": cfg["in_channels"]})
+        # The whole stage body, data loading to the logged model (only the metrics write comes after).
+        summary.update(mlflow_run_id=run.run_id, model_log_seconds=logged["seconds"],
+                       seconds=time.perf_counter() - t_start)
+        run.log_metrics({"model_log_seconds": logged["seconds"], "stage_seconds": summary["seconds"]})
+        io.write_json(metrics_path, summary)
         io.write_json(model_dir / "run.json", run.record())
     engine.finish_distributed()
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)  # finished: the outputs above supersede it
     print(f"train {run_name}: best val acc {res.best_val_acc:.2f}% at epoch {res.best_epoch}"
           + (f", test acc {test['test_acc']:.2f}%" if test else "")
-          + f" ({summary['train_img_per_s']:.0f} img/s); {diag['verdict']}", flush=True)
+          + f" ({summary['train_img_per_s']:.0f} img/s); {diag['verdict']}; MLflow model logged in "
+          f"{summary['model_log_seconds']:.1f} s of the stage's {summary['seconds']:.1f} s", flush=True)
     return summary
 
 
@@ -284,6 +314,7 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
     val_d = _device_split(prep.val, cfg, device)
     classes = prep.meta["classes"]
     with Run(params, "evaluate", name, resume=model_dir / "run.json", system_metrics=False) as run:
+        run.log_datasets(dataset_inputs(prep, {"val": "validation", "test": "test"}))
         t0 = time.perf_counter()
         loss, acc, logits = engine.evaluate(model, val_d, v.eval_batch_size, device, precision)
         infer_s = time.perf_counter() - t0
@@ -319,8 +350,10 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
             plots.save_figure(fig, out_dir / "confusions.png")
         result["seconds"] = time.perf_counter() - t_start   # the stage body up to its metrics
         io.write_json(metrics_path, result)
-        run.log_metrics({"eval_accuracy": acc, "eval_loss": loss, "eval_macro_f1": result["macro_f1"],
-                         **({"eval_test_accuracy": result["test_accuracy"]} if "test_accuracy" in result else {})})
+        headline = {"val_accuracy": acc, "val_macro_f1": result["macro_f1"],
+                    **({"test_accuracy": result["test_accuracy"]} if "test_accuracy" in result else {})}
+        run.log_metrics({**headline, "val_loss": loss})
+        run.log_variant_metrics(headline)
         for f in sorted(out_dir.iterdir()):
             if f.suffix in (".png", ".csv") and f.name != "confusion.csv":
                 run.log_artifact(f, "evaluate")

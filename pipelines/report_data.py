@@ -105,7 +105,8 @@ SIZES = {"split": "str", "height": "int", "width": "int", "channels": "int", "sa
 TRAIN = {"params_total": "int", "best_val_acc": "num", "best_epoch": "int"}
 TRAIN_OPTIONAL = {"seed": "int", "flops_per_image": "int", "val_n": "int", "test_acc": "num", "test_n": "int",
                   "seconds": "num", "train_seconds": "num", "train_seconds_here": "num", "epochs_reused": "int",
-                  "train_img_per_s": "num", "epochs": "int", "diagnosis": "dict"}
+                  "train_img_per_s": "num", "epochs": "int", "diagnosis": "dict", "mlflow_run_id": "str",
+                  "model_log_seconds": "num"}
 HISTORY = {"epoch": "int", "train_loss": "num?", "train_acc": "num?", "val_loss": "num?", "val_acc": "num?"}
 PARAM_ROWS = {"layer": "str", "shape": "str", "params": "int"}
 EVAL = {"n": "int", "accuracy": "num", "macro_f1": "num", "top_confusions": "list"}

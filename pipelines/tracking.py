@@ -1,4 +1,12 @@
-"""MLflow, and nothing else, lives here: the only module that imports mlflow.
+"""MLflow, and nothing else, lives here: the only module that imports mlflow (besides
+pipelines/mlflow_model.py, the code MLflow stores with every logged model).
+
+Layout of an experiment: one run per variant (named after it; params, the model, its datasets, and
+the headline metrics `val_accuracy`/`test_accuracy` under the same keys for every variant), with one
+child run per stage (`train`, `evaluate`, `embed`) that holds that stage's metrics, artifacts and
+system metrics. Each run starts and ends with the work it records, so its duration is that work's:
+the variant run spans the train stage (training plus logging the model); the evaluate and embed
+stages add child runs later without reopening it. The report stage has a run of its own.
 
 Default store: the embedded SQLite file `mlflow.db` at the repository root (git-ignored);
 `MLFLOW_TRACKING_URI` points every stage at a tracking server instead. A store that cannot be
@@ -13,8 +21,10 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.error
 import urllib.request
+import warnings
 from pathlib import Path
 from typing import Optional
 
@@ -94,18 +104,35 @@ def _on_sigterm(signum, frame):
     raise _Terminated()
 
 
-class Run:
-    """One MLflow run for a stage of a variant; resumes the variant's train run when it exists.
+# MLflow 3's record of what an experiment is for: model training, not GenAI (traces, token usage).
+# MLflow 3.17.2's own UI follows its "GenAI / Model training" switch instead (README, MLflow section).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+CHAMPION = "champion"
 
-    with Run(params, stage="train", name="mnist_cnn", resume=None) as run:
+
+class Run:
+    """One MLflow run for a stage of a variant.
+
+    with Run(params, stage="train", name="mnist_cnn", variant_run=True) as run:
         run.log_params({...}); run.log_metrics({...}, step=1); run.log_artifact(path)
+        run.finish_stage()            # the `train` child ends; later calls log to the variant run
+        run.log_model(model_dir / "model.pt", example)
+
+    variant_run=True opens the variant's run and, nested in it, a child run named after the stage.
+    resume=<run.json written by the train stage>: the run is a child of that variant run (which is
+    not reopened); when that run is not in this store, a stand-alone run named after the variant.
     """
 
     def __init__(self, params: Params, stage: str, name: str, resume: Optional[Path] = None,
-                 tags: Optional[dict] = None, system_metrics: bool = True):
+                 tags: Optional[dict] = None, system_metrics: bool = True, variant_run: bool = False):
         self.params, self.stage, self.name = params, stage, name
         self.resume, self.extra_tags, self.system_metrics = resume, dict(tags or {}), system_metrics
+        self.variant_run = variant_run
         self.run_id: Optional[str] = None
+        self.variant_run_id: Optional[str] = None
+        self.stage_run_id: Optional[str] = None
+        self._open = 0
 
     def __enter__(self) -> "Run":
         timeout = self.params.tracking.connect_timeout_s
@@ -121,10 +148,14 @@ class Run:
         try:
             with _store_lock(uri):
                 name = self.params.tracking.experiment
-                if mlflow.get_experiment_by_name(name) is None:
-                    mlflow.create_experiment(name, artifact_location=artifact_location(uri))
+                exp = mlflow.get_experiment_by_name(name)
+                if exp is None:
+                    mlflow.create_experiment(name, artifact_location=artifact_location(uri),
+                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+                elif exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+                    mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
                 exp = mlflow.set_experiment(name)
-            run_id = self._resumable_run_id(mlflow)
+            parent_id = self._parent_run_id(mlflow)
             if self.system_metrics:
                 mlflow.set_system_metrics_sampling_interval(self.params.tracking.system_metrics_interval_s)
                 mlflow.set_system_metrics_samples_before_logging(1)
@@ -134,19 +165,34 @@ class Run:
                 "dvc_stage": f"{self.stage}@{self.name}" if self.stage != "report" else "report",
                 **self.extra_tags,
             }
-            active = mlflow.start_run(run_id=run_id, experiment_id=None if run_id else exp.experiment_id,
-                                      run_name=None if run_id else self.name,
-                                      log_system_metrics=self.system_metrics)
-            mlflow.set_tags({**tags, f"stage.{self.stage}": "ran"})
+            stage_tags = {**tags, f"stage.{self.stage}": "ran"}
+            if self.variant_run:
+                variant = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.name, tags=tags)
+                self._open = 1
+                self.variant_run_id = variant.info.run_id
+                active = mlflow.start_run(run_name=self.stage, nested=True, tags=stage_tags,
+                                          log_system_metrics=self.system_metrics)
+            elif parent_id:
+                self.variant_run_id = parent_id
+                active = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.stage,
+                                          tags={**stage_tags, "mlflow.parentRunId": parent_id},
+                                          log_system_metrics=self.system_metrics)
+            else:
+                active = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.name, tags=stage_tags,
+                                          log_system_metrics=self.system_metrics)
+            self._open += 1
         except Exception as e:  # any store failure: say where, stop the stage
+            with contextlib.suppress(Exception):  # a run already opened is closed, if the store lets us
+                self._end_open("FAILED")
             raise TrackingError(f"MLflow store {uri}: {type(e).__name__}: {str(e).splitlines()[0][:200]}") from None
-        self.run_id = active.info.run_id
+        self.stage_run_id = active.info.run_id
+        self.run_id = self.variant_run_id if self.variant_run else active.info.run_id
         self.experiment_id = active.info.experiment_id
         self.uri = uri
         self._old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
         return self
 
-    def _resumable_run_id(self, mlflow) -> Optional[str]:
+    def _parent_run_id(self, mlflow) -> Optional[str]:
         if self.resume is None or not self.resume.exists():
             return None
         run_id = io.read_json(self.resume).get("run_id")
@@ -154,9 +200,20 @@ class Run:
             mlflow.get_run(run_id)
             return run_id
         except Exception:
-            # Run-cache restores and other stores: the train run is not in this store; start anew.
+            # Run-cache restores and other stores: the variant run is not in this store; start anew.
             self.extra_tags["train_run_missing"] = str(run_id)
             return None
+
+    def _end_open(self, status: str) -> None:
+        while self._open:
+            self._open -= 1
+            self._mlflow.end_run(status=status)
+
+    def finish_stage(self) -> None:
+        """End the stage's child run (variant_run=True); later calls log to the variant run."""
+        if self.variant_run and self._open == 2:
+            self._open -= 1
+            self._call(self._mlflow.end_run, status="FINISHED")
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         signal.signal(signal.SIGTERM, self._old_handler)
@@ -167,7 +224,7 @@ class Run:
         else:
             status = "FAILED"
         try:
-            self._mlflow.end_run(status=status)
+            self._end_open(status)
         except Exception as e:
             if exc_type is None:
                 raise self._error(e) from None
@@ -190,10 +247,65 @@ class Run:
             raise self._error(e) from None
 
     def record(self) -> dict:
-        return {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.uri}
+        rec = {"run_id": self.run_id, "experiment_id": self.experiment_id, "tracking_uri": self.uri}
+        if self.variant_run:
+            rec[f"{self.stage}_run_id"] = self.stage_run_id
+        return rec
+
+    def log_variant_metrics(self, metrics: dict) -> None:
+        """Metrics on the variant run (the keys every variant shares), without reopening it."""
+        if self.variant_run_id is None:  # a stand-alone run stands for the variant
+            return self.log_metrics(metrics)
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, 0) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v]
+        self._call(self._mlflow.MlflowClient().log_batch, self.variant_run_id, metrics=batch)
+
+    def log_datasets(self, datasets: list[dict], variant_too: bool = False) -> None:
+        """Dataset inputs of the active run (and the variant run): each dict has name, x, y, source
+        (the file), digest, context (training/validation/test), classes, data_source."""
+        from mlflow.entities import DatasetInput, InputTag
+
+        inputs = []
+        for d in datasets:
+            with warnings.catch_warnings():
+                # A local path matches two equivalent local-artifact source classes; MLflow warns, then picks one.
+                warnings.simplefilter("ignore", UserWarning)
+                ds = self._mlflow.data.from_numpy(d["x"], targets=d["y"], source=str(d["source"]), name=d["name"],
+                                                  digest=d["digest"][:36])
+            tags = {"mlflow.data.context": d["context"], "classes": ", ".join(d["classes"])[:500],
+                    "data_source": str(d["data_source"])}
+            inputs.append(DatasetInput(ds._to_mlflow_entity(), [InputTag(k, v) for k, v in tags.items()]))
+        client = self._mlflow.MlflowClient()
+        targets = [self.stage_run_id] + ([self.variant_run_id] if variant_too and self.variant_run_id else [])
+        for run_id in targets:
+            self._call(client.log_inputs, run_id, datasets=inputs)
+
+    def log_model(self, weights: Path, example, options: dict, metadata: dict) -> dict:
+        """The variant as an MLflow Model named `model` in the active run (see pipelines/mlflow_model.py).
+        Returns {"model_uri", "seconds"}."""
+        t0 = time.perf_counter()
+        info = self._call(_log_pyfunc, self._mlflow, weights, example, options, metadata)
+        return {"model_uri": f"runs:/{self._mlflow.active_run().info.run_id}/model",
+                "model_id": getattr(info, "model_id", None), "seconds": time.perf_counter() - t0}
+
+    def log_table(self, rows: list[dict], artifact_file: str) -> None:
+        """A list of row dicts as an MLflow table (shown in the run's artifacts and the UI's evaluation view)."""
+        columns = list(dict.fromkeys(k for r in rows for k in r))
+        data = {c: [r.get(c) for r in rows] for c in columns}
+        self._call(self._mlflow.log_table, data=data, artifact_file=artifact_file)
 
     def log_params(self, params: dict) -> None:
-        self._call(self._mlflow.log_params, {k: str(v)[:6000] for k, v in params.items()})
+        """Params of the run; with variant_run=True, of the variant run (the one variants are compared by)."""
+        clean = {k: str(v)[:6000] for k, v in params.items()}
+        if self.variant_run:
+            from mlflow.entities import Param
+
+            self._call(self._mlflow.MlflowClient().log_batch, self.variant_run_id,
+                       params=[Param(k, v) for k, v in clean.items()])
+        else:
+            self._call(self._mlflow.log_params, clean)
 
     def log_metrics(self, metrics: dict, step: Optional[int] = None) -> None:
         clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and v == v}
@@ -204,11 +316,6 @@ class Run:
 
     def log_artifacts(self, path: Path | str, folder: Optional[str] = None) -> None:
         self._call(self._mlflow.log_artifacts, str(path), artifact_path=folder)
-
-    def log_table(self, header, rows, artifact_file: str) -> None:
-        """A table artifact MLflow's UI shows (Artifacts, or Evaluation for run-level comparison); cells as text."""
-        data = {h: [str(r[i]) for r in rows] for i, h in enumerate(header)}
-        self._call(self._mlflow.log_table, data=data, artifact_file=artifact_file)
 
     def set_tags(self, tags: dict) -> None:
         self._call(self._mlflow.set_tags, {k: str(v) for k, v in tags.items()})
@@ -225,3 +332,67 @@ def flat_params(prefix: str, obj) -> dict:
         else:
             out[key] = v
     return out
+
+
+MODEL_CODE = Path(__file__).resolve().parent / "mlflow_model.py"
+# What the model's code imports; listed rather than inferred (inference loads the model in a
+# subprocess, which costs more than the whole logging).
+MODEL_REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "tqdm")
+
+
+def _model_signature(example):
+    import numpy as np
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, *example.shape[1:]))])
+    outputs = Schema([ColSpec("long", "label"), ColSpec("string", "class"), ColSpec("double", "probability")])
+    return ModelSignature(inputs=inputs, outputs=outputs)
+
+
+def _log_pyfunc(mlflow, weights: Path, example, options: dict, metadata: dict):
+    from importlib.metadata import version
+
+    return mlflow.pyfunc.log_model(
+        name="model", python_model=str(MODEL_CODE), artifacts={"weights": str(weights)},
+        code_paths=[str(MODEL_CODE.parent)], model_config=options, metadata=metadata,
+        signature=_model_signature(example), input_example=example,
+        pip_requirements=[f"{p}=={version(p)}" for p in MODEL_REQUIREMENTS])
+
+
+def register_champion(model_name: str, run_id: str, tags: dict) -> str:
+    """Register the model of `run_id` under `model_name` (once: a run already registered there keeps
+    its version) and point the alias `champion` at it. Returns the version."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return _register(mlflow, model_name, run_id, tags)
+    except MlflowException as e:
+        raise TrackingError(f"registering {model_name} from run {run_id}: {str(e).splitlines()[0][:200]}") from None
+
+
+def _register(mlflow, model_name: str, run_id: str, tags: dict) -> str:
+    from mlflow.exceptions import MlflowException
+
+    client = mlflow.MlflowClient()
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(model_name, description=tags.get("description"))
+    same = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
+    if same:
+        version = str(min(int(mv.version) for mv in same))
+    else:
+        # MLflow 3 keeps a logged model outside the run's artifacts: register the run's logged model.
+        run = client.get_run(run_id)
+        logged = client.search_logged_models([run.info.experiment_id],
+                                             filter_string=f"source_run_id = '{run_id}' AND name = 'model'")
+        if not logged:
+            raise TrackingError(f"run {run_id} has no logged model 'model' to register as {model_name}")
+        version = str(mlflow.register_model(f"models:/{logged[0].model_id}", model_name).version)
+    for k, v in tags.items():
+        if k != "description":
+            client.set_model_version_tag(model_name, version, k, str(v))
+    client.set_registered_model_alias(model_name, CHAMPION, version)
+    return version

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pipelines import cli, config, report
-from pipelines.tracking import Run
+from pipelines.tracking import CHAMPION, Run, TrackingError, register_champion
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,13 +24,31 @@ def main(argv: list[str] | None = None) -> int:
         # Built before the MLflow run opens, so a bad input fails with one line and no log chatter.
         rep = report.build(params, args.root)
         report.write(rep, args.out)
+        notes = list(rep.warnings)
+        tables = report.mlflow_tables(params, args.root, rep)
+        best = report.champions(params, args.root)
         with Run(params, "report", "report", system_metrics=False) as run:
             run.log_params({"protocol": params.protocol, "variants": ",".join(params.variants)})
             run.log_artifact(args.out / "report.md", "report")
             run.log_artifact(args.out / "report.html", "report")
-            for name, (header, rows) in rep.tables.items():
-                run.log_table(header, rows, f"{name}.json")
-        for w in rep.warnings:
+            for name, rows in tables.items():
+                if rows:
+                    run.log_table(rows, f"tables/{name}.json")
+            registered = []
+            for c in best:
+                try:
+                    c["version"] = register_champion(c["model_name"], c["run_id"], {
+                        "variant": c["variant"], "chosen_on": c["chosen_on"], "score": f"{c['score']:.2f}",
+                        "description": f"The lab's best model on {c['dataset']} (report stage)"})
+                except TrackingError as e:  # e.g. a run restored from DVC's cache that this store never saw
+                    notes.append(f"{c['model_name']}: {c['variant']} not registered: {str(e).splitlines()[0][:200]}")
+                    continue
+                registered.append(c)
+                print(f"registered {c['model_name']} version {c['version']} @{CHAMPION}: {c['variant']} "
+                      f"({c['chosen_on']} {c['score']:.2f} %)")
+            if registered:
+                run.log_table(registered, "tables/champions.json")
+        for w in notes:
             print(f"warning: {w}", file=sys.stderr)
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.html'} and {len(rep.figures)} figures")
 

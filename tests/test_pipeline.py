@@ -10,8 +10,11 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
+
+from pipelines import io
 
 import tiny
 
@@ -93,29 +96,48 @@ def test_every_stage_ran_and_wrote_its_outputs(ws):
     assert "not run" not in md.lower()
 
 
-def test_mlflow_has_one_run_per_variant_with_history_and_system_metrics(ws):
+def test_mlflow_has_one_run_per_variant_with_a_child_per_stage_a_model_and_a_champion(ws):
     root, _ = ws
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    client = mlflow.MlflowClient(uri, registry_uri=uri)
     exp = client.get_experiment_by_name("cnn-lab")
-    runs = client.search_runs([exp.experiment_id])
-    by_name = {r.info.run_name: r for r in runs}
-    assert set(VARIANTS) | {"report", "tl_svm@seed1", "tl_finetune@seed1"} == set(by_name)
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    top = {r.info.run_name: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    assert set(VARIANTS) | {"report", "tl_svm@seed1", "tl_finetune@seed1"} == set(top)
     for v in VARIANTS:
-        r = by_name[v]
+        r = top[v]
         assert r.info.status == "FINISHED"
         assert r.data.tags["protocol"] == "offline" and r.data.tags["git_commit"] != "unknown"
-        assert {"stage.train", "stage.evaluate", "stage.embed"} <= set(r.data.tags)
-        assert "eval_accuracy" in r.data.metrics and "best_val_acc" in r.data.metrics
-        assert r.data.params["data.source"] == "fashion_mnist"
+        assert "val_accuracy" in r.data.metrics and r.data.params["data.source"] == "fashion_mnist"
+        children = {c.info.run_name: c for c in runs if c.data.tags.get("mlflow.parentRunId") == r.info.run_id}
+        assert set(children) == {"train", "evaluate", "embed"}, v
+        assert all(c.info.status == "FINISHED" for c in children.values())
+        assert r.info.end_time <= children["evaluate"].info.start_time  # never reopened
+        assert {i.dataset.name for i in children["evaluate"].inputs.dataset_inputs} >= {f"{r.data.tags['dataset']}-val"}
         run_json = json.loads((root / f"models/{v}/run.json").read_text())
-        assert run_json["run_id"] == r.info.run_id
-    hist = client.get_metric_history(by_name["mnist_cnn"].info.run_id, "val_acc")
-    assert [m.step for m in hist] == [1, 2]
-    assert any(k.startswith("system/") for k in by_name["mnist_cnn"].data.metrics)
-    arts = {a.path for a in client.list_artifacts(by_name["mnist_cnn"].info.run_id, "train")}
-    assert "train/model.pt" in arts and "train/curves.png" in arts
+        assert run_json["run_id"] == r.info.run_id and run_json["train_run_id"] == children["train"].info.run_id
+    transfer = [v for v in VARIANTS if top[v].data.tags["dataset"] == "transfer"]
+    assert all("test_accuracy" in top[v].data.metrics for v in transfer)
+    train = next(c for c in runs if c.data.tags.get("mlflow.parentRunId") == top["mnist_cnn"].info.run_id
+                 and c.info.run_name == "train")
+    assert [m.step for m in client.get_metric_history(train.info.run_id, "val_acc")] == [1, 2]
+    assert any(k.startswith("system/") for k in train.data.metrics)
+    assert "train/curves.png" in {a.path for a in client.list_artifacts(train.info.run_id, "train")}
+    # The SVM option is one MLflow Model too: loaded by run URI it predicts what evaluate predicted.
+    x = np.load(root / "data/prepared/transfer/val.npz")["x"]
+    mlflow.set_tracking_uri(uri)
+    model = mlflow.pyfunc.load_model(f"runs:/{top['tl_svm'].info.run_id}/model")
+    got = model.predict(x)["class"].tolist()
+    assert got == [row["predicted"] for row in io.read_csv(root / "results/tl_svm/eval/confusion.csv")]
+    # One champion per part, chosen on held-out test accuracy where the part has it.
+    for dataset, key in (("mnist", "accuracy"), ("cifar10", "accuracy"), ("transfer", "test_accuracy")):
+        champ = client.get_model_version_by_alias(f"cnn-lab-{dataset}", "champion")
+        cands = [v for v in VARIANTS if top[v].data.tags["dataset"] == dataset]
+        scores = {v: json.loads((root / f"metrics/{v}/eval.json").read_text())[key] for v in cands}
+        assert champ.tags["variant"] in cands and scores[champ.tags["variant"]] == max(scores.values())
 
 
 def test_second_repro_does_nothing(ws):

@@ -589,7 +589,7 @@ def test_stage_logs_the_verdict_table_to_mlflow(tmp_path):
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
     run = client.search_runs([exp.experiment_id], "tags.dvc_stage = 'report'")[0]
-    table = json.loads(Path(client.download_artifacts(run.info.run_id, "transfer_comparison.json", str(tmp_path))).read_text())
+    table = json.loads(Path(client.download_artifacts(run.info.run_id, "tables/transfer_comparison.json", str(tmp_path))).read_text())
     expected = report.build(config.load(params_file), root, now=NOW).tables["transfer_comparison"]
     assert table["columns"] == list(expected[0])
     assert [row[-1] for row in table["data"]] == [r[-1] for r in expected[1]]

@@ -91,20 +91,66 @@ def test_run_logs_params_metrics_artifact_and_finishes(store, params, tmp_path):
     assert (store_dir / "mlruns" / run.run_id / "artifacts" / "tables" / "history.csv").is_file()
 
 
-def test_resume_appends_to_the_train_run(store, params, tmp_path):
-    with Run(params, "train", "mnist_cnn", system_metrics=False) as train:
+def test_variant_run_with_stage_children_keeps_each_duration(store, params, tmp_path):
+    with Run(params, "train", "mnist_cnn", system_metrics=False, variant_run=True) as train:
+        train.log_params({"lr": 0.001})
         train.log_metrics({"loss": 1.0}, step=1)
+        train.finish_stage()
+        train.log_metrics({"val_accuracy": 80.0})
     run_json = tmp_path / "run.json"
     io.write_json(run_json, train.record())
-
+    assert train.record()["train_run_id"] == train.stage_run_id != train.run_id
+    time.sleep(0.05)
     with Run(params, "evaluate", "mnist_cnn", resume=run_json, system_metrics=False) as ev:
         ev.log_metrics({"test_acc": 0.9})
-    assert ev.run_id == train.run_id
-    r = store.get_run(train.run_id)
-    assert r.info.status == "FINISHED"
-    assert r.data.tags["stage.train"] == "ran" and r.data.tags["stage.evaluate"] == "ran"
-    assert r.data.metrics["loss"] == 1.0 and r.data.metrics["test_acc"] == 0.9
-    assert "train_run_missing" not in r.data.tags
+        ev.log_variant_metrics({"test_accuracy": 90.0})
+    variant, child_train, child_eval = (store.get_run(i) for i in (train.run_id, train.stage_run_id, ev.run_id))
+    assert variant.info.run_name == "mnist_cnn" and child_train.info.run_name == "train"
+    assert child_eval.info.run_name == "evaluate" and ev.variant_run_id == train.run_id
+    for child in (child_train, child_eval):
+        assert child.data.tags["mlflow.parentRunId"] == train.run_id
+    assert all(r.info.status == "FINISHED" for r in (variant, child_train, child_eval))
+    # The variant run is not reopened: its end is the train stage's, before evaluate began.
+    assert variant.info.end_time <= child_eval.info.start_time
+    assert variant.data.params == {"lr": "0.001"} and child_train.data.params == {}
+    assert child_train.data.metrics == {"loss": 1.0} and child_eval.data.metrics == {"test_acc": 0.9}
+    assert variant.data.metrics == {"val_accuracy": 80.0, "test_accuracy": 90.0}
+    assert child_eval.data.tags["stage.evaluate"] == "ran" and "train_run_missing" not in child_eval.data.tags
+    exp = store.get_experiment(variant.info.experiment_id)
+    assert exp.tags[tracking.EXPERIMENT_KIND_TAG] == tracking.EXPERIMENT_KIND
+
+
+def test_a_failing_train_stage_ends_both_runs_failed(store, params):
+    with pytest.raises(ZeroDivisionError):
+        with Run(params, "train", "mnist_cnn", system_metrics=False, variant_run=True) as run:
+            1 / 0
+    assert store.get_run(run.run_id).info.status == "FAILED"
+    assert store.get_run(run.stage_run_id).info.status == "FAILED"
+
+
+def test_register_champion_moves_the_alias_without_duplicates(store, params, tmp_path, monkeypatch):
+    import mlflow
+
+    import numpy as np
+
+    from pipelines import models
+
+    cfg = {"model": "simple_cnn", "in_channels": 1, "image_size": 8, "n_classes": 2, "hidden": 0,
+           "classes": ["a", "b"], "mean": [0.5], "std": [0.5]}
+    models.save_checkpoint(tmp_path / "model.pt", models.build(cfg), cfg)
+    ids = []
+    for _ in range(2):
+        with Run(params, "train", "mnist_cnn", system_metrics=False) as run:
+            run.log_model(tmp_path / "model.pt", np.zeros((1, 8, 8, 1), np.uint8), {"precision": "fp32"}, {})
+        ids.append(run.run_id)
+    name = f"champion-test-{tmp_path.name}"
+    assert tracking.register_champion(name, ids[0], {"variant": "a"}) == "1"
+    assert tracking.register_champion(name, ids[0], {"variant": "a"}) == "1"  # same run: same version
+    assert tracking.register_champion(name, ids[1], {"variant": "b"}) == "2"
+    assert store.get_model_version_by_alias(name, "champion").run_id == ids[1]
+    assert tracking.register_champion(name, ids[0], {"variant": "a"}) == "1"  # back: alias moves, no v3
+    assert str(store.get_model_version_by_alias(name, "champion").version) == "1"
+    assert len(store.search_model_versions(f"name = '{name}'")) == 2
 
 
 def test_resume_of_a_run_not_in_this_store_starts_a_new_run(store, params, tmp_path):
