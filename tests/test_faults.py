@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines import io, plots
+import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -60,10 +61,11 @@ WRITER = textwrap.dedent("""
 
 def test_two_processes_log_to_one_sqlite_store(tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": isolation.pythonpath(REPO), "MLFLOW_TRACKING_URI": store}
     # Both start on an empty store: its schema creation must not race.
     names = [f"w{uuid.uuid4().hex[:6]}" for _ in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(REPO / "params.yaml"), n], env=env,
+    (tmp_path / "params.yaml").write_text(isolation.committed_params_text())
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "params.yaml"), n], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in names]
     for p in procs:
         _, err = p.communicate(timeout=180)
@@ -91,14 +93,10 @@ def test_prepared_arrays_are_byte_for_byte_reproducible(tmp_path):
 def test_a_second_concurrent_repro_is_refused_and_the_first_completes(tmp_path):
     """Two `dvc repro` in one checkout: DVC's repository lock turns the second away at once,
     and the first finishes with intact, up-to-date outputs."""
-    import shutil
-
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file() and f != "dvc.lock":
-            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, tmp_path / f)
+    isolation.copy_checkout(tmp_path)
+    # The offline transfer set is built from Debian's Fashion-MNIST: no network under either protocol.
+    (tmp_path / "params.yaml").write_text(
+        isolation.committed_params_text().replace("\nprotocol: seed", "\nprotocol: offline"))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     git = ["git", "-c", "user.email=t@localhost", "-c", "user.name=t"]
     for cmd in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "x"]):

@@ -13,7 +13,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+import isolation
 import tiny
+from scratch_repo import OUTPUT_DIRS
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -25,7 +27,7 @@ pytestmark = [
 
 
 def _sh(cmd, cwd, **kw):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": isolation.pythonpath()}
     env.pop("MLFLOW_TRACKING_URI", None)
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -39,13 +41,8 @@ def _ran(log: str) -> set[str]:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file() and not f.startswith(("dvc.lock",)):
-            (ws / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, ws / f)
-    p = yaml.safe_load((ws / "params.yaml").read_text())
+    isolation.copy_checkout(ws, skip_prefixes=OUTPUT_DIRS)
+    p = isolation.committed_params()
     (ws / "params.yaml").write_text(yaml.safe_dump(tiny.shrink(p), sort_keys=False))
     _sh(["git", "init", "-q"], ws)
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "add", "-A"], ws)
@@ -56,7 +53,7 @@ def ws(tmp_path_factory):
     return ws, log
 
 
-VARIANTS = list(yaml.safe_load((REPO / "params.yaml").read_text())["variants"])
+VARIANTS = list(isolation.committed_params()["variants"])
 REPLICATES = ["replicate@tl_svm-1", "replicate@tl_finetune-1"]
 
 
