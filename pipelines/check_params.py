@@ -10,7 +10,7 @@
    a DVC remote they would rebuild the whole DAG. `dvc status` is not used for this: a fresh clone
    reports every output missing, and the lock may already be up to date on the branch.
 4. `dvc repro` of exactly those stages: `--profile tiny` (the default, CI's) in a temporary clone
-   with tests/tiny.py's shrink applied; `--profile full` here, on the params as they are.
+   with the tiny profile of pipelines/profiles.py applied; `--profile full` here, on the params as they are.
 5. A Markdown summary on stdout (also --summary FILE and $GITHUB_STEP_SUMMARY): params diff,
    accuracies against the base (`dvc metrics diff <base>`), a verdict line.
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -48,9 +47,8 @@ from typing import Optional
 
 import yaml
 
-from pipelines import config
+from pipelines import config, profiles
 
-REPO = Path(__file__).resolve().parents[1]
 CLAIM_TAG = "[reproduced]"
 
 
@@ -187,15 +185,8 @@ def claims_reproduced(cwd: Path) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- profiles
-def _shrink():
-    spec = importlib.util.spec_from_file_location("_tiny_profile", REPO / "tests" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.shrink
-
-
 def _write_tiny(path: Path, raw: dict) -> None:
-    path.write_text(yaml.safe_dump(_shrink()(copy.deepcopy(raw)), sort_keys=False))
+    path.write_text(yaml.safe_dump(profiles.tiny(copy.deepcopy(raw)), sort_keys=False))
 
 
 def repro(stages: list[str], cwd: Path) -> int:
@@ -234,11 +225,11 @@ def run_tiny(root: Path, base_sha: str, head_sha: str, base_raw: dict, stages: l
     _git(["clone", "-q", "--shared", "--no-checkout", str(root), str(clone)], root)
     compare, baseline = base_sha, "the base's committed metrics (the base is on the tiny profile)"
     try:
-        tiny_base = _shrink()(copy.deepcopy(base_raw))
+        tiny_base = profiles.tiny(copy.deepcopy(base_raw))
     except (KeyError, TypeError, AttributeError) as e:
-        # tests/tiny.py follows today's params.yaml; an older base may lack a section it shrinks.
+        # The tiny profile follows today's params.yaml; an older base may lack a section it shrinks.
         return Outcome([], compare, clone, baseline,
-                       failed=f"tests/tiny.py cannot shrink the base's params.yaml ({type(e).__name__}: {e})")
+                       failed=f"the tiny profile cannot shrink the base's params.yaml ({type(e).__name__}: {e})")
     if tiny_base != base_raw:
         baseline = "the base reproduced on the tiny profile here (its committed metrics are full-size)"
         _git(["checkout", "-q", "--detach", base_sha], clone)
@@ -448,7 +439,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.check_params", description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="git revision to compare with, e.g. origin/main")
     ap.add_argument("--profile", choices=["tiny", "full"], default="tiny",
-                    help="tiny: rerun in a temporary clone on tests/tiny.py's profile (CI); full: rerun here")
+                    help="tiny: rerun in a temporary clone on pipelines/profiles.py's tiny profile (CI); full: rerun here")
     ap.add_argument("--summary", type=Path, help="also write the Markdown summary to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone (tiny profile) for inspection")
     args = ap.parse_args(argv)

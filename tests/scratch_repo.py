@@ -12,7 +12,7 @@ from pathlib import Path
 import yaml
 
 import isolation
-import tiny
+from pipelines import profiles
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -44,7 +44,7 @@ def _build(dst: Path) -> None:
     isolation.copy_checkout(dst, skip_prefixes=OUTPUT_DIRS)
     p = isolation.committed_params()
     p["protocol"] = "offline"  # Debian's Fashion-MNIST: no network, whatever the committed protocol
-    (dst / "params.yaml").write_text(yaml.safe_dump(tiny.shrink(p), sort_keys=False))
+    (dst / "params.yaml").write_text(yaml.safe_dump(profiles.tiny(p), sort_keys=False))
     git(["init", "-q", "-b", "main"], dst)
     git(["add", "-A"], dst)
     git(["commit", "-qm", "tiny profile"], dst)

@@ -1,5 +1,8 @@
 """A full disk leaves no partial output; two processes share one MLflow store safely."""
+import errno
 import os
+import resource
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,37 +18,57 @@ import isolation
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
+LIMIT = 256 * 1024
+
+
+@pytest.fixture(params=["tmpfs", "rlimit"])
+def tiny_disk(request, tmp_path):
+    """(folder, errno) where writes past 256 KiB fail as on a full disk. "tmpfs": a real 256 KiB
+    tmpfs (ENOSPC; needs the privilege to mount, skipped without it). "rlimit": RLIMIT_FSIZE of
+    this process (EFBIG once a file would grow past the limit; works unprivileged, in CI too)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    if request.param == "tmpfs":
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={LIMIT // 1024}k", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+        try:
+            yield mnt, errno.ENOSPC
+        finally:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Without this the kernel's SIGXFSZ would kill pytest instead of failing the write.
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, hard))
     try:
-        yield mnt
+        yield mnt, errno.EFBIG
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
 
 
 def test_full_disk_leaves_old_output_intact_and_no_partial_file(tiny_disk):
-    target = tiny_disk / "train.npz"
+    disk, code = tiny_disk
+    target = disk / "train.npz"
     io.save_npz(target, x=np.zeros(100, np.uint8))
     before = target.read_bytes()
     with pytest.raises(OSError) as err:
         io.save_npz(target, x=np.zeros(1 << 20, np.uint8))  # 1 MiB does not fit
-    assert err.value.errno == 28  # ENOSPC
+    assert err.value.errno == code
     assert target.read_bytes() == before
-    assert sorted(p.name for p in tiny_disk.iterdir()) == ["train.npz"]
+    assert sorted(p.name for p in disk.iterdir()) == ["train.npz"]
 
 
 def test_full_disk_while_saving_a_figure(tiny_disk):
+    disk, code = tiny_disk
     rng = np.random.default_rng(0)
     fig = plots.examples(rng.integers(0, 255, (64, 64, 64, 3), dtype=np.uint8), [""] * 64, "noise", ncols=8)
-    with pytest.raises(OSError):
-        plots.save_figure(fig, tiny_disk / "grid.png", dpi=300)
-    assert list(tiny_disk.iterdir()) == []
+    with pytest.raises(OSError) as err:
+        plots.save_figure(fig, disk / "grid.png", dpi=300)
+    assert err.value.errno == code
+    assert list(disk.iterdir()) == []
 
 
 WRITER = textwrap.dedent("""

@@ -2,6 +2,7 @@
 every stage's outputs, MLflow runs, a no-op second repro, and a params change that reruns
 only its own chain."""
 import json
+import math
 import os
 import re
 import shutil
@@ -14,7 +15,7 @@ import pytest
 import yaml
 
 import isolation
-import tiny
+from pipelines import profiles
 from scratch_repo import OUTPUT_DIRS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,7 +44,7 @@ def ws(tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
     isolation.copy_checkout(ws, skip_prefixes=OUTPUT_DIRS)
     p = isolation.committed_params()
-    (ws / "params.yaml").write_text(yaml.safe_dump(tiny.shrink(p), sort_keys=False))
+    (ws / "params.yaml").write_text(yaml.safe_dump(profiles.tiny(p), sort_keys=False))
     _sh(["git", "init", "-q"], ws)
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "add", "-A"], ws)
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "tiny"], ws)
@@ -88,6 +89,165 @@ def test_every_stage_ran_and_wrote_its_outputs(ws):
     for heading in ("Part 1.1", "Part 1.2", "Part 1.3"):
         assert heading in md
     assert "not run" not in md.lower()
+
+
+def _clearly_above_chance(acc: float, n: int, classes: int, alpha: float = 1e-3) -> bool:
+    """acc (%) on n images is beyond what guessing among `classes` reaches with probability alpha
+    (one-sided binomial test)."""
+    k, p = round(acc * n / 100), 1 / classes
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)) < alpha
+
+
+def _metrics(root: Path, v: str) -> tuple[dict, dict, dict]:
+    return tuple(json.loads((root / f"metrics/{v}/{s}.json").read_text()) for s in ("train", "eval", "embed"))
+
+
+def test_every_variant_learned_and_its_numbers_agree(ws):
+    root, _ = ws
+    import numpy as np
+    import torch
+
+    from pipelines import engine, experiment, models
+
+    for v in VARIANTS:
+        train, ev, emb = _metrics(root, v)
+        data = root / "data/prepared" / train["dataset"]
+        meta = json.loads((data / "meta.json").read_text())
+        k, n = len(meta["classes"]), meta["splits"]["val"]
+        # Learned: beyond chance by a clear margin (binomial p < 0.001), best epoch and evaluation alike.
+        assert train["val_n"] == ev["n"] == n
+        assert _clearly_above_chance(train["best_val_acc"], n, k), (v, train["best_val_acc"], n, k)
+        # The confusion matrix counts every validation image once; its diagonal is the accuracy.
+        rows = (root / f"results/{v}/eval/confusion_matrix.csv").read_text().splitlines()[1:]
+        cm = np.array([[int(c) for c in r.split(",")[1:]] for r in rows])
+        assert cm.shape == (k, k) and cm.sum() == n
+        assert np.trace(cm) / cm.sum() * 100 == pytest.approx(ev["accuracy"], abs=1e-9)
+        assert len((root / f"results/{v}/eval/confusion.csv").read_text().splitlines()) == n + 1
+        # model.pt is the best epoch's model: evaluated again it gives train.json's best accuracy
+        # (the evaluate stage's too), not the last epoch's.
+        prep = experiment.load_prepared(data)
+        model, cfg = models.load_checkpoint(root / f"models/{v}/model.pt")
+        model = model.to(memory_format=torch.channels_last)
+        val = experiment._device_split(prep.val, cfg, torch.device("cpu"))
+        _, acc, _ = engine.evaluate(model, val, 128, torch.device("cpu"), train["precision"])
+        assert acc == pytest.approx(train["best_val_acc"], abs=1e-6) == ev["accuracy"], (v, acc, train)
+        # Embedding quality figures lie in their ranges.
+        assert emb["points"] == min(n, 60)
+        for layer in ("intermediate", "final"):
+            q = emb["layers"][layer]
+            assert q["dim"] > 0
+            assert -1 <= q["silhouette_features"] <= 1 and -1 <= q["silhouette_tsne"] <= 1, (v, q)
+            for key in ("knn_acc_features", "knn_acc_tsne", "linear_probe_acc"):
+                assert 0 <= q[key] <= 100, (v, key, q)
+            assert 0 < q["trustworthiness"] <= 1, (v, q)
+
+
+def _table_rows(md: str) -> list[dict[str, str]]:
+    """Every row of every Markdown table, as {header: cell}."""
+    out, header = [], None
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|"):
+            header = None
+        elif header is None and i + 1 < len(lines) and re.fullmatch(r"\|[\s:|-]+\|", lines[i + 1].strip()):
+            header = cells
+        elif header is not None and not re.fullmatch(r"[\s:-]*", "".join(cells)):
+            out.append(dict(zip(header, cells)))
+    return out
+
+
+def test_every_number_the_report_prints_for_a_variant_is_its_metrics_files(ws):
+    root, _ = ws
+    check_report_numbers(root, (root / "reports/report.md").read_text(), VARIANTS)
+
+
+def check_report_numbers(root: Path, md: str, variants: list[str]) -> int:
+    """Every cell of the report's per-variant table rows (and of the per-part "ours" tables and the
+    transfer comparison) is the number in that variant's metrics files; returns the cells checked."""
+    import statistics
+
+    pct = lambda x: f"{x:.2f} %"
+    count = lambda x: "—" if x is None else f"{x:,}"
+    checked = 0
+    for row in _table_rows(md):
+        first = next(iter(row.values()))
+        v = first.strip("`")
+        if first != f"`{v}`" or v not in variants or "recipe" in row:  # the recipes table judges goals
+            continue
+        train, ev, _ = _metrics(root, v)
+        diag = train["diagnosis"]
+        finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)
+        expect = {"epochs": count(train["epochs"]), "best validation accuracy": pct(train["best_val_acc"]),
+                  "best epoch": count(train["best_epoch"]), "best accuracy epoch": count(diag.get("best_acc_epoch")),
+                  "min val loss epoch": count(diag.get("min_val_loss_epoch")),
+                  "trainable parameters": count(train["params_total"]), "macro F1": f"{ev['macro_f1']:.4g}",
+                  "final loss gap (val − train)": f"{diag['final_loss_gap']:.4f}"
+                  if finite(diag.get("final_loss_gap")) else "—",
+                  "final accuracy gap (train − val)": f"{diag['final_acc_gap']:+.2f} pp"
+                  if finite(diag.get("final_acc_gap")) else "—",
+                  "verdict": diag["verdict"]}
+        for col, cell in row.items():
+            if col in expect:
+                assert cell == expect[col], (v, col, cell, expect[col])
+                checked += 1
+    assert checked >= 3 * len(variants), checked
+    # The per-part tables: ours against the lab's.
+    for v, part in (("mnist_cnn", "## Part 1.1"), ("cifar_alexnet", "## Part 1.2")):
+        train, _, _ = _metrics(root, v)
+        sec = md[md.index(part):]
+        sec = sec[: sec.index("\n## ", 1)]
+        rows = {r[""]: r["ours"] for r in _table_rows(sec) if r.get("") and "ours" in r}
+        assert rows["best validation accuracy"] == pct(train["best_val_acc"])
+        assert rows["epoch of the best"] == count(train["best_epoch"])
+        assert rows["final validation accuracy"] == pct(train["final_val_acc"])
+        assert rows["epochs trained"] == count(train["epochs"])
+        checked += 4
+    # The transfer comparison: mean ± std over each option's own run and its replicates.
+    for row in _table_rows(md):
+        v = row.get("variant", "").strip("`")
+        if "runs (n)" not in row or v not in variants:
+            continue
+        runs = [_metrics(root, v)[0]["best_val_acc"]] + [
+            json.loads(f.read_text())["best_val_acc"] for f in sorted((root / "metrics/replicates").glob(f"{v}-*.json"))]
+        assert row["runs (n)"] == str(len(runs)), (v, row, runs)
+        cell = row["validation accuracy, mean ± std"]
+        assert cell.startswith(f"{statistics.mean(runs):.2f}"), (v, cell, runs)
+        if len(runs) > 1:
+            assert f"± {statistics.stdev(runs):.2f} %" in cell, (v, cell, runs)
+        checked += 1
+    return checked
+
+
+def test_an_edit_to_a_module_makes_exactly_its_importers_stale(ws):
+    """dvc status after an edit (a comment) to pipelines/engine.py lists every stage that imports
+    it and no other; after one to pipelines/io.py, every stage."""
+    root, _ = ws
+    expected = {"engine.py": {s for s in _stage_names(root) if s.split("@")[0] in
+                              ("train", "replicate", "evaluate", "embed")},
+                "io.py": _stage_names(root)}
+    for module, stale in expected.items():
+        f = root / "pipelines" / module
+        before = f.read_text()
+        f.write_text(before + "\n# an edit\n")
+        try:
+            status = _status_json(root)
+        finally:
+            f.write_text(before)
+        changed = {s for s, entries in status.items()
+                   if any(isinstance(e, dict) and f"pipelines/{module}" in e.get("changed deps", {}) for e in entries)}
+        assert changed == stale, (module, sorted(changed ^ stale))
+    assert _status_json(root) == {}
+
+
+def _stage_names(root: Path) -> set[str]:
+    return set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
+
+
+def _status_json(root: Path) -> dict:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    r = subprocess.run(["dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    return json.loads(r.stdout or "{}")
 
 
 def test_mlflow_has_one_run_per_variant_with_history_and_system_metrics(ws):

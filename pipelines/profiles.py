@@ -1,8 +1,13 @@
-"""The tiny CI profile: the real params.yaml, shrunk so the whole DAG runs in a few minutes
-on 2 CPU cores (real Fashion-MNIST from Debian's package, real EfficientNet-Lite0 weights)."""
+"""Run profiles: the params.yaml a run uses, derived from the real one.
+
+`tiny` (CI's: `python -m pipelines.check_params`, and the tests' whole-DAG run) shrinks every
+dataset and budget so the whole DAG runs in a few minutes on 2 CPU cores, on real data (Debian's
+Fashion-MNIST, the real EfficientNet-Lite0 weights), and still leaves every variant enough to
+beat chance clearly."""
 
 
-def shrink(p: dict) -> dict:
+def tiny(p: dict) -> dict:
+    """The tiny profile of raw params p (changed in place and returned)."""
     for name in ("mnist", "cifar10"):
         p["datasets"][name].update(train_limit=256, val_limit=128)
     p["datasets"]["transfer"].update(train_limit=12, val_limit=12, test_limit=8, image_size=32)
