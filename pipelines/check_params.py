@@ -99,7 +99,9 @@ def read_dag(root: Path) -> dict[str, Stage]:
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
         for s in repo.index.stages:
-            st = Stage(s.addressing)
+            # The stage's own name: `addressing` prefixes the dvc.yaml path when the repository is
+            # not the working directory (the temporary clone), and then no name would match.
+            st = Stage(s.name)
             for d in s.deps:
                 if hasattr(d, "params"):
                     st.params += list(d.params)
@@ -109,7 +111,7 @@ def read_dag(root: Path) -> dict[str, Stage]:
                 st.outs.append(o.def_path)
                 if o.metric:
                     st.metrics.append(o.def_path)
-            st.downstream = {a.addressing for a in nx.ancestors(graph, s)}
+            st.downstream = {a.name for a in nx.ancestors(graph, s)}
             stages[st.name] = st
     return stages
 

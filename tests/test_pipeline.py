@@ -5,7 +5,6 @@ import json
 import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -49,7 +48,7 @@ def ws(tmp_path_factory):
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "add", "-A"], ws)
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "tiny"], ws)
     t0 = time.perf_counter()
-    log = _sh([sys.executable, "-m", "pipelines.main", "--protocol", "offline"], ws, timeout=900)
+    log = _sh([sys.executable, "-m", "pipelines.main", "--protocol", "offline"], ws, timeout=2400)
     print(f"tiny-profile dvc repro of the whole DAG: {time.perf_counter() - t0:.0f} s")
     return ws, log
 
