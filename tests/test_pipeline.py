@@ -135,7 +135,8 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
         rows = (root / f"results/{v}/eval/confusion_matrix.csv").read_text().splitlines()[1:]
         cm = np.array([[int(c) for c in r.split(",")[1:]] for r in rows])
         assert cm.shape == (k, k) and cm.sum() == n
-        assert np.trace(cm) / cm.sum() * 100 == pytest.approx(ev["accuracy"], abs=1e-9)
+        # (abs 1e-4: the stages count in float32; one image is at least 0.01 pp at full size)
+        assert np.trace(cm) / cm.sum() * 100 == pytest.approx(ev["accuracy"], abs=1e-4)
         assert len((root / f"results/{v}/eval/confusion.csv").read_text().splitlines()) == n + 1
         # model.pt is the best epoch's model: evaluated again it gives train.json's best accuracy
         # (the evaluate stage's too), not the last epoch's.
@@ -144,7 +145,8 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
         model = model.to(memory_format=torch.channels_last)
         val = experiment._device_split(prep.val, cfg, torch.device("cpu"))
         _, acc, _ = engine.evaluate(model, val, 128, torch.device("cpu"), train["precision"])
-        assert acc == pytest.approx(train["best_val_acc"], abs=1e-6) == ev["accuracy"], (v, acc, train)
+        assert acc == pytest.approx(train["best_val_acc"], abs=1e-4), (v, acc, train)
+        assert acc == pytest.approx(ev["accuracy"], abs=1e-4), (v, acc, ev)
         # Embedding quality figures lie in their ranges.
         assert emb["points"] == min(n, 60)
         for layer in ("intermediate", "final"):
