@@ -10,7 +10,7 @@
    a DVC remote they would rebuild the whole DAG. `dvc status` is not used for this: a fresh clone
    reports every output missing, and the lock may already be up to date on the branch.
 4. `dvc repro` of exactly those stages: `--profile tiny` (the default, CI's) in a temporary clone
-   with tests/tiny.py's shrink applied; `--profile full` here, on the params as they are.
+   with the tiny profile of pipelines/profiles.py applied; `--profile full` here, on the params as they are.
 5. A Markdown summary on stdout (also --summary FILE and $GITHUB_STEP_SUMMARY): params diff,
    accuracies against the base (`dvc metrics diff <base>`), a verdict line.
 
@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import importlib.util
 import json
 import os
 import shutil
@@ -48,14 +47,12 @@ from typing import Optional
 
 import yaml
 
-from pipelines import config
+from pipelines import config, profiles
 
-REPO = Path(__file__).resolve().parents[1]
 CLAIM_TAG = "[reproduced]"
 
 
-class CheckError(RuntimeError):
-    """A step of the check could not run (git/dvc failure); reported as a FAIL verdict."""
+from pipelines.errors import CheckError  # noqa: E402  (re-exported)
 
 
 def _env() -> dict:
@@ -101,7 +98,9 @@ def read_dag(root: Path) -> dict[str, Stage]:
     with Repo(str(root)) as repo:
         graph = repo.index.graph  # an edge runs from a stage to a stage it depends on
         for s in repo.index.stages:
-            st = Stage(s.addressing)
+            # The stage's own name: `addressing` prefixes the dvc.yaml path when the repository is
+            # not the working directory (the temporary clone), and then no name would match.
+            st = Stage(s.name)
             for d in s.deps:
                 if hasattr(d, "params"):
                     st.params += list(d.params)
@@ -111,7 +110,7 @@ def read_dag(root: Path) -> dict[str, Stage]:
                 st.outs.append(o.def_path)
                 if o.metric:
                     st.metrics.append(o.def_path)
-            st.downstream = {a.addressing for a in nx.ancestors(graph, s)}
+            st.downstream = {a.name for a in nx.ancestors(graph, s)}
             stages[st.name] = st
     return stages
 
@@ -187,15 +186,8 @@ def claims_reproduced(cwd: Path) -> Optional[str]:
 
 
 # --------------------------------------------------------------------------- profiles
-def _shrink():
-    spec = importlib.util.spec_from_file_location("_tiny_profile", REPO / "tests" / "tiny.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.shrink
-
-
 def _write_tiny(path: Path, raw: dict) -> None:
-    path.write_text(yaml.safe_dump(_shrink()(copy.deepcopy(raw)), sort_keys=False))
+    path.write_text(yaml.safe_dump(profiles.tiny(copy.deepcopy(raw)), sort_keys=False))
 
 
 def repro(stages: list[str], cwd: Path) -> int:
@@ -234,11 +226,11 @@ def run_tiny(root: Path, base_sha: str, head_sha: str, base_raw: dict, stages: l
     _git(["clone", "-q", "--shared", "--no-checkout", str(root), str(clone)], root)
     compare, baseline = base_sha, "the base's committed metrics (the base is on the tiny profile)"
     try:
-        tiny_base = _shrink()(copy.deepcopy(base_raw))
+        tiny_base = profiles.tiny(copy.deepcopy(base_raw))
     except (KeyError, TypeError, AttributeError) as e:
-        # tests/tiny.py follows today's params.yaml; an older base may lack a section it shrinks.
+        # The tiny profile follows today's params.yaml; an older base may lack a section it shrinks.
         return Outcome([], compare, clone, baseline,
-                       failed=f"tests/tiny.py cannot shrink the base's params.yaml ({type(e).__name__}: {e})")
+                       failed=f"the tiny profile cannot shrink the base's params.yaml ({type(e).__name__}: {e})")
     if tiny_base != base_raw:
         baseline = "the base reproduced on the tiny profile here (its committed metrics are full-size)"
         _git(["checkout", "-q", "--detach", base_sha], clone)
@@ -253,6 +245,10 @@ def run_tiny(root: Path, base_sha: str, head_sha: str, base_raw: dict, stages: l
     _git(["checkout", "-q", "-f", "--detach", head_sha], clone)
     _overlay_worktree(root, clone, outs)
     _write_tiny(clone / "params.yaml", yaml.safe_load((root / "params.yaml").read_text()))
+    # The stale stages were found in the full-size DAG; the tiny one fans out over fewer
+    # replicates, and `dvc repro` refuses a stage that does not exist.
+    tiny_dag = read_dag(clone)
+    stages = [s for s in stages if s in tiny_dag]
     if repro(stages, clone) != 0:
         return Outcome(stages, compare, clone, baseline, failed="`dvc repro` failed on the tiny profile")
     return Outcome(stages, compare, clone, baseline)
@@ -448,7 +444,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.check_params", description=__doc__.splitlines()[0])
     ap.add_argument("--base", required=True, help="git revision to compare with, e.g. origin/main")
     ap.add_argument("--profile", choices=["tiny", "full"], default="tiny",
-                    help="tiny: rerun in a temporary clone on tests/tiny.py's profile (CI); full: rerun here")
+                    help="tiny: rerun in a temporary clone on pipelines/profiles.py's tiny profile (CI); full: rerun here")
     ap.add_argument("--summary", type=Path, help="also write the Markdown summary to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone (tiny profile) for inspection")
     args = ap.parse_args(argv)

@@ -8,16 +8,15 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines import config
-from pipelines.io import IntegrityError
+from pipelines.errors import LabError
 
-EXPECTED: tuple[type[BaseException], ...] = (config.ParamsError, IntegrityError, OSError, ValueError)
+# The project's own errors, and the built-in ones a user can act on as raised by the libraries the
+# stages call (a full disk, a missing file, an array of the wrong shape).
+EXPECTED: tuple[type[BaseException], ...] = (LabError, OSError, ValueError, RuntimeError)
 
 
 def expected_errors() -> tuple[type[BaseException], ...]:
-    from pipelines.data.download import DataError
-    from pipelines.tracking import TrackingError
-
-    return (*EXPECTED, DataError, TrackingError, RuntimeError)
+    return EXPECTED
 
 
 def guarded(label: str, body: Callable[[], object]) -> int:

@@ -23,8 +23,7 @@ ModelName = Literal["simple_cnn", "alexnet_cifar", "backbone"]
 SCRATCH = "pipelines/models.py"   # variants.<v>.start of a run from the seeded initialisation
 
 
-class ParamsError(ValueError):
-    """A params.yaml problem, always one line."""
+from pipelines.errors import ParamsError  # noqa: E402  (re-exported: config.ParamsError)
 
 
 class _Strict(BaseModel):

@@ -103,8 +103,7 @@ def md5_file(path: Path | str, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-class IntegrityError(RuntimeError):
-    """A file whose digest is not the one recorded for it."""
+from pipelines.errors import IntegrityError  # noqa: E402  (re-exported: io.IntegrityError)
 
 
 def verify_sha256(path: Path | str, expected: str, fix: str) -> None:

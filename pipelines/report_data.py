@@ -27,8 +27,7 @@ FIGURES = {  # figure kind -> where the stage writes it, under results/<variant>
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-class ReportError(ValueError):
-    """A stage output that exists but does not follow docs/outputs.md; always one line."""
+from pipelines.errors import ReportError  # noqa: E402  (re-exported: report_data.ReportError)
 
 
 # ---------------------------------------------------------------- reading the stage outputs

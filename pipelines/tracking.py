@@ -34,8 +34,7 @@ from pipelines.config import Params
 REPO = Path(__file__).resolve().parents[1]
 
 
-class TrackingError(RuntimeError):
-    pass
+from pipelines.errors import TrackingError  # noqa: E402  (re-exported: tracking.TrackingError)
 
 
 def tracking_uri() -> str:

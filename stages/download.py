@@ -18,7 +18,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def body() -> None:
-        from pipelines.data import acquire
+        from pipelines.data.sources import acquire
 
         start = time.perf_counter()
         params = config.load()

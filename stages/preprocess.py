@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     def body() -> None:
-        from pipelines.data import prepare
+        from pipelines.data.prepare import prepare
 
         start = time.perf_counter()
         params = config.load()

@@ -1,8 +1,12 @@
-"""Shared fixtures: params built from the real params.yaml with overrides, and a local HTTP
-server that misbehaves on request (the download code runs unpatched against it)."""
+"""Shared fixtures: params built from the committed params.yaml with overrides, a local HTTP
+server that misbehaves on request (the download code runs unpatched against it), and the
+isolation of every test from the checkout's state: its environment (DVC_*, MLFLOW_*), its
+params.yaml, and the network beyond loopback."""
 from __future__ import annotations
 
 import copy
+import importlib.util
+import os
 import threading
 from collections import Counter
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -10,27 +14,68 @@ from pathlib import Path
 from typing import Callable
 
 import pytest
-import yaml
 
 from pipelines.config import Params, parse
 from pipelines.data import sources
 
 import fakedata
+import isolation
 
 REPO = Path(__file__).resolve().parents[1]
+# Variables that change what the code under test does; a test that wants one sets it itself.
+ENV_PREFIXES = ("DVC_", "MLFLOW_")
+ENV_NAMES = ("LAB_RESUME", "CLAIMS_REPRODUCED", "GITHUB_STEP_SUMMARY")
+
+
+def _netguard():
+    spec = importlib.util.spec_from_file_location("netguard", isolation.NETGUARD / "sitecustomize.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "slow: takes more than about 10 s")
+    _netguard().install()  # this process; subprocesses load it through PYTHONPATH
+
+
+def _netguard_lines(log: Path) -> list[str]:
+    return log.read_text().splitlines() if log.exists() else []
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_environment(tmp_path_factory):
+    """For the whole run: no DVC_*/MLFLOW_* variable of the caller's shell, analytics off, and
+    every Python subprocess guarded against non-loopback connections."""
+    log = tmp_path_factory.getbasetemp() / "netguard.log"
+    with pytest.MonkeyPatch.context() as mp:
+        for k in list(os.environ):
+            if k.startswith(ENV_PREFIXES) or k in ENV_NAMES:
+                mp.delenv(k)
+        mp.setenv("DVC_NO_ANALYTICS", "1")
+        # The guard's folder alone: a caller's PYTHONPATH could shadow the code under test.
+        mp.setenv("PYTHONPATH", isolation.pythonpath())
+        mp.setenv("NETGUARD_LOG", str(log))
+        yield log
+    lines = _netguard_lines(log)
+    assert not lines, "connections beyond loopback during the test run:\n" + "\n".join(lines)
 
 
 @pytest.fixture(autouse=True)
-def _private_tracking_store(tmp_path, monkeypatch):
-    """Every test logs to its own SQLite store, never to the repository's mlflow.db.
+def _private_tracking_store(tmp_path, monkeypatch, _isolated_environment):
+    """Every test logs to its own SQLite store, never to the repository's mlflow.db; and fails if
+    it (or a process it started) tried to connect beyond loopback.
 
     Tests that want another store (a server, a dead URI) set MLFLOW_TRACKING_URI themselves.
     """
+    for k in list(os.environ):  # also what an earlier test's code set in this process (mlflow does)
+        if (k.startswith(ENV_PREFIXES) and k != "DVC_NO_ANALYTICS") or k in ENV_NAMES:
+            monkeypatch.delenv(k)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'test-mlflow.db'}")
+    before = len(_netguard_lines(_isolated_environment))
+    yield
+    new = _netguard_lines(_isolated_environment)[before:]
+    assert not new, "connections beyond loopback (only 127.0.0.1 is allowed in tests):\n" + "\n".join(new)
 
 
 def _merge(base: dict, over: dict) -> dict:
@@ -44,16 +89,16 @@ def _merge(base: dict, over: dict) -> dict:
 
 @pytest.fixture(scope="session")
 def params_raw() -> dict:
-    """params.yaml as read from the repository; copy it before changing it (make_params does)."""
-    with open(REPO / "params.yaml") as f:
-        return yaml.safe_load(f)
+    """params.yaml as committed (tests/isolation.py says why); copy it before changing it
+    (make_params does)."""
+    return isolation.committed_params()
 
 
 @pytest.fixture
 def make_params(params_raw) -> Callable[..., Params]:
     """make_params({"sources": {...}, "datasets": {"mnist": {...}}}) -> validated Params.
 
-    Nested mappings merge into the repository's params; anything else replaces.
+    Nested mappings merge into the committed params; anything else replaces.
     """
     def make(overrides: dict | None = None) -> Params:
         return parse(_merge(copy.deepcopy(params_raw), copy.deepcopy(overrides or {})))
@@ -146,3 +191,37 @@ def http_server():
         srv.release.set()
         srv.httpd.shutdown()
         srv.httpd.server_close()
+
+
+# ------------------------------------------------------------------------------------ skips
+# Under CI=true a skipped test fails the run, unless its skip reason matches one of these
+# (pattern, why the skip is acceptable). Keep it short: a skip elsewhere hides a broken setup.
+ALLOWED_SKIPS = [
+    (r"cannot mount a tmpfs here",
+     "the tmpfs variant of the full-disk tests needs the privilege to mount; the RLIMIT_FSIZE "
+     "variant runs the same checks unprivileged"),
+]
+
+
+_SKIPPED: list[tuple[str, str]] = []
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped:
+        lr = report.longrepr
+        _SKIPPED.append((report.nodeid, lr[2] if isinstance(lr, tuple) and len(lr) == 3 else str(lr)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if os.environ.get("CI", "").lower() != "true":
+        return
+    import re
+
+    bad = [(n, why) for n, why in _SKIPPED if not any(re.search(p, why) for p, _ in ALLOWED_SKIPS)]
+    if bad:
+        tr = session.config.pluginmanager.get_plugin("terminalreporter")
+        if tr is not None:
+            tr.section("a skipped test fails the run under CI=true (tests/conftest.py ALLOWED_SKIPS)", red=True)
+            for nodeid, why in bad:
+                tr.write_line(f"SKIPPED {nodeid}: {why}")
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

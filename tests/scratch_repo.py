@@ -11,7 +11,8 @@ from pathlib import Path
 
 import yaml
 
-import tiny
+import isolation
+from pipelines import profiles
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -22,7 +23,7 @@ GIT_ID = ["-c", "user.email=t@localhost", "-c", "user.name=t"]
 
 
 def env() -> dict:
-    e = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": "", "GIT_OPTIONAL_LOCKS": "0"}
+    e = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": isolation.pythonpath(), "GIT_OPTIONAL_LOCKS": "0"}
     for k in ("MLFLOW_TRACKING_URI", "CLAIMS_REPRODUCED", "GITHUB_STEP_SUMMARY"):
         e.pop(k, None)
     return e
@@ -40,14 +41,10 @@ def git(args: list[str], cwd: Path, **kw) -> subprocess.CompletedProcess:
 
 
 def _build(dst: Path) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO, env=env(),
-                           capture_output=True, text=True, check=True).stdout.split("\n")
-    for f in files:
-        if f and f != "dvc.lock" and not f.startswith(OUTPUT_DIRS) and (REPO / f).is_file():
-            (dst / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, dst / f)
-    p = yaml.safe_load((dst / "params.yaml").read_text())
-    (dst / "params.yaml").write_text(yaml.safe_dump(tiny.shrink(p), sort_keys=False))
+    isolation.copy_checkout(dst, skip_prefixes=OUTPUT_DIRS)
+    p = isolation.committed_params()
+    p["protocol"] = "offline"  # Debian's Fashion-MNIST: no network, whatever the committed protocol
+    (dst / "params.yaml").write_text(yaml.safe_dump(profiles.tiny(p), sort_keys=False))
     git(["init", "-q", "-b", "main"], dst)
     git(["add", "-A"], dst)
     git(["commit", "-qm", "tiny profile"], dst)

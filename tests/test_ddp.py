@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from test_train_resume import write_prepared
+import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 # Dropout draws differ between one process and two ranks, so the runs are not bit-identical:
@@ -24,7 +25,7 @@ def test_two_process_ddp_matches_single_process(tmp_path, params_raw):
     p["lab"], p["recipes"], p["replicates"] = {}, {}, None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     write_prepared(tmp_path / "data", n_train=1024, n_val=256)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
+    env = {**os.environ, "PYTHONPATH": isolation.pythonpath(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",
            "OMP_NUM_THREADS": "1"}
 
     def run(prefix, launcher):

@@ -1,5 +1,8 @@
 """A full disk leaves no partial output; two processes share one MLflow store safely."""
+import errno
 import os
+import resource
+import signal
 import subprocess
 import sys
 import textwrap
@@ -10,41 +13,62 @@ import numpy as np
 import pytest
 
 from pipelines import io, plots
+import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture
-def tiny_disk(tmp_path):
-    """A 256 KiB tmpfs: writes past it fail with ENOSPC, as on a full disk."""
+LIMIT = 256 * 1024
+
+
+@pytest.fixture(params=["tmpfs", "rlimit"])
+def tiny_disk(request, tmp_path):
+    """(folder, errno) where writes past 256 KiB fail as on a full disk. "tmpfs": a real 256 KiB
+    tmpfs (ENOSPC; needs the privilege to mount, skipped without it). "rlimit": RLIMIT_FSIZE of
+    this process (EFBIG once a file would grow past the limit; works unprivileged, in CI too)."""
     mnt = tmp_path / "disk"
     mnt.mkdir()
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mnt)], capture_output=True, text=True)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+    if request.param == "tmpfs":
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={LIMIT // 1024}k", "tmpfs", str(mnt)],
+                           capture_output=True, text=True)
+        if r.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({r.stderr.strip()})")
+        try:
+            yield mnt, errno.ENOSPC
+        finally:
+            subprocess.run(["umount", str(mnt)], capture_output=True)
+        return
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    # Without this the kernel's SIGXFSZ would kill pytest instead of failing the write.
+    old_handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (LIMIT, hard))
     try:
-        yield mnt
+        yield mnt, errno.EFBIG
     finally:
-        subprocess.run(["umount", str(mnt)], capture_output=True)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, old_handler)
 
 
 def test_full_disk_leaves_old_output_intact_and_no_partial_file(tiny_disk):
-    target = tiny_disk / "train.npz"
+    disk, code = tiny_disk
+    target = disk / "train.npz"
     io.save_npz(target, x=np.zeros(100, np.uint8))
     before = target.read_bytes()
     with pytest.raises(OSError) as err:
         io.save_npz(target, x=np.zeros(1 << 20, np.uint8))  # 1 MiB does not fit
-    assert err.value.errno == 28  # ENOSPC
+    assert err.value.errno == code
     assert target.read_bytes() == before
-    assert sorted(p.name for p in tiny_disk.iterdir()) == ["train.npz"]
+    assert sorted(p.name for p in disk.iterdir()) == ["train.npz"]
 
 
 def test_full_disk_while_saving_a_figure(tiny_disk):
+    disk, code = tiny_disk
     rng = np.random.default_rng(0)
     fig = plots.examples(rng.integers(0, 255, (64, 64, 64, 3), dtype=np.uint8), [""] * 64, "noise", ncols=8)
-    with pytest.raises(OSError):
-        plots.save_figure(fig, tiny_disk / "grid.png", dpi=300)
-    assert list(tiny_disk.iterdir()) == []
+    with pytest.raises(OSError) as err:
+        plots.save_figure(fig, disk / "grid.png", dpi=300)
+    assert err.value.errno == code
+    assert list(disk.iterdir()) == []
 
 
 WRITER = textwrap.dedent("""
@@ -60,10 +84,11 @@ WRITER = textwrap.dedent("""
 
 def test_two_processes_log_to_one_sqlite_store(tmp_path):
     store = f"sqlite:///{tmp_path}/mlflow.db"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": store}
+    env = {**os.environ, "PYTHONPATH": isolation.pythonpath(REPO), "MLFLOW_TRACKING_URI": store}
     # Both start on an empty store: its schema creation must not race.
     names = [f"w{uuid.uuid4().hex[:6]}" for _ in range(2)]
-    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(REPO / "params.yaml"), n], env=env,
+    (tmp_path / "params.yaml").write_text(isolation.committed_params_text())
+    procs = [subprocess.Popen([sys.executable, "-c", WRITER, str(tmp_path / "params.yaml"), n], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for n in names]
     for p in procs:
         _, err = p.communicate(timeout=180)
@@ -91,14 +116,10 @@ def test_prepared_arrays_are_byte_for_byte_reproducible(tmp_path):
 def test_a_second_concurrent_repro_is_refused_and_the_first_completes(tmp_path):
     """Two `dvc repro` in one checkout: DVC's repository lock turns the second away at once,
     and the first finishes with intact, up-to-date outputs."""
-    import shutil
-
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file() and f != "dvc.lock":
-            (tmp_path / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, tmp_path / f)
+    isolation.copy_checkout(tmp_path)
+    # The offline transfer set is built from Debian's Fashion-MNIST: no network under either protocol.
+    (tmp_path / "params.yaml").write_text(
+        isolation.committed_params_text().replace("\nprotocol: seed", "\nprotocol: offline"))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     git = ["git", "-c", "user.email=t@localhost", "-c", "user.name=t"]
     for cmd in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "x"]):

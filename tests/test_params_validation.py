@@ -17,6 +17,7 @@ import pytest
 import yaml
 
 from pipelines import cli, config
+import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,9 +169,10 @@ def assert_one_line_naming(msg: str, case: Case) -> None:
         assert case.value in msg, f"value {case.value!r} not quoted in: {msg}"
 
 
-def test_the_real_params_file_is_valid():
+def test_the_real_params_file_is_valid(tmp_path):
     # Guards the table: every rejection below is then due to its mutation alone.
-    p = config.load(REPO / "params.yaml")
+    (tmp_path / "params.yaml").write_text(isolation.committed_params_text())
+    p = config.load(tmp_path / "params.yaml")
     assert "mnist_cnn" in p.variants
 
 
@@ -254,7 +256,7 @@ def test_train_stage_subprocess_exit_2(params_raw, tmp_path):
     case = next(c for c in CASES if c.id == "epochs-string")
     (tmp_path / "params.yaml").write_text(mutated_text(case, params_raw))
     argv, before = _stage_layout(tmp_path)
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'stray.db'}"}
+    env = {**os.environ, "PYTHONPATH": isolation.pythonpath(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'stray.db'}"}
     proc = subprocess.run([sys.executable, "-m", "stages.train", *argv], cwd=tmp_path, env=env,
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2, proc.stderr

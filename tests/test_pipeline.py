@@ -2,9 +2,9 @@
 every stage's outputs, MLflow runs, a no-op second repro, and a params change that reruns
 only its own chain."""
 import json
+import math
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 import yaml
 
-from pipelines import io
-
-import tiny
+import isolation
+from pipelines import io, profiles
+from scratch_repo import OUTPUT_DIRS
 
 REPO = Path(__file__).resolve().parents[1]
 FASHION = Path("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz")
@@ -28,7 +28,7 @@ pytestmark = [
 
 
 def _sh(cmd, cwd, **kw):
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": ""}
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": isolation.pythonpath()}
     env.pop("MLFLOW_TRACKING_URI", None)
     r = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, **kw)
     assert r.returncode == 0, f"{cmd} failed:\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
@@ -42,24 +42,19 @@ def _ran(log: str) -> set[str]:
 @pytest.fixture(scope="module")
 def ws(tmp_path_factory):
     ws = tmp_path_factory.mktemp("ws")
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for f in files:
-        if (REPO / f).is_file() and not f.startswith(("dvc.lock",)):
-            (ws / f).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / f, ws / f)
-    p = yaml.safe_load((ws / "params.yaml").read_text())
-    (ws / "params.yaml").write_text(yaml.safe_dump(tiny.shrink(p), sort_keys=False))
+    isolation.copy_checkout(ws, skip_prefixes=OUTPUT_DIRS)
+    p = isolation.committed_params()
+    (ws / "params.yaml").write_text(yaml.safe_dump(profiles.tiny(p), sort_keys=False))
     _sh(["git", "init", "-q"], ws)
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "add", "-A"], ws)
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "tiny"], ws)
     t0 = time.perf_counter()
-    log = _sh([sys.executable, "-m", "pipelines.main", "--protocol", "offline"], ws, timeout=900)
+    log = _sh([sys.executable, "-m", "pipelines.main", "--protocol", "offline"], ws, timeout=2400)
     print(f"tiny-profile dvc repro of the whole DAG: {time.perf_counter() - t0:.0f} s")
     return ws, log
 
 
-VARIANTS = list(yaml.safe_load((REPO / "params.yaml").read_text())["variants"])
+VARIANTS = list(isolation.committed_params()["variants"])
 REPLICATES = ["replicate@tl_svm-1", "replicate@tl_finetune-1"]
 
 
@@ -94,6 +89,184 @@ def test_every_stage_ran_and_wrote_its_outputs(ws):
     for heading in ("Part 1.1", "Part 1.2", "Part 1.3"):
         assert heading in md
     assert "not run" not in md.lower()
+
+
+# Variants whose validation accuracy the tiny profile's budget cannot lift beyond chance, with
+# what was measured (2026-11-28, tiny profile, 2 vCPU): they are still held to fitting their
+# training images beyond chance.
+NOT_BEYOND_CHANCE_ON_VALIDATION = {
+    "tl_scratch": "EfficientNet-Lite0 from random initialisation on 80 images: 91 % training accuracy "
+                  "after 3 epochs, validation 40-50 % of 100 through 4 epochs (BatchNorm's running "
+                  "statistics have not settled; the full run reaches 76 %)",
+}
+
+
+def _clearly_above_chance(acc: float, n: int, classes: int, alpha: float = 1e-2) -> bool:
+    """acc (%) on n images is beyond what guessing among `classes` reaches with probability alpha
+    (one-sided binomial test)."""
+    k, p = round(acc * n / 100), 1 / classes
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k, n + 1)) < alpha
+
+
+def _metrics(root: Path, v: str) -> tuple[dict, dict, dict]:
+    return tuple(json.loads((root / f"metrics/{v}/{s}.json").read_text()) for s in ("train", "eval", "embed"))
+
+
+def test_every_variant_learned_and_its_numbers_agree(ws):
+    root, _ = ws
+    import numpy as np
+    import torch
+
+    from pipelines import engine, experiment, models
+
+    for v in VARIANTS:
+        train, ev, emb = _metrics(root, v)
+        data = root / "data/prepared" / train["dataset"]
+        meta = json.loads((data / "meta.json").read_text())
+        k, n = len(meta["classes"]), meta["splits"]["val"]
+        # Learned: beyond chance by a clear margin (binomial p < 0.01; on 100 two-class images that
+        # is 63 right, and tl_finetune gets 65 on the tiny profile) on the training images it
+        # fitted and on the validation images it never saw.
+        assert train["val_n"] == ev["n"] == n
+        hist = (root / f"results/{v}/train/history.csv").read_text().splitlines()
+        final_train_acc = float(hist[-1].split(",")[hist[0].split(",").index("train_acc")])
+        assert _clearly_above_chance(final_train_acc, meta["splits"]["train"], k), (v, final_train_acc)
+        if v not in NOT_BEYOND_CHANCE_ON_VALIDATION:
+            assert _clearly_above_chance(train["best_val_acc"], n, k), (v, train["best_val_acc"], n, k)
+        # The confusion matrix counts every validation image once; its diagonal is the accuracy.
+        rows = (root / f"results/{v}/eval/confusion_matrix.csv").read_text().splitlines()[1:]
+        cm = np.array([[int(c) for c in r.split(",")[1:]] for r in rows])
+        assert cm.shape == (k, k) and cm.sum() == n
+        # (abs 1e-4: the stages count in float32; one image is at least 0.01 pp at full size)
+        assert np.trace(cm) / cm.sum() * 100 == pytest.approx(ev["accuracy"], abs=1e-4)
+        assert len((root / f"results/{v}/eval/confusion.csv").read_text().splitlines()) == n + 1
+        # model.pt is the best epoch's model: evaluated again it gives train.json's best accuracy
+        # (the evaluate stage's too), not the last epoch's.
+        prep = experiment.load_prepared(data)
+        model, cfg = models.load_checkpoint(root / f"models/{v}/model.pt")
+        model = model.to(memory_format=torch.channels_last)
+        val = experiment._device_split(prep.val, cfg, torch.device("cpu"))
+        _, acc, _ = engine.evaluate(model, val, 128, torch.device("cpu"), train["precision"])
+        assert acc == pytest.approx(train["best_val_acc"], abs=1e-4), (v, acc, train)
+        assert acc == pytest.approx(ev["accuracy"], abs=1e-4), (v, acc, ev)
+        # Embedding quality figures lie in their ranges.
+        assert emb["points"] == min(n, 60)
+        for layer in ("intermediate", "final"):
+            q = emb["layers"][layer]
+            assert q["dim"] > 0
+            assert -1 <= q["silhouette_features"] <= 1 and -1 <= q["silhouette_tsne"] <= 1, (v, q)
+            for key in ("knn_acc_features", "knn_acc_tsne", "linear_probe_acc"):
+                assert 0 <= q[key] <= 100, (v, key, q)
+            assert 0 < q["trustworthiness"] <= 1, (v, q)
+
+
+def _table_rows(md: str) -> list[dict[str, str]]:
+    """Every row of every Markdown table, as {header: cell}."""
+    out, header = [], None
+    lines = md.splitlines()
+    for i, line in enumerate(lines):
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if not line.startswith("|"):
+            header = None
+        elif header is None and i + 1 < len(lines) and re.fullmatch(r"\|[\s:|-]+\|", lines[i + 1].strip()):
+            header = cells
+        elif header is not None and not re.fullmatch(r"[\s:-]*", "".join(cells)):
+            out.append(dict(zip(header, cells)))
+    return out
+
+
+def test_every_number_the_report_prints_for_a_variant_is_its_metrics_files(ws):
+    root, _ = ws
+    check_report_numbers(root, (root / "reports/report.md").read_text(), VARIANTS)
+
+
+def check_report_numbers(root: Path, md: str, variants: list[str]) -> int:
+    """Every cell of the report's per-variant table rows (and of the per-part "ours" tables and the
+    transfer comparison) is the number in that variant's metrics files; returns the cells checked."""
+    import statistics
+
+    pct = lambda x: f"{x:.2f} %"
+    count = lambda x: "—" if x is None else f"{x:,}"
+    checked = 0
+    for row in _table_rows(md):
+        first = next(iter(row.values()))
+        v = first.strip("`")
+        if first != f"`{v}`" or v not in variants or "recipe" in row:  # the recipes table judges goals
+            continue
+        train, ev, _ = _metrics(root, v)
+        diag = train["diagnosis"]
+        finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)
+        expect = {"epochs": count(train["epochs"]), "best validation accuracy": pct(train["best_val_acc"]),
+                  "best epoch": count(train["best_epoch"]), "best accuracy epoch": count(diag.get("best_acc_epoch")),
+                  "min val loss epoch": count(diag.get("min_val_loss_epoch")),
+                  "trainable parameters": count(train["params_total"]), "macro F1": f"{ev['macro_f1']:.4g}",
+                  "final loss gap (val − train)": f"{diag['final_loss_gap']:.4f}"
+                  if finite(diag.get("final_loss_gap")) else "—",
+                  "final accuracy gap (train − val)": f"{diag['final_acc_gap']:+.2f} pp"
+                  if finite(diag.get("final_acc_gap")) else "—",
+                  "verdict": diag["verdict"]}
+        for col, cell in row.items():
+            if col in expect:
+                assert cell == expect[col], (v, col, cell, expect[col])
+                checked += 1
+    assert checked >= 3 * len(variants), checked
+    # The per-part tables: ours against the lab's.
+    for v, part in (("mnist_cnn", "## Part 1.1"), ("cifar_alexnet", "## Part 1.2")):
+        train, _, _ = _metrics(root, v)
+        sec = md[md.index(part):]
+        sec = sec[: sec.index("\n## ", 1)]
+        rows = {r[""]: r["ours"] for r in _table_rows(sec) if r.get("") and "ours" in r}
+        assert rows["best validation accuracy"] == pct(train["best_val_acc"])
+        assert rows["epoch of the best"] == count(train["best_epoch"])
+        assert rows["final validation accuracy"] == pct(train["final_val_acc"])
+        assert rows["epochs trained"] == count(train["epochs"])
+        checked += 4
+    # The transfer comparison: mean ± std over each option's own run and its replicates.
+    for row in _table_rows(md):
+        v = row.get("variant", "").strip("`")
+        if "runs (n)" not in row or v not in variants:
+            continue
+        runs = [_metrics(root, v)[0]["best_val_acc"]] + [
+            json.loads(f.read_text())["best_val_acc"] for f in sorted((root / "metrics/replicates").glob(f"{v}-*.json"))]
+        assert row["runs (n)"] == str(len(runs)), (v, row, runs)
+        cell = row["validation accuracy, mean ± std"]
+        assert cell.startswith(f"{statistics.mean(runs):.2f}"), (v, cell, runs)
+        if len(runs) > 1:
+            assert f"± {statistics.stdev(runs):.2f} %" in cell, (v, cell, runs)
+        checked += 1
+    return checked
+
+
+def test_an_edit_to_a_module_makes_exactly_its_importers_stale(ws):
+    """dvc status after an edit (a comment) to pipelines/engine.py lists every stage that imports
+    it and no other (the report's registry code reaches it through the MLflow model module); after
+    one to pipelines/io.py, every stage."""
+    root, _ = ws
+    expected = {"engine.py": {s for s in _stage_names(root) if s.split("@")[0] in
+                              ("train", "replicate", "evaluate", "embed", "report")},
+                "io.py": _stage_names(root)}
+    for module, stale in expected.items():
+        f = root / "pipelines" / module
+        before = f.read_text()
+        f.write_text(before + "\n# an edit\n")
+        try:
+            status = _status_json(root)
+        finally:
+            f.write_text(before)
+        changed = {s for s, entries in status.items()
+                   if any(isinstance(e, dict) and f"pipelines/{module}" in e.get("changed deps", {}) for e in entries)}
+        assert changed == stale, (module, sorted(changed ^ stale))
+    assert _status_json(root) == {}
+
+
+def _stage_names(root: Path) -> set[str]:
+    return set(yaml.safe_load((root / "dvc.lock").read_text())["stages"])
+
+
+def _status_json(root: Path) -> dict:
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
+    r = subprocess.run(["dvc", "status", "--json"], cwd=root, env=env, capture_output=True, text=True, check=True)
+    return json.loads(r.stdout or "{}")
 
 
 def test_mlflow_has_one_run_per_variant_with_a_child_per_stage_a_model_and_a_champion(ws):

@@ -4,10 +4,9 @@ import subprocess
 import sys
 
 import pytest
+import vl_convert  # noqa: F401  (required: requirements.txt; plots_offline imports it lazily)
 
 from pipelines import plots_offline
-
-pytest.importorskip("vl_convert")
 
 DVC_YAML = """\
 plots:

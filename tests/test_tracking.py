@@ -21,6 +21,8 @@ import pytest
 from pipelines import io, tracking
 from pipelines.tracking import Run, TrackingError
 
+import isolation
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -210,8 +212,9 @@ with Run(load(sys.argv[1]), "train", "mnist_cnn", system_metrics=False) as run:
 
 def test_sigterm_to_a_stage_process_leaves_the_run_killed(store, sqlite_uri, tmp_path):
     # A real process, as DVC or a CI runner would terminate it.
-    env = {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": sqlite_uri}
-    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER, str(REPO / "params.yaml")], cwd=tmp_path, env=env,
+    env = {**os.environ, "PYTHONPATH": isolation.pythonpath(REPO), "MLFLOW_TRACKING_URI": sqlite_uri}
+    (tmp_path / "params.yaml").write_text(isolation.committed_params_text())
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER, str(tmp_path / "params.yaml")], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         run_id = proc.stdout.readline().strip()

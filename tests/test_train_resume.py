@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipelines import io
+import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +52,7 @@ def _cmd(out: str):
 
 
 def _env(workdir):
-    return {**os.environ, "PYTHONPATH": str(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
+    return {**os.environ, "PYTHONPATH": isolation.pythonpath(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{workdir}/mlflow.db"}
 
 
 @pytest.mark.slow

@@ -1,7 +1,5 @@
 """Raw data: acquisition (download.py, sources.py), decoding (readers.py) and the prepared
-format (prepare.py, backbone.py). See docs/outputs.md for the files these produce."""
-from pipelines.data.download import DataError, DownloadError, fetch
-from pipelines.data.prepare import prepare
-from pipelines.data.sources import CHECKSUMS, acquire
+format (prepare.py, backbone.py). See docs/outputs.md for the files these produce.
 
-__all__ = ["CHECKSUMS", "DataError", "DownloadError", "acquire", "fetch", "prepare"]
+Nothing is imported here: importing one module of the package (the stages' error handling imports
+download.py's DataError) must not run the others, or every stage would depend on all of them."""

@@ -22,12 +22,7 @@ CHUNK = 1 << 20
 USER_AGENT = "cnn-lab-pipeline/1 (python urllib)"
 
 
-class DataError(RuntimeError):
-    """A raw data problem the user can fix (missing source, malformed file); always one line."""
-
-
-class DownloadError(DataError):
-    """Every URL of a file failed; the message says how to provide the file offline."""
+from pipelines.errors import DataError, DownloadError  # noqa: E402,F401  (re-exported)
 
 
 class _Retryable(Exception):
