@@ -46,7 +46,7 @@ SOURCE_TITLES = {
 }
 BACKBONE_TITLES = {"resnet18": "ResNet-18", "efficientnet_lite0": "EfficientNet-Lite0"}
 
-# What the lab's report says in prose (quoted from SPEC.md); params.yaml `lab:` holds only the
+# What the lab's report says in prose (quoted from the lab's written report); params.yaml `lab:` holds only the
 # numbers that sit in comparison tables.
 LAB_NOTES = {
     (SIMPLE_CNN, "sizes"): "The lab's table: 60,000 training and 10,000 validation images of 28×28. "

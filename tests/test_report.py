@@ -496,7 +496,7 @@ def test_contents_link_every_part(tmp_path):
         assert f' id="{anchor}"' in report.render_html(rep)
 
 
-# ---------------------------------------------------------------- stronger recipes (issue 6)
+# ---------------------------------------------------------------- stronger recipes
 
 def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path):
     root = populate(tmp_path / "root")
