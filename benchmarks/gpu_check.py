@@ -54,7 +54,7 @@ def load_params(path: Path, tiny: bool) -> config.Params:
 def prepare_all(params: config.Params, raw: Path, root: Path, log) -> dict[str, float]:
     """Prepared mnist and cifar10 from one folder of raw Fashion-MNIST files (both offline datasets
     read the same four files; each prepare checks them against the SOURCE.json it is given)."""
-    from pipelines.data import prepare
+    from pipelines.data.prepare import prepare
 
     seconds = {}
     for name in ("mnist", "cifar10"):

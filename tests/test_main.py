@@ -2,6 +2,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pipelines import main
 from pipelines.data import sources
@@ -64,7 +65,10 @@ def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
     from pipelines import config, main
 
     params_file = tmp_path / "params.yaml"
-    params_file.write_text((Path(__file__).resolve().parents[1] / "params.yaml").read_text())
+    # The committed params as YAML, with comments of its own to keep (the committed file may have none).
+    text = yaml.safe_dump(params_raw, sort_keys=False)
+    assert "\n  transfer:\n" in text
+    params_file.write_text("# my params\n" + text.replace("\n  transfer:\n", "\n  transfer:   # my photos\n"))
     photos = tmp_path / "meine Fotos"
     photos.mkdir()
     before = params_file.read_text()
@@ -72,7 +76,7 @@ def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
     p = config.load(params_file)
     assert p.datasets["transfer"].own_folder == str(photos.resolve()) and p.datasets["mnist"].own_folder is None
     assert p.datasets["transfer"].source("offline") == p.datasets["transfer"].source("seed") == "image_folder"
-    assert "# the sources above; or your own two-class photo folder" in params_file.read_text()   # comment kept
+    assert "# my params\n" in params_file.read_text() and "  transfer:   # my photos\n" in params_file.read_text()
     main.set_folder(params_file, "transfer", "builtin")
     assert params_file.read_text() == before
     with pytest.raises(config.ParamsError, match="is not a folder"):
