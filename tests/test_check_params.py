@@ -53,15 +53,16 @@ def _svm_c(value: float):
     return edit
 
 
+def _perplexity(p):
+    """A t-SNE setting: declared by the whole tl_svm chain, so train/evaluate/embed rerun, but the
+    SVM's accuracy cannot move; whatever the data of the day, this change keeps the metric."""
+    p["variants"]["tl_svm"]["tsne_perplexity"] = 10.0
+
+
 @pytest.mark.slow
 @needs_fashion
 def test_a_change_that_keeps_the_metric_passes(base, tmp_path):
-    # A t-SNE setting: declared by the whole tl_svm chain, so train/evaluate/embed rerun, but the
-    # SVM's accuracy cannot move; whatever the data of the day, this change keeps the metric.
-    def edit(p):
-        p["variants"]["tl_svm"]["tsne_perplexity"] = 10.0
-
-    ws = _branch(base, tmp_path, "perplexity", edit)
+    ws = _branch(base, tmp_path, "perplexity", _perplexity)
     r, ran = _check(ws, tmp_path / "summary.md")
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "**Verdict: OK**" in r.stdout
@@ -147,10 +148,7 @@ def full_size_base(tmp_path_factory) -> Path:
 @pytest.mark.slow
 @needs_fashion
 def test_a_full_size_base_is_reproduced_on_the_tiny_profile_first(full_size_base, tmp_path):
-    def edit(p):
-        p["variants"]["tl_svm"]["tsne_perplexity"] = 10.0
-
-    ws = _branch(full_size_base, tmp_path, "perplexity", edit)
+    ws = _branch(full_size_base, tmp_path, "perplexity", _perplexity)
     r, ran = _check(ws, tmp_path / "summary.md")
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert "Baseline: the base reproduced on the tiny profile here (its committed metrics are full-size)." in r.stdout
