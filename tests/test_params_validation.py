@@ -118,7 +118,8 @@ CASES = [
          several(setin("variants.tl_svm.pretrained", False), setin("variants.tl_svm.freeze_backbone", False))),
     Case("pretrained-simple-cnn", "pretrained", setin(f"{V}.pretrained", True)),
     # A replicate with the global seed would retrain its variant's own run: rejected, not run twice.
-    Case("replicate-seed-is-global", "replicates.seeds", setin("replicates.seeds", [1, 42])),
+    Case("replicate-seed-is-global", "replicates.seeds",
+         lambda raw: setin("replicates.seeds", [1, raw["seed"]])(raw)),
     Case("continuation-other-recipe", "variants.mnist_cnn_20ep.start", setin("variants.mnist_cnn_20ep.lr", 0.01)),
     Case("continuation-source-keeps-no-state", "save_state", setin(f"{V}.save_state", False)),
     Case("backbone-without-backbone-dataset", "backbone", setin(f"{V}.model", "backbone")),
