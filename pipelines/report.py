@@ -149,21 +149,13 @@ def _test_cell(doc: _Doc, params: Params, variant: str) -> str:
 
 def _run_time(doc: _Doc, params: Params) -> Optional[str]:
     """Whole-run time as the stages recorded it in metrics/: train (with replicates), evaluate, embed."""
-    spent = {"training": [0.0, 0], "evaluation": [0.0, 0], "embedding": [0.0, 0]}
-
-    def add(kind: str, rec: Optional[dict], *keys: str) -> None:
-        for k in keys:
-            if rec is not None and ev.finite(rec.get(k)):
-                spent[kind][0] += rec[k]
-                spent[kind][1] += 1
-                return
-    for v in params.variants:
-        r = doc.results(v)
-        add("training", r.train, "seconds", "train_seconds")
-        add("evaluation", r.eval, "seconds")
-        add("embedding", r.embed, "seconds")
-        for t in load_replicates(doc.root, params, v)[0]:
-            add("training", t, "seconds", "train_seconds")
+    kinds = {"train": "training", "evaluate": "evaluation", "embed": "embedding"}
+    spent = {kind: [0.0, 0] for kind in kinds.values()}
+    for stage, sec, _, _ in _stage_times(doc, params):
+        if sec:  # a stage that recorded no time is not counted as one
+            kind = spent[kinds[stage.split("@")[0]]]
+            kind[0] += sec
+            kind[1] += 1
     total = sum(sec for sec, _ in spent.values())
     if not total:
         return None
@@ -786,14 +778,19 @@ def _time_rows(name: str, r: Results) -> list[tuple[str, float, Optional[float],
     return rows
 
 
-def _time_part(doc: _Doc, params: Params) -> None:
-    """Where the time went: each stage's seconds as its metrics recorded them, and their share."""
+def _stage_times(doc: _Doc, params: Params) -> list[tuple[str, float, Optional[float], Optional[float]]]:
+    """_time_rows of every variant and every replicate run present."""
     rows = []
     for v in params.variants:
         rows += _time_rows(v, doc.results(v))
-    for v in (params.replicates.variants if params.replicates else []):
         for t in load_replicates(doc.root, params, v)[0]:
             rows += _time_rows(f"{v}-{t['seed']}", Results(t, None, None, None, None, None, {}))
+    return rows
+
+
+def _time_part(doc: _Doc, params: Params) -> None:
+    """Where the time went: each stage's seconds as its metrics recorded them, and their share."""
+    rows = _stage_times(doc, params)
     doc.heading(2, "Where the time went", "time")
     if not rows:
         doc.not_run("no stage metrics with timings under metrics/")
