@@ -202,16 +202,11 @@ def scan(root: Path | str, train_limit: int, val_limit: int, test_limit: Optiona
             img = _open(p, data)
             if img.format == "PNG":
                 img.verify()   # checks the PNG chunks' CRCs without decoding
-        except DataError as err:
+        except Exception as err:   # _open's DataError, or whatever verify()'s plugin raises
+            reason = str(err).split(": ", 1)[-1] if isinstance(err, DataError) else f"not a readable image ({err})"
             if not skip_bad:
-                raise
-            skipped.append({"path": str(p.relative_to(root)), "reason": str(err).split(": ", 1)[-1]})
-            bad.add(p)
-            continue
-        except Exception as err:   # verify() raises whatever its plugin raises
-            if not skip_bad:
-                raise DataError(f"{p}: not a readable image ({err})") from None
-            skipped.append({"path": str(p.relative_to(root)), "reason": f"not a readable image ({err})"})
+                raise err if isinstance(err, DataError) else DataError(f"{p}: {reason}") from None
+            skipped.append({"path": str(p.relative_to(root)), "reason": reason})
             bad.add(p)
             continue
         sha = hashlib.sha256(data).hexdigest()
