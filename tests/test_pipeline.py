@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
+import golden_files
 import isolation
 from pipelines import io, profiles
 from scratch_repo import OUTPUT_DIRS
@@ -110,6 +111,36 @@ def _clearly_above_chance(acc: float, n: int, classes: int, alpha: float = 1e-2)
 
 def _metrics(root: Path, v: str) -> tuple[dict, dict, dict]:
     return tuple(json.loads((root / f"metrics/{v}/{s}.json").read_text()) for s in ("train", "eval", "embed"))
+
+
+def _shape(obj: object) -> object:
+    """A JSON value's structure: its keys, nested, with every leaf reduced to its type."""
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(v) for v in obj[:1]]
+    return type(obj).__name__ if not isinstance(obj, (int, float)) or isinstance(obj, bool) else "number"
+
+
+def test_metrics_files_match_the_golden_run(ws):
+    # tests/golden/metrics.json holds the digests of a tiny run's metrics files (wall-clock times,
+    # throughputs and run ids left out). The same code on the same CPU must give the same bytes; on
+    # another CPU, floating point may differ, so the files and their structure must still agree.
+    root, _ = ws
+    golden = json.loads((golden_files.GOLDEN / "metrics.json").read_text())
+    got = golden_files.digests(root)
+    assert sorted(got) == sorted(golden["files"]), "the run writes other files than the golden run"
+    if golden["cpu"] == golden_files.cpu_signature():
+        differ = [f for f in got if got[f] != golden["files"][f]]
+        assert not differ, f"same CPU, same code, other numbers in {differ[:10]}"
+        return
+    print(f"golden run was on {golden['cpu']}; comparing structure only on {golden_files.cpu_signature()}")
+    for f in got:
+        mine, theirs = root / f, golden_files.WORKSPACE / f
+        if f.endswith(".json"):
+            assert _shape(json.loads(golden_files.canonical(mine))) == _shape(json.loads(golden_files.canonical(theirs))), f
+        else:
+            assert mine.read_text().splitlines()[:1] == theirs.read_text().splitlines()[:1], f
 
 
 def test_every_variant_learned_and_its_numbers_agree(ws):
