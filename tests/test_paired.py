@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import experiment, io, paired
-from pipelines.report_data import PREDICTIONS_FILE
+from pipelines import experiment, io
+from pipelines.report import paired
+from pipelines.report.load import PREDICTIONS_FILE
 
 
 def _pairs(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:

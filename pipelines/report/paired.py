@@ -25,7 +25,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from pipelines.report_evidence import p_text
+from pipelines.report.evidence import p_text
 
 ALPHA = 0.05
 POWER = 0.8

@@ -17,13 +17,13 @@ from typing import Optional, Sequence
 
 import markdown
 
-from pipelines import paired
-from pipelines import report_evidence as ev
+from pipelines.report import paired
+from pipelines.report import evidence as ev
 from pipelines.config import LabNumbers, Params
 from pipelines.io import write_bytes, write_text
-from pipelines.report_data import (FIGURES, Data, ReportError, Results, git_commit, is_kind, load_data,
+from pipelines.report.load import (FIGURES, Data, ReportError, Results, git_commit, is_kind, load_data,
                                    load_replicates, load_results, load_test_predictions)
-from pipelines.report_evidence import loss as _loss, num as _num, pct as _pct, pp as _pp
+from pipelines.report.evidence import loss as _loss, num as _num, pct as _pct, pp as _pp
 
 SIMPLE_CNN = "mnist_cnn"
 SIMPLE_CNN_20EP = "mnist_cnn_20ep"     # Part 1.1 "would more epochs help?"
