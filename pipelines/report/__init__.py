@@ -19,6 +19,7 @@ import markdown
 
 from pipelines.report import paired
 from pipelines.report import evidence as ev
+from pipelines import stats
 from pipelines.config import LabNumbers, Params
 from pipelines.io import write_bytes, write_text
 from pipelines.report.load import (FIGURES, Data, ReportError, Results, git_commit, is_kind, load_data,
@@ -482,8 +483,8 @@ def _more_epochs(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
         n = _n_val(data, params.variants[SIMPLE_CNN].dataset, base)
         noise = ""
         if n:
-            two_se = 2 * math.sqrt(ev.binomial_se(base.train["best_val_acc"], n) ** 2
-                                   + ev.binomial_se(long.train["best_val_acc"], n) ** 2)
+            two_se = 2 * math.sqrt(stats.binomial_se(base.train["best_val_acc"], n) ** 2
+                                   + stats.binomial_se(long.train["best_val_acc"], n) ** 2)
             noise = f" ({'within' if abs(gain) <= two_se else 'beyond'} the ±{two_se:.2f} pp noise of {n:,} validation images)"
         doc.add(f"**Answer.** Training to epoch {_num(long.train.get('epochs'))} changes the best validation accuracy by "
                 f"{ev.signed(gain, 2, ' pp')}{noise}: best at epoch {long.train['best_epoch']} against "
@@ -579,12 +580,12 @@ def _paired_section(doc: _Doc, transfer: dict) -> None:
             "which chose neither a model nor an epoch (selection uses the validation split only). McNemar's exact "
             "test counts only the images one option gets right and the other wrong; the interval of the "
             "difference is Agresti and Min's paired 95 % interval. Each option is trained with several seeds; a "
-            f"verdict \"A beats B\" needs p < {paired.ALPHA} on the main seed (params `seed`) **and**, with two or "
+            f"verdict \"A beats B\" needs p < {stats.ALPHA} on the main seed (params `seed`) **and**, with two or "
             "more seeds, the Student-t 95 % interval of the mean difference over seeds on the same side of zero. "
             "Otherwise no difference is detectable: the smallest detectable difference is the one this test size "
             "would find with probability 0.8 at the two-sided 0.05 level, given the pair's share of discordant "
-            f"images (at {n:,} images: {paired.smallest_detectable(n, 0.1):.1f} pp when 10 % of the images are "
-            f"discordant, {paired.smallest_detectable(n, 0.2):.1f} pp at 20 %, {paired.smallest_detectable(n, 0.3):.1f} pp at 30 %).")
+            f"images (at {n:,} images: {stats.smallest_detectable(n, 0.1):.1f} pp when 10 % of the images are "
+            f"discordant, {stats.smallest_detectable(n, 0.2):.1f} pp at 20 %, {stats.smallest_detectable(n, 0.3):.1f} pp at 30 %).")
 
 
 def _transfer_part(doc: _Doc, params: Params, data: dict[str, Data], transfer: Optional[dict]) -> None:
@@ -710,8 +711,8 @@ def _recipes_part(doc: _Doc, params: Params, data: dict[str, Data]) -> None:
             verdict = "—" if goal is None else ("met" if ours >= goal else f"not met ({_pp(ours, goal)})")
             n = _n_val(data, params.variants[name].dataset, r)
             if base is not None and n:
-                p = ev.two_proportion_p(ours, n, base, n)
-                p_txt = ev.p_text(p) + (" (within noise)" if p > ev.NOISE_P else "")
+                p = stats.two_proportion_p(ours, n, base, n)
+                p_txt = stats.p_text(p) + (" (within noise)" if p > ev.NOISE_P else "")
         rows.append((f"`{name}`", f"`{rc.baseline}`", params.variants[name].epochs, _recipe_changes(params, name, rc.baseline),
                      _pct(base), _pct(ours), _pp(ours, base), p_txt, _pct(goal), verdict,
                      f"{_train_time(b)} / {_train_time(r)}"))

@@ -13,6 +13,7 @@ import math
 from typing import TYPE_CHECKING, Optional, Sequence
 
 from pipelines import diagnosis
+from pipelines.stats import ALPHA, binomial_se, mean_std, p_text, t_interval, two_proportion_p, welch_p
 
 if TYPE_CHECKING:  # only for annotations: report.py imports this module
     from pipelines.report import _Doc
@@ -59,58 +60,7 @@ def _ratio(a: float, b: float, fewer: str, more: str) -> str:
     return f"{a / b:.1f}x {fewer}" if a >= b else f"{b / a:.1f}x {more}"
 
 
-# ---------------------------------------------------------------- statistics
-
-def mean_std(xs: Sequence[float]) -> tuple[float, Optional[float]]:
-    """Mean and sample standard deviation (n - 1); no deviation from one run."""
-    n = len(xs)
-    m = sum(xs) / n
-    return m, (math.sqrt(sum((x - m) ** 2 for x in xs) / (n - 1)) if n > 1 else None)
-
-
-def t_interval(xs: Sequence[float], level: float = 0.95) -> Optional[tuple[float, float]]:
-    """Student-t confidence interval of the mean; None below two runs (no spread to scale)."""
-    from scipy.stats import t
-
-    m, s = mean_std(xs)
-    if s is None:
-        return None
-    half = t.ppf(0.5 + level / 2, len(xs) - 1) * s / math.sqrt(len(xs))
-    return m - half, m + half
-
-
-def welch_p(a: Sequence[float], b: Sequence[float]) -> float:
-    """Two-sided p of Welch's t-test (unequal variances), the seed-to-seed noise of two options."""
-    from scipy.stats import t
-
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    va, vb = sa ** 2 / len(a), sb ** 2 / len(b)
-    if va + vb == 0:  # identical runs on both sides: any difference is exact, none is noise
-        return 1.0 if ma == mb else 0.0
-    stat = (ma - mb) / math.sqrt(va + vb)
-    terms = (va ** 2 / (len(a) - 1) if va else 0.0) + (vb ** 2 / (len(b) - 1) if vb else 0.0)
-    df = (va + vb) ** 2 / terms
-    return float(2 * t.sf(abs(stat), df))
-
-
-def two_proportion_p(p1: float, n1: int, p2: float, n2: int) -> float:
-    """Two-sided p of the two-proportion z-test (accuracies in %): the sampling noise of the evaluation set."""
-    a, b = p1 / 100, p2 / 100
-    pool = (a * n1 + b * n2) / (n1 + n2)
-    se = math.sqrt(max(pool * (1 - pool), 1e-12) * (1 / n1 + 1 / n2))
-    return math.erfc(abs(a - b) / se / math.sqrt(2))
-
-
-NOISE_P = 0.05   # a difference with a two-sided p above this is within noise
-
-
-def p_text(p: float) -> str:
-    return "below 0.001" if p < 0.001 else f"{p:.3g}"
-
-
-def binomial_se(acc: float, n: int) -> float:
-    a = acc / 100
-    return math.sqrt(max(a * (1 - a), 1e-12) / max(n, 1)) * 100
+NOISE_P = ALPHA   # a difference with a two-sided p above this is within noise
 
 
 # ---------------------------------------------------------------- curve diagnosis

@@ -1,14 +1,6 @@
-"""Two classifiers judged on the same held-out test images: the paired statistics behind the
-transfer-learning verdicts.
-
-- McNemar's exact test: only the discordant images count (b: A right, B wrong; c: A wrong, B right);
-  under "no difference" b is Binomial(b + c, 1/2). Two-sided p from scipy.stats.binomtest.
-- 95 % interval of the accuracy difference (A − B) = (b − c) / n: Agresti and Min's (2005) Wald
-  interval with 0.5 added to each of the four cells, which keeps its coverage near 95 % even when
-  b + c is small.
-- Smallest detectable difference at this test size: the difference McNemar's test finds with
-  probability 0.8 at a two-sided 0.05 level, given the observed share of discordant images
-  (Connor's 1987 sample-size formula, solved for the difference).
+"""Two classifiers judged on the same held-out test images: the paired verdicts of the
+transfer-learning options (the statistics themselves are in pipelines/stats.py: McNemar's exact
+test, Agresti and Min's interval of the difference, the smallest detectable difference).
 
 How seeds enter a verdict (`verdict`): each option is trained once per seed, and every model is
 chosen on the validation split only, so every test prediction comes from data that chose nothing.
@@ -20,70 +12,16 @@ detectable at this test size (smallest detectable: y pp)".
 """
 from __future__ import annotations
 
-import math
 from typing import Optional, Sequence
 
 import numpy as np
 
-from pipelines.report.evidence import p_text
-
-ALPHA = 0.05
-POWER = 0.8
-Z_ALPHA = 1.959963984540054    # standard normal quantile of 1 - ALPHA / 2
-Z_POWER = 0.8416212335729143   # standard normal quantile of POWER
+from pipelines import stats
+from pipelines.stats import ALPHA, p_text
 
 HEADER = ("pair (A vs B)", "test images", "A correct, B wrong", "A wrong, B correct",
           "difference A − B, main seed [95 % CI]", "McNemar exact p", "seeds",
           "mean difference over seeds [95 % CI]", "verdict")
-
-
-def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
-    """Paired comparison of two boolean "correct" vectors over the same images (differences in pp)."""
-    from scipy.stats import binomtest
-
-    a, b_ = np.asarray(correct_a, dtype=bool), np.asarray(correct_b, dtype=bool)
-    if a.shape != b_.shape or a.ndim != 1 or not len(a):
-        raise ValueError(f"paired comparison needs two equal, non-empty vectors; got {a.shape} and {b_.shape}")
-    n = len(a)
-    b, c = int((a & ~b_).sum()), int((~a & b_).sum())
-    p = 1.0 if b + c == 0 else float(binomtest(b, b + c, 0.5).pvalue)
-    b2, c2, n2 = b + 0.5, c + 0.5, n + 2.0
-    d2 = (b2 - c2) / n2
-    se = math.sqrt(max((b2 + c2) - (b2 - c2) ** 2 / n2, 0.0)) / n2
-    return {"n": n, "b": b, "c": c, "acc_a": float(a.mean() * 100), "acc_b": float(b_.mean() * 100),
-            "diff": (b - c) / n * 100, "lo": (d2 - Z_ALPHA * se) * 100, "hi": (d2 + Z_ALPHA * se) * 100,
-            "p": p, "detectable": smallest_detectable(n, (b + c) / n)}
-
-
-def test_size_for(diff_pp: float, discordant: float) -> int:
-    """Test images McNemar's test needs to find `diff_pp` with power 0.8 at two-sided 0.05 (Connor 1987),
-    when a share `discordant` of the images is classified right by exactly one of the two models."""
-    d = diff_pp / 100
-    if not 0 < d * d < discordant <= 1:
-        raise ValueError(f"need 0 < difference² < discordant share <= 1; got {diff_pp} pp, {discordant}")
-    return math.ceil((Z_ALPHA * math.sqrt(discordant) + Z_POWER * math.sqrt(discordant - d * d)) ** 2 / (d * d))
-
-
-def smallest_detectable(n: int, discordant: float) -> float:
-    """The inverse of test_size_for: the difference (pp) that n paired images detect with power 0.8.
-    A discordant share of 0 (identical predictions) is taken as one image in n."""
-    q = max(discordant, 1.0 / n)
-    d = (Z_ALPHA + Z_POWER) * math.sqrt(q / n)
-    for _ in range(50):   # fixed point of n d² = (z_a √q + z_b √(q − d²))²
-        d = (Z_ALPHA * math.sqrt(q) + Z_POWER * math.sqrt(max(q - d * d, 0.0))) / math.sqrt(n)
-    return d * 100
-
-
-def seed_interval(diffs: Sequence[float]) -> Optional[tuple[float, float, float]]:
-    """(mean, lo, hi) of per-seed differences, Student t 95 %; None below two seeds."""
-    from scipy.stats import t
-
-    k = len(diffs)
-    if k < 2:
-        return None
-    m = float(np.mean(diffs))
-    half = float(t.ppf(1 - ALPHA / 2, k - 1) * np.std(diffs, ddof=1) / math.sqrt(k))
-    return m, m - half, m + half
 
 
 def verdict(label_a: str, label_b: str, main: dict, seeds: Optional[tuple[float, float, float]]) -> str:
@@ -114,8 +52,10 @@ def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_s
             (la, ca), (lb, cb) = (label_1, c_1), (label_2, c_2)
             if c_1[seed].mean() < c_2[seed].mean():   # name the option ahead on the main seed first
                 (la, ca), (lb, cb) = (lb, cb), (la, ca)
-            m = mcnemar(ca[seed], cb[seed])
-            si = seed_interval([float(ca[s].mean() - cb[s].mean()) * 100 for s in common])
+            m = stats.mcnemar(ca[seed], cb[seed])
+            diffs = [float(ca[s].mean() - cb[s].mean()) * 100 for s in common]
+            ci = stats.t_interval(diffs, 1 - ALPHA)   # (mean, lo, hi) over seeds; None below two
+            si = None if ci is None else (stats.mean_std(diffs)[0], *ci)
             rows.append((f"{la} vs {lb}", f"{m['n']:,}", m["b"], m["c"],
                          f"{m['diff']:+.2f} pp [{m['lo']:+.2f}, {m['hi']:+.2f}]" + ("" if seed == main_seed else f" (seed {seed})"),
                          p_text(m["p"]), len(common),
