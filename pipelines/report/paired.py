@@ -12,11 +12,16 @@ detectable at this test size (smallest detectable: y pp)".
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
 
 from pipelines import stats
+from pipelines.config import Params
+from pipelines.errors import ReportError
+from pipelines.report.lab import TL_OPTIONS
+from pipelines.report.load import load_test_predictions
 from pipelines.stats import ALPHA, p_text
 
 HEADER = ("pair (A vs B)", "test images", "A correct, B wrong", "A wrong, B correct",
@@ -62,3 +67,25 @@ def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_s
                          "—" if si is None else f"{si[0]:+.2f} pp [{si[1]:+.2f}, {si[2]:+.2f}]",
                          verdict(la, lb, m, si)))
     return rows
+
+
+def transfer_comparison(root: Path, params: Params) -> Optional[dict]:
+    """The paired verdict rows of the transfer options, from every run's per-image test predictions
+    under `root`: {"n": test images, "rows": comparison_rows}; None below two options with predictions."""
+    options, first = [], None
+    for v, label in TL_OPTIONS:
+        if v not in params.variants:
+            continue
+        correct = {}
+        for seed, (path, y, pred) in load_test_predictions(root, params, v).items():
+            if first is None:
+                first = (path, y)
+            elif not np.array_equal(y, first[1]):
+                raise ReportError(f"{path}: its labels differ from those of {first[0]}, so the two were not made on "
+                                  "the same test images; rerun the train and evaluate stages of the transfer options")
+            correct[seed] = y == pred
+        if correct:
+            options.append((label, correct))
+    if len(options) < 2:
+        return None
+    return {"n": len(first[1]), "rows": comparison_rows(options, params.seed)}
