@@ -1,7 +1,7 @@
 """Turn loss/accuracy curves into the lab's verdicts with a stated, recomputable rule."""
 from __future__ import annotations
 
-import math
+from pipelines import stats
 
 RULE = (
     "Let N be the epoch of minimum validation loss and E the last epoch, patience P = max(2, E // 5), "
@@ -25,8 +25,7 @@ def diagnose(history: list[dict], n_val: int) -> dict:
     min_row = min(rows, key=lambda r: r["val_loss"])
     best_row = max(rows, key=lambda r: r["val_acc"])
     n = min_row["epoch"]
-    acc = last["val_acc"] / 100
-    se = math.sqrt(max(acc * (1 - acc), 1e-12) / max(n_val, 1)) * 100
+    se = stats.binomial_se(last["val_acc"], n_val)
     window = [r for r in rows if r["epoch"] > e - p]
     before = [r for r in rows if r["epoch"] <= e - p]
     acc_gain = window[-1]["val_acc"] - (before[-1]["val_acc"] if before else rows[0]["val_acc"])

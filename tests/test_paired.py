@@ -9,8 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import experiment, io, paired
-from pipelines.report_data import PREDICTIONS_FILE
+from pipelines import experiment, io, stats
+from pipelines.report import paired
+from pipelines.report.load import PREDICTIONS_FILE
 
 
 def _pairs(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -21,7 +22,7 @@ def _pairs(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarra
 
 def test_mcnemar_counts_only_discordant_images():
     a, b = _pairs(100, 10, 20, 70)
-    m = paired.mcnemar(a, b)
+    m = stats.mcnemar(a, b)
     assert (m["n"], m["b"], m["c"]) == (200, 10, 20)
     assert m["diff"] == pytest.approx(-5.0) and m["acc_a"] == pytest.approx(55.0) and m["acc_b"] == pytest.approx(60.0)
     # Exact two-sided binomial p of 10 successes in 30 at 1/2, written out.
@@ -34,16 +35,16 @@ def test_mcnemar_counts_only_discordant_images():
     assert m["hi"] == pytest.approx(((b2 - c2) / n2 + 1.959964 * se) * 100, abs=1e-4)
     # Concordant images change nothing but n.
     a2, b2_ = _pairs(1000, 10, 20, 70)
-    assert paired.mcnemar(a2, b2_)["p"] == m["p"]
+    assert stats.mcnemar(a2, b2_)["p"] == m["p"]
     with pytest.raises(ValueError, match="equal, non-empty"):
-        paired.mcnemar(a, b[:-1])
+        stats.mcnemar(a, b[:-1])
 
 
 def test_test_size_and_smallest_detectable_are_inverse_and_have_the_stated_power():
-    n = paired.test_size_for(3, 0.2)
+    n = stats.test_size_for(3, 0.2)
     assert n == 1742
-    assert paired.smallest_detectable(n, 0.2) == pytest.approx(3.0, abs=0.01)
-    assert paired.smallest_detectable(4 * n, 0.2) < 1.6   # four times the images, about half the difference
+    assert stats.smallest_detectable(n, 0.2) == pytest.approx(3.0, abs=0.01)
+    assert stats.smallest_detectable(4 * n, 0.2) < 1.6   # four times the images, about half the difference
     # Simulated: true difference 3 pp with 20 % discordant images; McNemar at n finds it about 80 % of the time.
     rng = np.random.default_rng(0)
     hits = 0
@@ -53,7 +54,7 @@ def test_test_size_and_smallest_detectable_are_inverse_and_have_the_stated_power
         only_a, only_b = u < 0.115, (u >= 0.115) & (u < 0.2)   # 11.5 % - 8.5 % = 3 pp
         a = only_a | (u >= 0.2) & (u < 0.8)
         b = only_b | (u >= 0.2) & (u < 0.8)
-        hits += paired.mcnemar(a, b)["p"] < 0.05
+        hits += stats.mcnemar(a, b)["p"] < 0.05
     assert 0.72 <= hits / sims <= 0.88
 
 

@@ -1,6 +1,6 @@
 """The HTML report in a real browser (headless Chromium): every inlined figure decodes, every section is there.
 
-The page carries a small inline self-check (pipelines/report.py SELF_CHECK) that records, on load,
+The page carries a small inline self-check (pipelines/report/page.py SELF_CHECK) that records, on load,
 which images failed and which section ids exist on <body>; Chromium's --dump-dom hands the page back
 after a virtual time budget, so nothing here depends on a DevTools client library.
 """

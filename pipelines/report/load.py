@@ -27,7 +27,7 @@ FIGURES = {  # figure kind -> where the stage writes it, under results/<variant>
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
-from pipelines.errors import ReportError  # noqa: E402  (re-exported: report_data.ReportError)
+from pipelines.errors import ReportError  # noqa: E402
 
 
 # ---------------------------------------------------------------- reading the stage outputs

@@ -1,0 +1,92 @@
+"""The document model: the Markdown being written (`Document`), what every part reads (`Inputs`),
+and the finished report in memory (`Report`)."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Optional, Sequence
+
+from pipelines.config import Params
+from pipelines.report.load import FIGURES, Data, Results, load_results
+
+
+@dataclass(frozen=True)
+class Report:
+    """The report in memory: Markdown text, figure bytes by file name, warnings it shows."""
+    title: str
+    markdown: str
+    figures: dict[str, bytes]
+    warnings: tuple[str, ...]
+    # Tables also logged to MLflow by the report stage: name -> (header, rows), the same rows as in the text.
+    tables: dict[str, tuple[tuple[str, ...], list[tuple]]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Inputs:
+    """What every part of the report reads: the params, each dataset's prepared description, the
+    generation time, and the transfer options' paired verdicts (None when they cannot be computed)."""
+    params: Params
+    data: dict[str, Data]
+    now: datetime
+    transfer: Optional[dict]
+
+
+def cell(x: object) -> str:
+    """A table cell's text: a pipe would split the cell and '<' could start raw HTML in the rendered page."""
+    return str(x).replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+
+
+class Document:
+    """Markdown being written, plus the figures it links and the warnings it raised."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.lines: list[str] = []
+        self.figures: dict[str, bytes] = {}
+        self.warnings: list[str] = []
+        self.toc: list[tuple[int, str, str]] = []   # (level, text, anchor) of the headings the contents list
+        self.loaded: dict[str, Results] = {}
+        self.contents_at = 0   # where the contents go, once every heading is known (set by the header)
+
+    def add(self, *lines: str) -> None:
+        self.lines.extend(lines)
+        self.lines.append("")
+
+    def heading(self, level: int, text: str, anchor: Optional[str] = None) -> None:
+        # `{#id}` (attr_list) gives the HTML heading a stable id for the contents and the browser check;
+        # an id made from the text would change with the data named in it.
+        self.add("#" * level + " " + text + (f" {{#{anchor}}}" if anchor else ""))
+        if anchor:
+            self.toc.append((level, text, anchor))
+
+    def results(self, variant: str) -> Results:
+        if variant not in self.loaded:
+            self.loaded[variant] = load_results(self.root, variant)
+        return self.loaded[variant]
+
+    def table(self, header: Sequence[str], rows: Sequence[Sequence[object]], right: Sequence[int] = ()) -> None:
+        align = ["---:" if i in right else "---" for i in range(len(header))]
+        out = ["| " + " | ".join(cell(h) for h in header) + " |", "| " + " | ".join(align) + " |"]
+        out += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+        self.add(*out)
+
+    def warn(self, text: str) -> None:
+        self.warnings.append(text)
+        self.add(f"> **Warning:** {text}")
+
+    def not_run(self, what: str) -> None:
+        self.add(f"*Not run:* {what}.")
+
+    def figure(self, variant: str, results: Results, kind: str, caption: str) -> None:
+        src = results.figures.get(kind)
+        if src is None:
+            rel = f"results/{variant}/{FIGURES[kind]}"
+            self.warn(f"figure `{rel}` not found although the stage's metrics exist; rerun its stage")
+            return
+        name = f"{variant}_{kind}.png"
+        self.figures[name] = src.read_bytes()
+        self.add(f"![{caption}](figures/{name})")
+
+    def text(self) -> str:
+        return "\n".join(self.lines).rstrip() + "\n"

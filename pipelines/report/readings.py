@@ -1,0 +1,115 @@
+"""What several parts of the report read the same way: the data a run used, the validation-set size,
+a variant's curve diagnosis, its accuracy, the lab number it is measured against, its final layer."""
+from __future__ import annotations
+
+from typing import Optional
+
+from pipelines import diagnosis
+from pipelines.config import Params
+from pipelines.report.doc import Document, Inputs
+from pipelines.report.lab import BACKBONE_TITLES, SOURCE_TITLES
+from pipelines.report.load import Data, Results, is_kind
+
+
+def data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool]:
+    """(what this run used, what the lab used, whether they are the same data)."""
+    ds = params.dataset(dataset)
+    lab = SOURCE_TITLES.get(ds.seed, ds.seed)
+    lab_backbone = ds.backbone_seed
+    if lab_backbone:
+        lab += f"; backbone {BACKBONE_TITLES.get(lab_backbone, lab_backbone)} (ImageNet)"
+    if data.meta is None:
+        return "not prepared", lab, False
+    meta = data.meta
+    used = meta["source_title"]
+    if all(is_kind(meta.get(k), "int") for k in ("height", "width", "channels")):
+        # Part 1.2's offline data is Fashion-MNIST resized and repeated to 3 channels: say so.
+        used += f" at {meta['height']}×{meta['width']}×{meta['channels']}"
+    used += f" (protocol `{meta['protocol']}`)"
+    if len(meta["classes"]) <= 4:  # a small class set is part of what the data is; ten names are noise
+        used += f"; classes {' vs '.join(str(c) for c in meta['classes'])}"
+    used += _own_folder(meta.get("folder"))
+    backbone = meta["backbone"].get("name") if isinstance(meta.get("backbone"), dict) else None
+    if backbone:
+        used += f"; backbone {BACKBONE_TITLES.get(backbone, backbone)} (ImageNet)"
+    same = meta["source"] == ds.seed and (lab_backbone is None or backbone == lab_backbone)
+    return used, lab, same
+
+
+def _own_folder(own: object) -> str:
+    """Which of your folders ran, exactly: its file count and the digest over every file's sha256."""
+    if not (isinstance(own, dict) and is_kind(own.get("files"), "int") and isinstance(own.get("digest"), str)):
+        return ""
+    used = f" ({own['files']:,} files, digest sha256 `{own['digest'][:16]}`"
+    ignored = own.get("ignored") if isinstance(own.get("ignored"), dict) else {}
+    if any(ignored.values()):
+        used += f"; ignored {ignored.get('hidden', 0)} hidden and {ignored.get('not_image', 0)} non-image files"
+    skipped = own.get("skipped") if isinstance(own.get("skipped"), list) else []
+    if skipped:
+        names = ", ".join(str(x.get("path")) for x in skipped[:10] if isinstance(x, dict))
+        used += f"; skipped {len(skipped)} unreadable: {names}" + (" …" if len(skipped) > 10 else "")
+    return used + ")"
+
+
+def data_line(src: Inputs, dataset: str) -> str:
+    """'Data: <used>. The lab used <lab's>.', flagged when the two differ."""
+    used, lab_used, same = data_used(src.params, dataset, src.data[dataset])
+    return (f"Data: {used}. The lab used {lab_used}."
+            + ("" if same or src.data[dataset].meta is None else " **Different data: the comparison is indicative only.**"))
+
+
+def on_data(src: Inputs, dataset: Optional[str]) -> str:
+    """' on <data used>' for a heading, naming the lab's data too when they differ."""
+    meta = src.data[dataset].meta if dataset is not None else None
+    if meta is None:
+        return ""  # not prepared: the data line below says so; naming the lab's data here would mislead
+    lab = SOURCE_TITLES.get(src.params.datasets[dataset].seed, src.params.datasets[dataset].seed)
+    used = SOURCE_TITLES.get(meta["source"], meta["source"])
+    return f" on {used}" if used == lab else f" on {used} (the lab: {lab})"
+
+
+def n_val(data: dict[str, Data], dataset: str, r: Results) -> Optional[int]:
+    """Validation-set size, which sets the binomial noise of every accuracy measured on it."""
+    if r.train is not None and isinstance(r.train.get("val_n"), int):
+        return r.train["val_n"]
+    if r.eval is not None:
+        return r.eval["n"]
+    splits = (data[dataset].meta or {}).get("splits")
+    return splits.get("val") if isinstance(splits, dict) and is_kind(splits.get("val"), "int") else None
+
+
+def diagnosis_of(train: Optional[dict], history: Optional[list[dict]], n_val: Optional[int]) -> Optional[dict]:
+    """The stage's own diagnosis; recomputed from history.csv for a train.json that predates it."""
+    if train is not None and isinstance(train.get("diagnosis"), dict) and isinstance(train["diagnosis"].get("verdict"), str):
+        return train["diagnosis"]
+    if history is None:
+        return None
+    return {**diagnosis.diagnose(history, n_val or 0), "recomputed": True}
+
+
+def variant_diagnosis(doc: Document, src: Inputs, variant: str) -> Optional[dict]:
+    if variant not in src.params.variants:
+        return None
+    r = doc.results(variant)
+    return diagnosis_of(r.train, r.history, n_val(src.data, src.params.variants[variant].dataset, r))
+
+
+def accuracy(r: Results) -> Optional[float]:
+    return r.train["best_val_acc"] if r.train is not None else (r.eval["accuracy"] if r.eval else None)
+
+
+def lab_baseline(params: Params, variant: str) -> tuple[Optional[str], Optional[float]]:
+    """The lab number an extra variant is measured against: its own, else the one lab variant on its data."""
+    def acc(name: str) -> Optional[float]:
+        lab = params.lab.get(name)
+        return None if lab is None else (lab.best_val_acc if lab.best_val_acc is not None else lab.val_acc)
+    if acc(variant) is not None:
+        return variant, acc(variant)
+    dataset = params.variants[variant].dataset
+    same = [v for v in params.lab if v != variant and params.variants[v].dataset == dataset and acc(v) is not None]
+    return (same[0], acc(same[0])) if len(same) == 1 else (None, None)
+
+
+def final_layer(r: Results) -> Optional[dict]:
+    final = r.embed["layers"].get("final") if r.embed is not None else None
+    return final if isinstance(final, dict) else None
