@@ -57,6 +57,17 @@ EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
 
+def _experiment(mlflow, name: str, uri: str) -> str:
+    """The id of experiment `name`, created (artifacts beside an SQLite store) or retagged as needed."""
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        mlflow.create_experiment(name, artifact_location=artifact_location(uri),
+                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    elif exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return mlflow.set_experiment(name).experiment_id
+
+
 class Run:
     """One MLflow run for a stage of a variant.
 
@@ -93,40 +104,11 @@ class Run:
         mlflow.set_tracking_uri(uri)
         try:
             with store_lock(uri):
-                name = self.params.tracking.experiment
-                exp = mlflow.get_experiment_by_name(name)
-                if exp is None:
-                    mlflow.create_experiment(name, artifact_location=artifact_location(uri),
-                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-                elif exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-                    mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-                exp = mlflow.set_experiment(name)
-            parent_id = self._parent_run_id(mlflow)
+                experiment_id = _experiment(mlflow, self.params.tracking.experiment, uri)
             if self.system_metrics:
                 mlflow.set_system_metrics_sampling_interval(self.params.tracking.system_metrics_interval_s)
                 mlflow.set_system_metrics_samples_before_logging(1)
-            tags = {
-                "git_commit": git_commit(),
-                "protocol": self.params.protocol,
-                "dvc_stage": f"{self.stage}@{self.name}" if self.stage != "report" else "report",
-                **self.extra_tags,
-            }
-            stage_tags = {**tags, f"stage.{self.stage}": "ran"}
-            if self.variant_run:
-                variant = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.name, tags=tags)
-                self._open = 1
-                self.variant_run_id = variant.info.run_id
-                active = mlflow.start_run(run_name=self.stage, nested=True, tags=stage_tags,
-                                          log_system_metrics=self.system_metrics)
-            elif parent_id:
-                self.variant_run_id = parent_id
-                active = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.stage,
-                                          tags={**stage_tags, "mlflow.parentRunId": parent_id},
-                                          log_system_metrics=self.system_metrics)
-            else:
-                active = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.name, tags=stage_tags,
-                                          log_system_metrics=self.system_metrics)
-            self._open += 1
+            active = self._start_runs(mlflow, experiment_id)
         except Exception as e:  # any store failure: say where, stop the stage
             with contextlib.suppress(Exception):  # a run already opened is closed, if the store lets us
                 self._end_open("FAILED")
@@ -137,6 +119,33 @@ class Run:
         self.uri = uri
         self._old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
         return self
+
+    def _start_runs(self, mlflow, experiment_id: str):
+        """Start the run(s) this stage logs to and return the active one (see the class docstring)."""
+        parent_id = self._parent_run_id(mlflow)
+        tags = {
+            "git_commit": git_commit(),
+            "protocol": self.params.protocol,
+            "dvc_stage": f"{self.stage}@{self.name}" if self.stage != "report" else "report",
+            **self.extra_tags,
+        }
+        stage_tags = {**tags, f"stage.{self.stage}": "ran"}
+        if self.variant_run:
+            variant = mlflow.start_run(experiment_id=experiment_id, run_name=self.name, tags=tags)
+            self._open = 1
+            self.variant_run_id = variant.info.run_id
+            active = mlflow.start_run(run_name=self.stage, nested=True, tags=stage_tags,
+                                      log_system_metrics=self.system_metrics)
+        elif parent_id:
+            self.variant_run_id = parent_id
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=self.stage,
+                                      tags={**stage_tags, "mlflow.parentRunId": parent_id},
+                                      log_system_metrics=self.system_metrics)
+        else:
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=self.name, tags=stage_tags,
+                                      log_system_metrics=self.system_metrics)
+        self._open += 1
+        return active
 
     def _parent_run_id(self, mlflow) -> Optional[str]:
         if self.resume is None or not self.resume.exists():
