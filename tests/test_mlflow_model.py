@@ -34,7 +34,8 @@ model = mlflow.pyfunc.load_model(sys.argv[1])
 x = np.load(sys.argv[2])["x"]
 out = model.predict(x)
 print(json.dumps({"classes": out["class"].tolist(), "probability": out["probability"].tolist(),
-                  "modules": sorted(m for m in sys.modules if m.startswith("pipelines"))}))
+                  "modules": sorted(m for m in sys.modules if m.startswith("pipelines")),
+                  "models_file": sys.modules["pipelines.models"].__file__}))
 """
 
 
@@ -98,8 +99,10 @@ def test_model_by_run_uri_predicts_what_evaluate_predicted(trained):
     assert got["classes"] == expected
     assert trained["eval"]["accuracy"] > 30  # learnable synthetic data, 10 classes: well above chance
     assert all(0.1 <= p <= 1.0 for p in got["probability"])
-    # The model's own copy of the code was imported, not the checkout's.
-    assert "pipelines.mlflow_model" in got["modules"] or "pipelines.models" in got["modules"]
+    # The model's own copy of the code was imported, not the checkout's, and without the run machinery.
+    assert not Path(got["models_file"]).resolve().is_relative_to(REPO), got["models_file"]
+    assert "code" in Path(got["models_file"]).parts  # the model's code_paths copy
+    assert "pipelines.tracking" not in got["modules"], got["modules"]
 
 
 def test_model_has_signature_example_and_loads_weights_only(trained):

@@ -7,7 +7,7 @@ The import closure is computed from the source (ast), starting at the stage's en
 stages/. Every import statement counts, also those inside functions (a lazy import runs when its
 function does), except those under `if TYPE_CHECKING:`. Importing `pipelines.data.x` runs
 pipelines/data/__init__.py too, so a package's __init__.py is in the closure when it holds code.
-A module that names a sibling source file in a string ("mlflow_model.py": code it ships or runs
+A module that names a sibling source file in a string ("model.py": code it ships or runs
 by path, as a logged MLflow model's code) depends on that file as if it imported it.
 """
 from __future__ import annotations

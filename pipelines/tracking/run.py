@@ -1,5 +1,4 @@
-"""MLflow, and nothing else, lives here: the only module that imports mlflow (besides
-pipelines/mlflow_model.py, the code MLflow stores with every logged model).
+"""The MLflow run of a stage (the package pipelines/tracking is the only code that imports mlflow).
 
 Layout of an experiment: one run per variant (named after it; params, the model, its datasets, and
 the headline metrics `val_accuracy`/`test_accuracy` under the same keys for every variant), with one
@@ -8,62 +7,27 @@ system metrics. Each run starts and ends with the work it records, so its durati
 the variant run spans the train stage (training plus logging the model); the evaluate and embed
 stages add child runs later without reopening it. The report stage has a run of its own.
 
-Default store: the embedded SQLite file `mlflow.db` at the repository root (git-ignored);
-`MLFLOW_TRACKING_URI` points every stage at a tracking server instead. A store that cannot be
+The store (store.py): `mlflow.db` at the repository root, or `MLFLOW_TRACKING_URI`. A store that cannot be
 reached fails the stage within `tracking.connect_timeout_s` with the URI in the message,
 before any work is done, so results are never computed and then silently not recorded.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 import warnings
 from pathlib import Path
 from typing import Optional
 
 from pipelines import io
 from pipelines.config import Params
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-from pipelines.errors import TrackingError  # noqa: E402  (re-exported: tracking.TrackingError)
-
-
-def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{REPO / 'mlflow.db'}"
-
-
-def artifact_location(uri: str) -> Optional[str]:
-    """Where a new experiment keeps its artifacts: beside a SQLite store's file (mlflow.db -> mlruns/),
-    so a store outside the repository (tests, a scratch folder) never writes into it; None lets a
-    tracking server choose (its --artifacts-destination)."""
-    if uri.startswith("sqlite:///"):
-        return (Path(uri.removeprefix("sqlite:///")).resolve().parent / "mlruns").as_uri()
-    return None
-
-
-def _check_reachable(uri: str, timeout_s: float) -> None:
-    if uri.startswith(("http://", "https://")):
-        try:
-            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as r:
-                r.read()
-        except (urllib.error.URLError, OSError) as e:
-            reason = getattr(e, "reason", e)
-            raise TrackingError(
-                f"MLflow tracking server {uri} unreachable ({reason}); start it, or unset "
-                "MLFLOW_TRACKING_URI to use the local store mlflow.db") from None
-    elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not os.access(folder, os.W_OK):
-            raise TrackingError(f"MLflow store {uri}: folder {folder} is not writable")
+from pipelines.errors import TrackingError
+from pipelines.tracking.registry import log_pyfunc
+from pipelines.tracking.store import REPO, artifact_location, check_reachable, store_lock, tracking_uri
 
 
 def git_commit() -> str:
@@ -79,22 +43,6 @@ def git_commit() -> str:
     return (sha or "unknown") + ("-dirty" if dirty else "")
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str):
-    """Serialise the first touch of an SQLite store: two processes creating its schema at once
-    (parallel stages, `dvc queue start -j 2`) fail with "table ... already exists"."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    lock = Path(uri.removeprefix("sqlite:///") + ".lock")
-    with open(lock, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class _Terminated(BaseException):
     """Raised from the SIGTERM handler so the run is closed as KILLED instead of left RUNNING."""
 
@@ -107,7 +55,17 @@ def _on_sigterm(signum, frame):
 # MLflow 3.17.2's own UI follows its "GenAI / Model training" switch instead (README, MLflow section).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
-CHAMPION = "champion"
+
+
+def _experiment(mlflow, name: str, uri: str) -> str:
+    """The id of experiment `name`, created (artifacts beside an SQLite store) or retagged as needed."""
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is None:
+        mlflow.create_experiment(name, artifact_location=artifact_location(uri),
+                                 tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    elif exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return mlflow.set_experiment(name).experiment_id
 
 
 class Run:
@@ -139,47 +97,18 @@ class Run:
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", str(int(max(timeout, 1))))
         uri = tracking_uri()
-        _check_reachable(uri, timeout)
+        check_reachable(uri, timeout)
         import mlflow
 
         self._mlflow = mlflow
         mlflow.set_tracking_uri(uri)
         try:
-            with _store_lock(uri):
-                name = self.params.tracking.experiment
-                exp = mlflow.get_experiment_by_name(name)
-                if exp is None:
-                    mlflow.create_experiment(name, artifact_location=artifact_location(uri),
-                                             tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
-                elif exp.tags.get(EXPERIMENT_KIND_TAG) != EXPERIMENT_KIND:
-                    mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
-                exp = mlflow.set_experiment(name)
-            parent_id = self._parent_run_id(mlflow)
+            with store_lock(uri):
+                experiment_id = _experiment(mlflow, self.params.tracking.experiment, uri)
             if self.system_metrics:
                 mlflow.set_system_metrics_sampling_interval(self.params.tracking.system_metrics_interval_s)
                 mlflow.set_system_metrics_samples_before_logging(1)
-            tags = {
-                "git_commit": git_commit(),
-                "protocol": self.params.protocol,
-                "dvc_stage": f"{self.stage}@{self.name}" if self.stage != "report" else "report",
-                **self.extra_tags,
-            }
-            stage_tags = {**tags, f"stage.{self.stage}": "ran"}
-            if self.variant_run:
-                variant = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.name, tags=tags)
-                self._open = 1
-                self.variant_run_id = variant.info.run_id
-                active = mlflow.start_run(run_name=self.stage, nested=True, tags=stage_tags,
-                                          log_system_metrics=self.system_metrics)
-            elif parent_id:
-                self.variant_run_id = parent_id
-                active = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.stage,
-                                          tags={**stage_tags, "mlflow.parentRunId": parent_id},
-                                          log_system_metrics=self.system_metrics)
-            else:
-                active = mlflow.start_run(experiment_id=exp.experiment_id, run_name=self.name, tags=stage_tags,
-                                          log_system_metrics=self.system_metrics)
-            self._open += 1
+            active = self._start_runs(mlflow, experiment_id)
         except Exception as e:  # any store failure: say where, stop the stage
             with contextlib.suppress(Exception):  # a run already opened is closed, if the store lets us
                 self._end_open("FAILED")
@@ -190,6 +119,33 @@ class Run:
         self.uri = uri
         self._old_handler = signal.signal(signal.SIGTERM, _on_sigterm)
         return self
+
+    def _start_runs(self, mlflow, experiment_id: str):
+        """Start the run(s) this stage logs to and return the active one (see the class docstring)."""
+        parent_id = self._parent_run_id(mlflow)
+        tags = {
+            "git_commit": git_commit(),
+            "protocol": self.params.protocol,
+            "dvc_stage": f"{self.stage}@{self.name}" if self.stage != "report" else "report",
+            **self.extra_tags,
+        }
+        stage_tags = {**tags, f"stage.{self.stage}": "ran"}
+        if self.variant_run:
+            variant = mlflow.start_run(experiment_id=experiment_id, run_name=self.name, tags=tags)
+            self._open = 1
+            self.variant_run_id = variant.info.run_id
+            active = mlflow.start_run(run_name=self.stage, nested=True, tags=stage_tags,
+                                      log_system_metrics=self.system_metrics)
+        elif parent_id:
+            self.variant_run_id = parent_id
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=self.stage,
+                                      tags={**stage_tags, "mlflow.parentRunId": parent_id},
+                                      log_system_metrics=self.system_metrics)
+        else:
+            active = mlflow.start_run(experiment_id=experiment_id, run_name=self.name, tags=stage_tags,
+                                      log_system_metrics=self.system_metrics)
+        self._open += 1
+        return active
 
     def _parent_run_id(self, mlflow) -> Optional[str]:
         if self.resume is None or not self.resume.exists():
@@ -282,10 +238,10 @@ class Run:
             self._call(client.log_inputs, run_id, datasets=inputs)
 
     def log_model(self, weights: Path, example, options: dict, metadata: dict) -> dict:
-        """The variant as an MLflow Model named `model` in the active run (see pipelines/mlflow_model.py).
+        """The variant as an MLflow Model named `model` in the active run (see pipelines/tracking/model.py).
         Returns {"model_uri", "seconds"}."""
         t0 = time.perf_counter()
-        info = self._call(_log_pyfunc, self._mlflow, weights, example, options, metadata)
+        info = self._call(log_pyfunc, self._mlflow, weights, example, options, metadata)
         return {"model_uri": f"runs:/{self._mlflow.active_run().info.run_id}/model",
                 "model_id": getattr(info, "model_id", None), "seconds": time.perf_counter() - t0}
 
@@ -331,67 +287,3 @@ def flat_params(prefix: str, obj) -> dict:
         else:
             out[key] = v
     return out
-
-
-MODEL_CODE = Path(__file__).resolve().parent / "mlflow_model.py"
-# What the model's code imports; listed rather than inferred (inference loads the model in a
-# subprocess, which costs more than the whole logging).
-MODEL_REQUIREMENTS = ("mlflow", "torch", "torchvision", "timm", "numpy", "pandas", "tqdm")
-
-
-def _model_signature(example):
-    import numpy as np
-    from mlflow.models import ModelSignature
-    from mlflow.types import ColSpec, Schema, TensorSpec
-
-    inputs = Schema([TensorSpec(np.dtype(np.uint8), (-1, *example.shape[1:]))])
-    outputs = Schema([ColSpec("long", "label"), ColSpec("string", "class"), ColSpec("double", "probability")])
-    return ModelSignature(inputs=inputs, outputs=outputs)
-
-
-def _log_pyfunc(mlflow, weights: Path, example, options: dict, metadata: dict):
-    from importlib.metadata import version
-
-    return mlflow.pyfunc.log_model(
-        name="model", python_model=str(MODEL_CODE), artifacts={"weights": str(weights)},
-        code_paths=[str(MODEL_CODE.parent)], model_config=options, metadata=metadata,
-        signature=_model_signature(example), input_example=example,
-        pip_requirements=[f"{p}=={version(p)}" for p in MODEL_REQUIREMENTS])
-
-
-def register_champion(model_name: str, run_id: str, tags: dict) -> str:
-    """Register the model of `run_id` under `model_name` (once: a run already registered there keeps
-    its version) and point the alias `champion` at it. Returns the version."""
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return _register(mlflow, model_name, run_id, tags)
-    except MlflowException as e:
-        raise TrackingError(f"registering {model_name} from run {run_id}: {str(e).splitlines()[0][:200]}") from None
-
-
-def _register(mlflow, model_name: str, run_id: str, tags: dict) -> str:
-    from mlflow.exceptions import MlflowException
-
-    client = mlflow.MlflowClient()
-    try:
-        client.get_registered_model(model_name)
-    except MlflowException:
-        client.create_registered_model(model_name, description=tags.get("description"))
-    same = client.search_model_versions(f"name = '{model_name}' and run_id = '{run_id}'")
-    if same:
-        version = str(min(int(mv.version) for mv in same))
-    else:
-        # MLflow 3 keeps a logged model outside the run's artifacts: register the run's logged model.
-        run = client.get_run(run_id)
-        logged = client.search_logged_models([run.info.experiment_id],
-                                             filter_string=f"source_run_id = '{run_id}' AND name = 'model'")
-        if not logged:
-            raise TrackingError(f"run {run_id} has no logged model 'model' to register as {model_name}")
-        version = str(mlflow.register_model(f"models:/{logged[0].model_id}", model_name).version)
-    for k, v in tags.items():
-        if k != "description":
-            client.set_model_version_tag(model_name, version, k, str(v))
-    client.set_registered_model_alias(model_name, CHAMPION, version)
-    return version

@@ -1,7 +1,8 @@
 """The MLflow Model every trained variant is logged as: MLflow's "models from code".
 
-MLflow stores this file itself as the model's code (no pickled Python object), the `pipelines`
-package beside it (`code_paths`), and the variant's `model.pt` (config + state dict) as an artifact.
+MLflow stores this file itself as the model's code (no pickled Python object; registry.py logs it
+by file path, nothing imports it), the whole `pipelines` package (`code_paths`), and the variant's
+`model.pt` (config + state dict) as an artifact.
 Loading rebuilds the network from the config and reads the tensors with
 `torch.load(weights_only=True)`, so loading a model runs no code from the weights file. The SVM
 option is the same model: its classifier is stored as the linear head's weight and bias arrays.
