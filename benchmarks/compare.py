@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import engine, features, io, models
+from pipelines import features, io, models
+from pipelines.train import engine
 
 # (benchmark key, params.yaml variant whose recipe it uses, prepared dataset folder, model name)
 MODELS = [

@@ -31,7 +31,8 @@ import torch
 import yaml
 
 from benchmarks import roofline
-from pipelines import config, engine, experiment, io, models
+from pipelines import config, experiment, io, models
+from pipelines.train import engine
 
 # The lab's variants that train on the packaged data of the offline protocol (the transfer-learning
 # ones also need the EfficientNet-Lite0 weights package, which that image lacks).

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Optional, Sequence
 
-from pipelines import diagnosis
+from pipelines.train import diagnosis
 
 if TYPE_CHECKING:  # only for annotations: report.py imports this module
     from pipelines.report import _Doc

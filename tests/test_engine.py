@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import engine, features, models
+from pipelines import features, models
+from pipelines.train import engine
 
 
 def _data(n=96, size=28, c=1, k=10, seed=0):
