@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import features, models
+from pipelines import features, hardware, models
 from pipelines.train import engine
 
 
@@ -85,9 +85,9 @@ def test_extract_reads_named_layers_by_hooks():
 
 
 def test_precision_auto_is_fp32_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: False)
     assert engine.pick_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: True)
     assert engine.pick_precision("auto", torch.device("cpu")) == "bf16"
     assert engine.pick_precision("fp32", torch.device("cpu")) == "fp32"
 
@@ -153,3 +153,15 @@ def test_tsne_stops_once_converged_and_repeats_itself(monkeypatch):
     short = {}
     features.tsne_2d(f, 3, 30, info=short)
     assert short["iterations"] == features.TSNE_EXAGGERATION_ITER + 2 * features.TSNE_CHECK_EVERY
+
+
+def test_cpu_probe_reads_the_first_processor_and_names_native_bf16(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    c = hardware.cpu(info)
+    assert c.model == "Test CPU 9000" and c.flags == {"fpu", "avx2", "avx512f", "avx512_bf16"} and c.native_bf16
+    info.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2 avx512f\n")
+    assert not hardware.cpu(info).native_bf16
+    gone = hardware.cpu(tmp_path / "missing")   # not Linux: a model from platform, no flags, never bf16
+    assert gone.model and gone.flags == frozenset() and not gone.native_bf16

@@ -20,20 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipelines import hardware
 from pipelines.models import logits_of
 
 
 # ---------------------------------------------------------------------------- device & precision
-def cpu_has_native_bf16() -> bool:
-    """bf16 matmuls are only fast on CPUs with AVX-512 BF16 or AMX; elsewhere they are emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU; use device: auto or cpu")
@@ -49,7 +40,7 @@ def pick_precision(name: str, device: torch.device) -> str:
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if hardware.native_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
