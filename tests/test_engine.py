@@ -165,3 +165,28 @@ def test_cpu_probe_reads_the_first_processor_and_names_native_bf16(tmp_path):
     assert not hardware.cpu(info).native_bf16
     gone = hardware.cpu(tmp_path / "missing")   # not Linux: a model from platform, no flags, never bf16
     assert gone.model and gone.flags == frozenset() and not gone.native_bf16
+
+
+CHECKPOINT_KEYS = ["epoch", "model", "optimizer", "schedule", "torch_rng", "history", "best_state", "best_epoch",
+                   "best_val_acc", "train_seconds", "train_images"]
+
+
+def test_checkpoint_is_a_plain_dict_and_resuming_from_it_repeats_the_straight_run(tmp_path):
+    r = engine.Recipe(3, 32, 64, "sgd", 0.05, 0.9, 1e-4, "cosine", 0.0, "crop_flip")
+
+    def run(resume=None, checkpoint=None):
+        engine.seed_everything(5)
+        m = models.build(dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10, hidden=8))
+        return engine.fit(m, _data(), _data(seed=1), r, torch.device("cpu"), "fp32", 5,
+                          resume=resume, checkpoint=checkpoint)
+
+    saved = []
+    straight = run(checkpoint=lambda st: saved.append(torch.save(st, tmp_path / f"{st['epoch']}.pt")))
+    assert len(saved) == 3
+    first = torch.load(tmp_path / "1.pt", weights_only=True)   # tensors, numbers and lists only
+    assert list(first) == CHECKPOINT_KEYS and first["epoch"] == 1 and len(first["history"]) == 1
+    resumed = run(resume=first)
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in straight.history]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
+    assert resumed.best_epoch == straight.best_epoch and resumed.train_images == straight.train_images == 3 * 96
+    assert all(torch.equal(resumed.best_state[k], straight.best_state[k]) for k in straight.best_state)
