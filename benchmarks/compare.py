@@ -43,6 +43,7 @@ from PIL import Image
 
 from pipelines import features, hardware, io, models
 from pipelines.train import engine
+from pipelines.train.recipes import recipe_for
 
 # (benchmark key, params.yaml variant whose recipe it uses, prepared dataset folder, model name)
 MODELS = [
@@ -649,9 +650,7 @@ def recipes_from_params(epochs: int) -> dict[str, engine.Recipe]:
     params = config.load()
     out = {}
     for key, variant, _ds, _m in MODELS:
-        v = params.variant(variant)
-        out[key] = engine.Recipe(**{f.name: getattr(v, f.name) for f in fields(engine.Recipe)})
-        out[key] = replace(out[key], epochs=epochs)
+        out[key] = recipe_for(params.variant(variant), epochs=epochs)
     return out
 
 
