@@ -190,3 +190,17 @@ def test_checkpoint_is_a_plain_dict_and_resuming_from_it_repeats_the_straight_ru
     assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
     assert resumed.best_epoch == straight.best_epoch and resumed.train_images == straight.train_images == 3 * 96
     assert all(torch.equal(resumed.best_state[k], straight.best_state[k]) for k in straight.best_state)
+
+
+def test_recipe_for_reads_every_recipe_field_from_the_variant(make_params):
+    from pipelines.train.recipes import recipe_for
+
+    p = make_params({"variants": {"mnist_cnn_small": {
+        "batch_size": 48, "lr": 0.0123, "optimizer": "sgd", "momentum": 0.8, "schedule": "cosine", "augment": "crop",
+        "label_smoothing": 0.05}}})
+    v = p.variant("mnist_cnn_small")
+    r = recipe_for(v)
+    assert (r.batch_size, r.lr, r.optimizer, r.momentum, r.schedule, r.augment, r.label_smoothing) == \
+        (48, 0.0123, "sgd", 0.8, "cosine", "crop", 0.05)
+    assert (r.epochs, r.eval_batch_size, r.weight_decay) == (v.epochs, v.eval_batch_size, v.weight_decay)
+    assert recipe_for(v, epochs=1) == engine.Recipe(**{**r.__dict__, "epochs": 1})

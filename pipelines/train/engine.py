@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipelines import hardware
 from pipelines.models import logits_of
+from pipelines.train.recipes import Recipe, make_optimizer, make_schedule
 
 
 # ---------------------------------------------------------------------------- device & precision
@@ -167,46 +168,6 @@ def batch_indices(n: int, batch_size: int, gen: Optional[torch.Generator]) -> It
     order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
     for i in range(0, n, batch_size):
         yield order[i : i + batch_size]
-
-
-# ---------------------------------------------------------------------------- recipe
-@dataclass(frozen=True)
-class Recipe:
-    epochs: int
-    batch_size: int
-    eval_batch_size: int
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    schedule: str
-    label_smoothing: float
-    augment: str
-
-
-def make_optimizer(params, r: Recipe) -> torch.optim.Optimizer:
-    if r.optimizer == "adam":
-        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
-    if r.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
-    if r.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=True)
-    raise RuntimeError(f"unknown optimizer {r.optimizer!r}; supported: adam, adamw, sgd")
-
-
-def make_schedule(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
-    total = r.epochs * steps_per_epoch
-    if r.schedule == "constant":
-        return None
-    if r.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    if r.schedule == "onecycle":
-        # OneCycleLR divides by zero unless each of its two phases spans more than a step: a run of a
-        # few batches (tiny data, one epoch) warms up for 1.5 steps instead of a quarter of the run.
-        total = max(total, 4)
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
-                                                   pct_start=max(0.25, 1.5 / total))
-    raise RuntimeError(f"unknown schedule {r.schedule!r}; supported: constant, cosine, onecycle")
 
 
 # ---------------------------------------------------------------------------- loop
