@@ -41,7 +41,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import engine, features, io, models
+from pipelines import features, hardware, io, models
+from pipelines.train import engine
+from pipelines.train.recipes import recipe_for
 
 # (benchmark key, params.yaml variant whose recipe it uses, prepared dataset folder, model name)
 MODELS = [
@@ -67,27 +69,13 @@ class Arrays:
 
 
 # ---------------------------------------------------------------------------- machine & memory
-def _cpu_flags() -> set[str]:
-    try:
-        with open("/proc/cpuinfo") as f:
-            line = next((l for l in f if l.startswith("flags")), "")
-        return set(line.split(":", 1)[-1].split())
-    except OSError:
-        return set()
-
-
 def machine_info() -> dict:
-    model = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
-    except OSError:
-        pass
-    flags = _cpu_flags()
+    cpu = hardware.cpu()
+    flags = cpu.flags
     import torchvision
 
     return {
-        "cpu_model": model,
+        "cpu_model": cpu.model,
         "cpu_cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
@@ -97,7 +85,7 @@ def machine_info() -> dict:
         "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "flags": {f: f in flags for f in ("avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")},
         "all_flags": " ".join(sorted(flags)),
-        "native_bf16": engine.cpu_has_native_bf16(),
+        "native_bf16": cpu.native_bf16,
         # Other jobs shared this machine: the load says how much the figures may have suffered.
         "load_average_at_start": [round(v, 2) for v in os.getloadavg()],
     }
@@ -302,7 +290,7 @@ def compare_precision(model_name: str, data: Arrays, r: engine.Recipe, batches: 
     sub = _device_data(data.train_x[:n], data.train_y[:n], data, device)
     tiny_val = _device_data(data.val_x[:FIT_VAL_SLICE], data.val_y[:FIT_VAL_SLICE], data, device)
     out = {"model": model_name, "batches": -(-n // r.batch_size), "batch_size": r.batch_size, "images": n,
-           "auto_picks": engine.pick_precision("auto", device), "native_bf16": engine.cpu_has_native_bf16()}
+           "auto_picks": engine.pick_precision("auto", device), "native_bf16": hardware.native_bf16()}
     for prec in ("fp32", "bf16"):
         m = _build(model_name, data, seed).to(device, memory_format=torch.channels_last)
         res = engine.fit(m, sub, tiny_val, replace(r, epochs=1), device, prec, seed, desc=f"bench {prec}")
@@ -662,9 +650,7 @@ def recipes_from_params(epochs: int) -> dict[str, engine.Recipe]:
     params = config.load()
     out = {}
     for key, variant, _ds, _m in MODELS:
-        v = params.variant(variant)
-        out[key] = engine.Recipe(**{f.name: getattr(v, f.name) for f in fields(engine.Recipe)})
-        out[key] = replace(out[key], epochs=epochs)
+        out[key] = recipe_for(params.variant(variant), epochs=epochs)
     return out
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import dataclasses
 import datetime as dt
 import os
 import shutil
@@ -31,7 +30,9 @@ import torch
 import yaml
 
 from benchmarks import roofline
-from pipelines import config, engine, experiment, io, models
+from pipelines import config, experiment, io, models
+from pipelines.train import engine
+from pipelines.train.recipes import recipe_for
 
 # The lab's variants that train on the packaged data of the offline protocol (the transfer-learning
 # ones also need the EfficientNet-Lite0 weights package, which that image lacks).
@@ -107,7 +108,7 @@ def run_variant(params: config.Params, name: str, data_root: Path, device, preci
     if source and resume is None:
         raise RuntimeError(f"{name} continues {source}, which this check has not trained first")
     last: dict = {}
-    res = engine.fit(model, train_d, val_d, experiment._recipe(v), device, precision, params.seed, desc=name,
+    res = engine.fit(model, train_d, val_d, recipe_for(v), device, precision, params.seed, desc=name,
                      resume=resume, checkpoint=lambda st: last.update(st))
     _sync(device)
     train_wall = time.perf_counter() - t_stage
@@ -144,7 +145,7 @@ def determinism_cost(params: config.Params, data_root: Path, device, precision: 
         model = models.build(cfg).to(device, memory_format=torch.channels_last)
         d = experiment._device_split(prep.train, cfg, device)
         val = experiment._device_split(prep.val, cfg, device)
-        res = engine.fit(model, d, val, dataclasses.replace(experiment._recipe(v), epochs=1), device, precision,
+        res = engine.fit(model, d, val, recipe_for(v, epochs=1), device, precision,
                          params.seed, desc=f"deterministic={mode}")
         key = "deterministic_seconds" if mode else "nondeterministic_seconds"
         out[key] = min(out.get(key, float("inf")), res.train_seconds)

@@ -13,7 +13,8 @@ from typing import Optional
 import numpy as np
 import torch
 
-from pipelines import config, diagnosis, engine, features, io, models, plots
+from pipelines import config, features, io, models, plots
+from pipelines.train import diagnosis, engine
 from pipelines.config import Params, Variant
 from pipelines.tracking import Run, flat_params
 

@@ -81,16 +81,10 @@ def cpu_signature() -> dict:
     """What decides a run's floating-point results here: the CPU's model and vector extensions,
     the core count and torch's version."""
     import torch
-    model, flags = "unknown", set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() == "model name" and model == "unknown":
-                model = value.strip()
-            elif key.strip() == "flags" and not flags:
-                flags = set(value.split())
-    except OSError:
-        pass
+
+    from pipelines import hardware
+    cpu = hardware.cpu()
+    model, flags = cpu.model, cpu.flags
     isa = sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "f16c")))
     return {"machine": platform.machine(), "cpu": model, "isa": isa, "threads": torch.get_num_threads(),
             "torch": torch.__version__}

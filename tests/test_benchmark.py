@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from benchmarks import compare
-from pipelines import engine
+from pipelines.train import engine
 
 
 def _arrays(n_train, n_val, size, c, seed):

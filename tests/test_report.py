@@ -14,7 +14,8 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipelines import config, diagnosis, report
+from pipelines import config, report
+from pipelines.train import diagnosis
 from pipelines.io import write_csv, write_json, write_bytes
 from stages import report as report_stage
 

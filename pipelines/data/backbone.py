@@ -13,6 +13,7 @@ import torch
 
 from pipelines.data.download import DataError
 from pipelines.io import IntegrityError
+from pipelines.networks import backbones
 
 
 def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
@@ -29,31 +30,23 @@ def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
     return sd
 
 
-def _target_state(name: str) -> dict[str, torch.Tensor]:
-    if name == "resnet18":
-        import torchvision
-        return torchvision.models.resnet18().state_dict()
-    if name == "efficientnet_lite0":
-        import timm
-        return timm.create_model("efficientnet_lite0", pretrained=False).state_dict()
-    raise DataError(f"unknown backbone {name!r}")
-
-
 def convert(name: str, sd: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
     """A state dict keyed like the model the training stage builds for `name`."""
-    target = _target_state(name)
-    if name == "resnet18":
+    if name not in backbones.BACKBONES:
+        raise DataError(f"unknown backbone {name!r}")
+    spec = backbones.BACKBONES[name]
+    target = spec.build().state_dict()
+    if spec.keys == "same":
         # Same code base, same keys: anything else means the wrong file, caught here rather
         # than as a confusing strict-load error in the training stage.
         missing = sorted(set(target) - set(sd))
         extra = sorted(set(sd) - set(target))
         if missing or extra:
-            raise DataError(f"resnet18 weights: missing keys {missing[:3]}, unexpected keys {extra[:3]}")
+            raise DataError(f"{name} weights: missing keys {missing[:3]}, unexpected keys {extra[:3]}")
         triples = [(k, k, sd[k]) for k in target]
     else:
-        # The package's weights come from the lukemelas EfficientNet code base, whose key names
-        # differ from timm's but whose tensors are registered in the same order; map by
-        # position and let the shape check catch any misalignment.
+        # Key names from another code base, tensors registered in the same order (backbones.py):
+        # map by position and let the shape check catch any misalignment.
         if len(sd) != len(target):
             raise DataError(f"{name} weights: {len(sd)} tensors, timm's model has {len(target)}")
         triples = [(k, src, t) for k, (src, t) in zip(target, sd.items())]

@@ -14,18 +14,18 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
-from torchvision.models import ResNet18_Weights
 
 from pipelines.config import Params
 from pipelines.data.download import DataError, fetch_from
 from pipelines.data.folder import scan
 from pipelines.io import IntegrityError, md5_file, read_json, sha256_file, write_json
+from pipelines.networks.backbones import BACKBONES
 
 SOURCE_FILE = "SOURCE.json"
 WEIGHTS_DIR = "weights"
 HYMENOPTERA_ZIP = "hymenoptera_data.zip"
-RESNET18_FILE = ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
-EFFNET_FILE = "efficientnet-lite0-57934424.pth"
+RESNET18_FILE = BACKBONES["resnet18"].weight_file
+EFFNET_FILE = BACKBONES["efficientnet_lite0"].weight_file
 EFFNET_SHA256 = "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"
 
 VERIFIED_MD5 = "md5 from torchvision"

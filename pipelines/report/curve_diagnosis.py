@@ -1,10 +1,10 @@
 """The report's curve diagnosis of every variant: bias or overfitting read from each variant's
-curves by the one rule in pipelines/diagnosis.py, with the rule printed below the table."""
+curves by the one rule in pipelines/train/diagnosis.py, with the rule printed below the table."""
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
-from pipelines import diagnosis
+from pipelines.train import diagnosis
 from pipelines.report.doc import Document, Inputs
 from pipelines.report.fmt import loss, num, pp
 from pipelines.report.readings import variant_diagnosis

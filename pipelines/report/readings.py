@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pipelines import diagnosis
+from pipelines.train import diagnosis
 from pipelines.config import Params
 from pipelines.report.doc import Document, Inputs
 from pipelines.report.lab import BACKBONE_TITLES, SOURCE_TITLES

@@ -35,7 +35,7 @@ class ImageClassifier(PythonModel):
         import pandas as pd
         import torch
 
-        from pipelines import engine
+        from pipelines.train import engine
 
         if isinstance(model_input, dict) and len(model_input) == 1:  # a named tensor
             model_input = next(iter(model_input.values()))

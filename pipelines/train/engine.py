@@ -11,7 +11,7 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Callable, Iterator, Optional
 
 import numpy as np
@@ -20,20 +20,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from pipelines import hardware
 from pipelines.models import logits_of
+from pipelines.train.recipes import Recipe, make_optimizer, make_schedule
 
 
 # ---------------------------------------------------------------------------- device & precision
-def cpu_has_native_bf16() -> bool:
-    """bf16 matmuls are only fast on CPUs with AVX-512 BF16 or AMX; elsewhere they are emulated."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return False
-    return any(flag in flags.split() for flag in ("avx512_bf16", "amx_bf16"))
-
-
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU; use device: auto or cpu")
@@ -49,7 +41,7 @@ def pick_precision(name: str, device: torch.device) -> str:
         return name
     if device.type == "cuda":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return "bf16" if hardware.native_bf16() else "fp32"
 
 
 def autocast(device: torch.device, precision: str):
@@ -178,46 +170,6 @@ def batch_indices(n: int, batch_size: int, gen: Optional[torch.Generator]) -> It
         yield order[i : i + batch_size]
 
 
-# ---------------------------------------------------------------------------- recipe
-@dataclass(frozen=True)
-class Recipe:
-    epochs: int
-    batch_size: int
-    eval_batch_size: int
-    optimizer: str
-    lr: float
-    momentum: float
-    weight_decay: float
-    schedule: str
-    label_smoothing: float
-    augment: str
-
-
-def make_optimizer(params, r: Recipe) -> torch.optim.Optimizer:
-    if r.optimizer == "adam":
-        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
-    if r.optimizer == "adamw":
-        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
-    if r.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=True)
-    raise RuntimeError(f"unknown optimizer {r.optimizer!r}; supported: adam, adamw, sgd")
-
-
-def make_schedule(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
-    total = r.epochs * steps_per_epoch
-    if r.schedule == "constant":
-        return None
-    if r.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
-    if r.schedule == "onecycle":
-        # OneCycleLR divides by zero unless each of its two phases spans more than a step: a run of a
-        # few batches (tiny data, one epoch) warms up for 1.5 steps instead of a quarter of the run.
-        total = max(total, 4)
-        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
-                                                   pct_start=max(0.25, 1.5 / total))
-    raise RuntimeError(f"unknown schedule {r.schedule!r}; supported: constant, cosine, onecycle")
-
-
 # ---------------------------------------------------------------------------- loop
 @dataclass
 class FitResult:
@@ -258,91 +210,115 @@ def evaluate(model: nn.Module, data: DeviceData, batch_size: int, device: torch.
     return loss, acc, logits.cpu()
 
 
+@dataclass
+class TrainState:
+    """Everything needed to continue a run exactly after `epoch`: weights, optimiser, schedule, RNG
+    and the progress so far. A checkpoint holds it as one plain dict (to_dict: tensors, numbers and
+    lists under eleven fixed keys), which torch.load(weights_only=True) reads back."""
+
+    epoch: int
+    model: dict
+    optimizer: dict
+    schedule: Optional[dict]
+    torch_rng: torch.Tensor
+    progress: FitResult
+
+    @classmethod
+    def capture(cls, epoch: int, model: nn.Module, opt: torch.optim.Optimizer, sched, progress: FitResult) -> "TrainState":
+        return cls(epoch, model.state_dict(), opt.state_dict(), sched.state_dict() if sched is not None else None,
+                   torch.get_rng_state(), progress)
+
+    def restore(self, model: nn.Module, opt: torch.optim.Optimizer, sched) -> FitResult:
+        """Load weights, optimiser, schedule and RNG back; the progress to continue from."""
+        model.load_state_dict(self.model)
+        opt.load_state_dict(self.optimizer)
+        if sched is not None:
+            sched.load_state_dict(self.schedule)
+        torch.set_rng_state(self.torch_rng)
+        return self.progress
+
+    def to_dict(self) -> dict:
+        head = {"epoch": self.epoch, "model": self.model, "optimizer": self.optimizer,
+                "schedule": self.schedule, "torch_rng": self.torch_rng}
+        return head | {f.name: getattr(self.progress, f.name) for f in fields(FitResult)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainState":
+        progress = FitResult(**{f.name: d[f.name] for f in fields(FitResult)})
+        progress.history = list(progress.history)
+        return cls(d["epoch"], d["model"], d["optimizer"], d["schedule"], d["torch_rng"], progress)
+
+
+def _train_epoch(model: nn.Module, train: DeviceData, r: Recipe, opt: torch.optim.Optimizer, sched,
+                 gen: torch.Generator, device: torch.device, precision: str, desc: str) -> tuple[float, float, float]:
+    """One pass over the training split: (mean loss, accuracy %, seconds), summed over all ranks."""
+    rank, world = dist_info()
+    model.train()
+    t0 = time.perf_counter()
+    loss_sum = torch.zeros((), device=device)
+    correct = torch.zeros((), device=device, dtype=torch.long)
+    steps = math.ceil(len(train) / r.batch_size)
+    for idx in _progress(batch_indices(len(train), r.batch_size, gen), steps, desc):
+        # Under DDP every rank draws the same global batch and trains on its own slice of it;
+        # averaged gradients then match one process training on the whole batch.
+        idx = idx[rank::world].to(train.x.device)
+        if not len(idx):
+            continue
+        xb = train.normalise(augment(r.augment, train.x[idx], gen))
+        yb = train.y[idx]
+        with autocast(device, precision):
+            logits = logits_of(model(xb))
+            loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if sched is not None:
+            sched.step()
+        loss_sum += loss.detach() * len(idx)
+        correct += (logits.argmax(1) == yb).sum()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - t0
+    if world > 1:
+        import torch.distributed as dist
+
+        dist.all_reduce(loss_sum)
+        dist.all_reduce(correct)
+    return loss_sum.item() / len(train), correct.item() / len(train) * 100, seconds
+
+
 def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device: torch.device, precision: str,
         seed: int, on_epoch: Callable[[dict], None] = lambda row: None, desc: str = "train",
         resume: Optional[dict] = None, checkpoint: Optional[Callable[[dict], None]] = None) -> FitResult:
     """Train for r.epochs, evaluating on `val` after each; keep the best-accuracy weights.
 
     `checkpoint(state)` receives, after every epoch, everything needed to continue exactly
-    (weights, optimiser, schedule, RNG, history); `resume=state` continues from it, giving the
-    same numbers on CPU as a run that was never interrupted.
+    (TrainState.to_dict: weights, optimiser, schedule, RNG, history); `resume=state` continues from
+    it, giving the same numbers on CPU as a run that was never interrupted.
     """
-    rank, world = dist_info()
     core = getattr(model, "module", model)  # the model itself, unwrapped from DistributedDataParallel
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = make_optimizer(params, r)
-    steps = math.ceil(len(train) / r.batch_size)
-    sched = make_schedule(opt, r, steps)
-    res = FitResult()
-    first = 1
+    opt = make_optimizer([p for p in model.parameters() if p.requires_grad], r)
+    sched = make_schedule(opt, r, math.ceil(len(train) / r.batch_size))
+    res, first = FitResult(), 1
     if resume is not None:
-        core.load_state_dict(resume["model"])
-        opt.load_state_dict(resume["optimizer"])
-        if sched is not None:
-            sched.load_state_dict(resume["schedule"])
-        torch.set_rng_state(resume["torch_rng"])
-        res.history = list(resume["history"])
-        res.best_state, res.best_epoch, res.best_val_acc = resume["best_state"], resume["best_epoch"], resume["best_val_acc"]
-        res.train_seconds, res.train_images = resume["train_seconds"], resume["train_images"]
-        first = resume["epoch"] + 1
+        res, first = TrainState.from_dict(resume).restore(core, opt, sched), resume["epoch"] + 1
     for epoch in range(first, r.epochs + 1):
         # One generator per epoch, derived from the seed: resuming at epoch k replays epoch k exactly.
         gen = torch.Generator().manual_seed(seed * 1000 + epoch)
-        model.train()
-        t0 = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), device=device, dtype=torch.long)
-        for idx in _progress(batch_indices(len(train), r.batch_size, gen), steps, f"{desc} epoch {epoch}/{r.epochs}"):
-            # Under DDP every rank draws the same global batch and trains on its own slice of it;
-            # averaged gradients then match one process training on the whole batch.
-            idx = idx[rank::world].to(train.x.device)
-            if not len(idx):
-                continue
-            xb = train.normalise(augment(r.augment, train.x[idx], gen))
-            yb = train.y[idx]
-            with autocast(device, precision):
-                logits = logits_of(model(xb))
-                loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if sched is not None:
-                sched.step()
-            loss_sum += loss.detach() * len(idx)
-            correct += (logits.argmax(1) == yb).sum()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - t0
+        train_loss, train_acc, seconds = _train_epoch(model, train, r, opt, sched, gen, device, precision,
+                                                      f"{desc} epoch {epoch}/{r.epochs}")
         res.train_seconds += seconds
         res.train_images += len(train)
-        if world > 1:
-            import torch.distributed as dist
-
-            dist.all_reduce(loss_sum)
-            dist.all_reduce(correct)
         val_loss, val_acc, _ = evaluate(core, val, r.eval_batch_size, device, precision, r.label_smoothing)
-        row = {
-            "epoch": epoch,
-            "train_loss": loss_sum.item() / len(train),
-            "train_acc": correct.item() / len(train) * 100,
-            "val_loss": val_loss,
-            "val_acc": val_acc,
-            "lr": opt.param_groups[0]["lr"],
-            "seconds": seconds,
-        }
+        row = {"epoch": epoch, "train_loss": train_loss, "train_acc": train_acc, "val_loss": val_loss,
+               "val_acc": val_acc, "lr": opt.param_groups[0]["lr"], "seconds": seconds}
         res.history.append(row)
         if val_acc > res.best_val_acc:  # strict: ties keep the earlier epoch
             res.best_val_acc, res.best_epoch = val_acc, epoch
             res.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in core.state_dict().items()})
         on_epoch(row)
         if checkpoint is not None:
-            checkpoint({
-                "epoch": epoch, "model": core.state_dict(), "optimizer": opt.state_dict(),
-                "schedule": sched.state_dict() if sched is not None else None,
-                "torch_rng": torch.get_rng_state(), "history": res.history, "best_state": res.best_state,
-                "best_epoch": res.best_epoch, "best_val_acc": res.best_val_acc,
-                "train_seconds": res.train_seconds, "train_images": res.train_images,
-            })
+            checkpoint(TrainState.capture(epoch, core, opt, sched, res).to_dict())
     return res
 
 
