@@ -10,7 +10,8 @@ from pathlib import Path
 
 from pipelines import config, report
 from pipelines.cli import edge
-from pipelines.tracking import CHAMPION, Run, TrackingError, register_champion
+from pipelines.errors import TrackingError
+from pipelines.tracking import CHAMPION, Run, register_champion
 
 
 def main(argv: list[str] | None = None) -> int:

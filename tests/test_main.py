@@ -1,4 +1,6 @@
-"""The main command's protocol choice, against a real HTTP server on 127.0.0.1."""
+"""The main command (pipelines.cli.run): its protocol choice, against a real HTTP server on 127.0.0.1,
+and its exit status on bad input."""
+import re
 from pathlib import Path
 
 import pytest
@@ -84,3 +86,15 @@ def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
     with pytest.raises(config.ParamsError, match="'digits'"):
         main.set_folder(params_file, "digits", str(photos))
     assert params_file.read_text() == before
+
+
+def test_a_params_file_without_a_protocol_line_is_one_line_exit_2(tmp_path, params_raw, monkeypatch, capsys):
+    # The key is quoted, so YAML reads it but there is no `protocol:` line to rewrite: bad input,
+    # reported before `dvc repro` runs and without changing the file.
+    text = re.sub(r"(?m)^protocol:", '"protocol":', yaml.safe_dump(params_raw, sort_keys=False))
+    (tmp_path / "params.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main.main(["--protocol", "offline"]) == 2
+    out = capsys.readouterr()
+    assert out.err == "error: params.yaml: no top-level 'protocol:' line to set\n" and "protocol:" not in out.out
+    assert (tmp_path / "params.yaml").read_text() == text

@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.data.download import DataError
-from pipelines.io import IntegrityError
+from pipelines.errors import DataError, IntegrityError
 
 
 def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
