@@ -8,6 +8,7 @@ import yaml
 
 from pipelines.cli import run as main
 from pipelines.data import sources
+from pipelines.errors import ParamsError
 
 
 def _seed_files(params):
@@ -81,9 +82,9 @@ def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
     assert "# my params\n" in params_file.read_text() and "  transfer:   # my photos\n" in params_file.read_text()
     main.set_folder(params_file, "transfer", "builtin")
     assert params_file.read_text() == before
-    with pytest.raises(config.ParamsError, match="is not a folder"):
+    with pytest.raises(ParamsError, match="is not a folder"):
         main.set_folder(params_file, "mnist", str(tmp_path / "nope"))
-    with pytest.raises(config.ParamsError, match="'digits'"):
+    with pytest.raises(ParamsError, match="'digits'"):
         main.set_folder(params_file, "digits", str(photos))
     assert params_file.read_text() == before
 

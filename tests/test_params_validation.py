@@ -153,7 +153,7 @@ CASES = [
 
 @pytest.mark.parametrize("classes", [[0, 42], [3, 3], [1], [-1, 2]])
 def test_offline_classes_are_two_distinct_fashion_mnist_classes(make_params, classes):
-    with pytest.raises(config.ParamsError, match="offline_classes"):
+    with pytest.raises(errors.ParamsError, match="offline_classes"):
         make_params({"datasets": {"transfer": {"offline_classes": classes}}})
 
 
@@ -183,14 +183,14 @@ def test_mutation_is_rejected_in_one_line(case, params_raw, tmp_path, monkeypatc
     (tmp_path / "params.yaml").write_text(mutated_text(case, params_raw))
     # Stages read ./params.yaml, so load it the same way: the message names it as they would.
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(config.ParamsError) as info:
+    with pytest.raises(errors.ParamsError) as info:
         config.load()
     assert_one_line_naming(str(info.value), case)
 
 
 def test_missing_file_names_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(config.ParamsError, match="params.yaml") as info:
+    with pytest.raises(errors.ParamsError, match="params.yaml") as info:
         config.load()
     assert "\n" not in str(info.value)
 
