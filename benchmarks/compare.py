@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from pipelines import features, hardware, io, models
+from pipelines.errors import LabError, one_line
 from pipelines.train import engine
 from pipelines.train.recipes import recipe_for
 
@@ -677,9 +678,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         seed = config.load().seed
         recipes = recipes_from_params(a.epochs)
         datasets = {key: load_arrays(a.data / ds, a.train_limit, a.val_limit, seed) for key, _v, ds, _m in MODELS}
-    except (OSError, ValueError, RuntimeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except LabError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
     device = engine.pick_device(a.device)
     out = a.json or Path(f"benchmarks/results-{dt.date.today().isoformat()}-{device.type}.json")
     data_info = {key: {"folder": str(a.data / ds), "source": datasets[key].source, "train": len(datasets[key].train_y),

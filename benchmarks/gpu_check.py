@@ -31,6 +31,7 @@ import yaml
 
 from benchmarks import roofline
 from pipelines import config, experiment, io, models
+from pipelines.errors import DataError, LabError, ParamsError, one_line
 from pipelines.train import engine
 from pipelines.train.recipes import recipe_for
 
@@ -41,6 +42,8 @@ GPU_EVAL_BATCH = 10_000  # evaluation batch on the GPU: the whole validation spl
 
 
 def load_params(path: Path, tiny: bool) -> config.Params:
+    if not path.is_file():
+        raise ParamsError(f"params file {str(path)!r} not found (run from the repository root or pass --params)")
     raw = yaml.safe_load(path.read_text())
     raw["protocol"] = "offline"
     if tiny:
@@ -215,11 +218,11 @@ def main(argv: Optional[list[str]] = None) -> int:
     try:
         params = load_params(a.params, tiny)
         if not (a.raw / "SOURCE.json").is_file():
-            raise FileNotFoundError(f"{a.raw}/SOURCE.json not found: --raw must be a downloaded raw folder "
+            raise DataError(f"{a.raw}/SOURCE.json not found: --raw must be a downloaded raw folder "
                                     f"(data/raw/mnist after `dvc repro download@mnist`)")
-    except (OSError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except LabError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
     precision = engine.pick_precision(params.precision, device)
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     try:

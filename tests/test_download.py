@@ -8,8 +8,9 @@ import time
 import pytest
 
 from pipelines.data import sources
-from pipelines.data.download import DataError, DownloadError, fetch
-from pipelines.io import IntegrityError, read_json
+from pipelines.data.download import fetch
+from pipelines.errors import DataError, DownloadError, IntegrityError
+from pipelines.io import read_json
 
 import fakedata
 

@@ -1,4 +1,5 @@
-"""A full disk leaves no partial output; two processes share one MLflow store safely."""
+"""A full disk leaves no partial output and is one line, not a traceback; two processes share one
+MLflow store safely."""
 import errno
 import os
 import resource
@@ -13,6 +14,7 @@ import numpy as np
 import pytest
 
 from pipelines import io, plots
+from pipelines.errors import FAILURE, StageError
 import isolation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,9 +56,9 @@ def test_full_disk_leaves_old_output_intact_and_no_partial_file(tiny_disk):
     target = disk / "train.npz"
     io.save_npz(target, x=np.zeros(100, np.uint8))
     before = target.read_bytes()
-    with pytest.raises(OSError) as err:
+    with pytest.raises(StageError, match=f"{target}: cannot be written") as err:
         io.save_npz(target, x=np.zeros(1 << 20, np.uint8))  # 1 MiB does not fit
-    assert err.value.errno == code
+    assert err.value.__cause__.errno == code and err.value.exit_code == FAILURE
     assert target.read_bytes() == before
     assert sorted(p.name for p in disk.iterdir()) == ["train.npz"]
 
@@ -65,9 +67,9 @@ def test_full_disk_while_saving_a_figure(tiny_disk):
     disk, code = tiny_disk
     rng = np.random.default_rng(0)
     fig = plots.examples(rng.integers(0, 255, (64, 64, 64, 3), dtype=np.uint8), [""] * 64, "noise", ncols=8)
-    with pytest.raises(OSError) as err:
+    with pytest.raises(StageError, match="grid.png: cannot be written") as err:
         plots.save_figure(fig, disk / "grid.png", dpi=300)
-    assert err.value.errno == code
+    assert err.value.__cause__.errno == code
     assert list(disk.iterdir()) == []
 
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from pipelines.data import folder as own
-from pipelines.data.download import DataError
+from pipelines.errors import DataError
 from pipelines.data.prepare import prepare
 from pipelines.data.readers import read_idx
 from pipelines.data.sources import acquire

@@ -1,11 +1,14 @@
-"""The main command's protocol choice, against a real HTTP server on 127.0.0.1."""
+"""The main command (pipelines.cli.run): its protocol choice, against a real HTTP server on 127.0.0.1,
+and its exit status on bad input."""
+import re
 from pathlib import Path
 
 import pytest
 import yaml
 
-from pipelines import main
+from pipelines.cli import run as main
 from pipelines.data import sources
+from pipelines.errors import ParamsError
 
 
 def _seed_files(params):
@@ -62,7 +65,7 @@ def test_set_protocol_keeps_comments(tmp_path):
 
 
 def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
-    from pipelines import config, main
+    from pipelines import config
 
     params_file = tmp_path / "params.yaml"
     # The committed params as YAML, with comments of its own to keep (the committed file may have none).
@@ -79,8 +82,20 @@ def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
     assert "# my params\n" in params_file.read_text() and "  transfer:   # my photos\n" in params_file.read_text()
     main.set_folder(params_file, "transfer", "builtin")
     assert params_file.read_text() == before
-    with pytest.raises(config.ParamsError, match="is not a folder"):
+    with pytest.raises(ParamsError, match="is not a folder"):
         main.set_folder(params_file, "mnist", str(tmp_path / "nope"))
-    with pytest.raises(config.ParamsError, match="'digits'"):
+    with pytest.raises(ParamsError, match="'digits'"):
         main.set_folder(params_file, "digits", str(photos))
     assert params_file.read_text() == before
+
+
+def test_a_params_file_without_a_protocol_line_is_one_line_exit_2(tmp_path, params_raw, monkeypatch, capsys):
+    # The key is quoted, so YAML reads it but there is no `protocol:` line to rewrite: bad input,
+    # reported before `dvc repro` runs and without changing the file.
+    text = re.sub(r"(?m)^protocol:", '"protocol":', yaml.safe_dump(params_raw, sort_keys=False))
+    (tmp_path / "params.yaml").write_text(text)
+    monkeypatch.chdir(tmp_path)
+    assert main.main(["--protocol", "offline"]) == 2
+    out = capsys.readouterr()
+    assert out.err == "error: params.yaml: no top-level 'protocol:' line to set\n" and "protocol:" not in out.out
+    assert (tmp_path / "params.yaml").read_text() == text

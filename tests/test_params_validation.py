@@ -16,7 +16,8 @@ from typing import Callable, Optional
 import pytest
 import yaml
 
-from pipelines import cli, config
+from pipelines import config, errors
+from pipelines.cli import edge as cli
 import isolation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +153,7 @@ CASES = [
 
 @pytest.mark.parametrize("classes", [[0, 42], [3, 3], [1], [-1, 2]])
 def test_offline_classes_are_two_distinct_fashion_mnist_classes(make_params, classes):
-    with pytest.raises(config.ParamsError, match="offline_classes"):
+    with pytest.raises(errors.ParamsError, match="offline_classes"):
         make_params({"datasets": {"transfer": {"offline_classes": classes}}})
 
 
@@ -182,14 +183,14 @@ def test_mutation_is_rejected_in_one_line(case, params_raw, tmp_path, monkeypatc
     (tmp_path / "params.yaml").write_text(mutated_text(case, params_raw))
     # Stages read ./params.yaml, so load it the same way: the message names it as they would.
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(config.ParamsError) as info:
+    with pytest.raises(errors.ParamsError) as info:
         config.load()
     assert_one_line_naming(str(info.value), case)
 
 
 def test_missing_file_names_it(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    with pytest.raises(config.ParamsError, match="params.yaml") as info:
+    with pytest.raises(errors.ParamsError, match="params.yaml") as info:
         config.load()
     assert "\n" not in str(info.value)
 
@@ -277,3 +278,39 @@ def test_unknown_variant_name_on_command_line(params_raw, tmp_path, monkeypatch,
     line = _stage_error_line(capsys.readouterr().err)
     assert "mnist_cnm" in line and "mnist_cnn" in line  # the typo, and what is allowed
     _assert_untouched(tmp_path, before)
+
+
+# ------------------------------------------------------------------ the edge's exit codes
+@pytest.mark.parametrize("error, code", [(errors.ParamsError("variants.x.lr = -1: must be > 0"), 2),
+                                         (errors.IntegrityError("f.gz: md5 1, expected 2; remove it"), 2),
+                                         (errors.ReportError("eval.json: missing key 'acc'"), 2),
+                                         (errors.TrackingError("MLflow store x: unreachable\ndetail"), 1),
+                                         (errors.StageError("out.npz: cannot be written"), 1)])
+def test_edge_turns_a_lab_error_into_one_line_and_its_exit_code(error, code, capsys):
+    def body():
+        raise error
+    assert cli.guarded("train x", body) == code == error.exit_code
+    assert capsys.readouterr().err == f"error: train x: {str(error).splitlines()[0]}\n"
+
+
+@pytest.mark.parametrize("bug", [ValueError("bad shape"), RuntimeError("CUDA error"), OSError(5, "I/O error")])
+def test_edge_lets_an_unexpected_exception_through_with_its_traceback(bug, capsys):
+    def body():
+        raise bug
+    with pytest.raises(type(bug)) as info:
+        cli.guarded("train x", body)
+    assert info.value is bug and info.traceback[-1].name == "body"
+    assert capsys.readouterr().err == ""
+
+
+def test_unexpected_exception_in_a_stage_exits_1_with_traceback(params_raw, tmp_path):
+    # A real `python -m stages.download` whose --out lies under a plain file: an OSError the code does
+    # not anticipate is reported with its traceback and exit status 1, not turned into a one-liner.
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw))
+    (tmp_path / "plain").write_text("not a folder")
+    env = {**os.environ, "PYTHONPATH": isolation.pythonpath(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "stages.download", "--dataset", "mnist", "--out", "plain/raw"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback (most recent call last)" in proc.stderr and "NotADirectoryError" in proc.stderr
+    assert not any(line.startswith("error:") for line in proc.stderr.splitlines())

@@ -4,9 +4,9 @@ import subprocess
 import sys
 
 import pytest
-import vl_convert  # noqa: F401  (required: requirements.txt; plots_offline imports it lazily)
+import vl_convert  # noqa: F401  (required: requirements.txt; pipelines.cli.plots imports it lazily)
 
-from pipelines import plots_offline
+from pipelines.cli import plots as plots_cli
 
 DVC_YAML = """\
 plots:
@@ -46,7 +46,7 @@ def repo(tmp_path):
 
 def test_renders_every_plot_to_local_files_only(repo, capsys):
     out = repo / "reports" / "plots"
-    assert plots_offline.main(["--root", str(repo), "--out", str(out)]) == 0
+    assert plots_cli.main(["--root", str(repo), "--out", str(out)]) == 0
     res = capsys.readouterr()
     assert "3 plot(s)" in res.out
     assert "missing/history.csv" in res.err  # a plot whose file is absent is named, not fatal
@@ -64,16 +64,18 @@ def test_renders_every_plot_to_local_files_only(repo, capsys):
         assert f'src="{f.name}"' in index
     assert "Not rendered" in index and "missing/history.csv" in index
     for f in [out / "index.html", *svgs]:
-        assert plots_offline.remote_references(f.read_text()) == [], f.name
+        assert plots_cli.remote_references(f.read_text()) == [], f.name
         assert "<script" not in f.read_text()
 
 
 def test_remote_reference_check_ignores_namespaces_only():
-    assert plots_offline.remote_references('<svg xmlns="http://www.w3.org/2000/svg">') == []
-    assert plots_offline.remote_references('<script src="https://cdn.jsdelivr.net/npm/vega@5">') == [
+    assert plots_cli.remote_references('<svg xmlns="http://www.w3.org/2000/svg">') == []
+    assert plots_cli.remote_references('<script src="https://cdn.jsdelivr.net/npm/vega@5">') == [
         "https://cdn.jsdelivr.net/npm/vega@5"]
 
 
 def test_no_dvc_repo_is_one_line_error(tmp_path, capsys):
-    assert plots_offline.main(["--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 1
+    # A --root without dvc.yaml is bad input: exit 2, one line, nothing written.
+    assert plots_cli.main(["--root", str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert not (tmp_path / "o").exists()
     assert capsys.readouterr().err.startswith(f"error: {tmp_path / 'dvc.yaml'} not found")

@@ -17,9 +17,9 @@ import yaml
 
 from pipelines.data import backbone as bb
 from pipelines.data import sources
-from pipelines.data.download import DataError
 from pipelines.data.prepare import prepare
-from pipelines.io import IntegrityError, load_npz, read_csv, read_json, sha256_file
+from pipelines.errors import DataError, IntegrityError
+from pipelines.io import load_npz, read_csv, read_json, sha256_file
 from stages import download as download_cli
 from stages import preprocess as preprocess_cli
 

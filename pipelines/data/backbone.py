@@ -11,8 +11,7 @@ from pathlib import Path
 
 import torch
 
-from pipelines.data.download import DataError
-from pipelines.io import IntegrityError
+from pipelines.errors import DataError, IntegrityError
 from pipelines.networks import backbones
 
 

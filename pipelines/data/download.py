@@ -6,23 +6,18 @@ server is exactly the one that talks to the real mirrors.
 """
 from __future__ import annotations
 
-import hashlib
 import http.client
-import os
-import tempfile
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
-from pipelines.io import IntegrityError
+from pipelines.errors import DownloadError
+from pipelines.io import atomic_path, verify_digest
 
 CHUNK = 1 << 20
 USER_AGENT = "cnn-lab-pipeline/1 (python urllib)"
-
-
-from pipelines.errors import DataError, DownloadError  # noqa: E402,F401  (re-exported)
 
 
 class _Retryable(Exception):
@@ -43,10 +38,9 @@ def _expected_text(sha256: Optional[str], md5: Optional[str], sha256_prefix: Opt
     return "no digest (trust on first use)"
 
 
-def _attempt(url: str, tmp: Path, timeout_s: float) -> tuple[str, str]:
-    """GET url into tmp; return (sha256, md5) of the bytes received. Raises _Retryable/_NextUrl."""
+def _attempt(url: str, tmp: Path, timeout_s: float) -> None:
+    """GET url into tmp. Raises _Retryable/_NextUrl."""
     req = urllib.request.Request(url, headers={"User-Agent": USER_AGENT})
-    sha, md5 = hashlib.sha256(), hashlib.md5()
     try:
         with urllib.request.urlopen(req, timeout=timeout_s) as resp:
             declared = resp.headers.get("Content-Length")
@@ -54,8 +48,6 @@ def _attempt(url: str, tmp: Path, timeout_s: float) -> tuple[str, str]:
             with open(tmp, "wb") as f:
                 while block := resp.read(CHUNK):
                     f.write(block)
-                    sha.update(block)
-                    md5.update(block)
                     received += len(block)
             # http.client does not raise when the connection closes early on a sized read,
             # so a short body has to be detected here or it would reach the digest check as
@@ -72,7 +64,6 @@ def _attempt(url: str, tmp: Path, timeout_s: float) -> tuple[str, str]:
         raise _Retryable(f"timed out after {timeout_s:g} s") from None
     except (OSError, http.client.HTTPException) as err:
         raise _Retryable(f"{type(err).__name__}: {err}") from None
-    return sha.hexdigest(), md5.hexdigest()
 
 
 def fetch(urls: Sequence[str], filename: str, dest_dir: Path | str, **options) -> Path:
@@ -104,6 +95,7 @@ def fetch_from(
     dest_dir.mkdir(parents=True, exist_ok=True)
     dest = dest_dir / filename
     expected = _expected_text(sha256, md5, sha256_prefix)
+    spec = {"sha256": sha256, "md5": md5, "sha256_prefix": sha256_prefix}
     hint = (f"to provide it offline put {filename} in {dest_dir}/ "
             f"or a folder listed in params sources.mirrors")
     if not urls:
@@ -117,31 +109,17 @@ def fetch_from(
         for attempt in range(max(1, retries)):
             if attempt:
                 time.sleep(backoff_s * 2 ** (attempt - 1))
-            fd, name = tempfile.mkstemp(prefix=f".{filename}.", suffix=".tmp", dir=dest_dir)
-            os.close(fd)
-            tmp = Path(name)
             try:
-                log(f"  {filename}: GET {url}" + (f" (attempt {attempt + 1})" if attempt else ""))
-                got_sha, got_md5 = _attempt(url, tmp, timeout_s)
-                mismatch = None
-                if sha256 and got_sha != sha256:
-                    mismatch = f"sha256 {got_sha}, expected {sha256}"
-                elif md5 and got_md5 != md5:
-                    mismatch = f"md5 {got_md5}, expected {md5}"
-                elif sha256_prefix and not got_sha.startswith(sha256_prefix):
-                    mismatch = f"sha256 {got_sha}, expected one starting {sha256_prefix}"
-                if mismatch:
-                    raise IntegrityError(f"{filename} from {url}: {mismatch}; the file was discarded")
-                os.chmod(tmp, 0o644)  # mkstemp's 0600 would make raw data unreadable to other users
-                os.replace(tmp, dest)
+                with atomic_path(dest) as tmp:
+                    log(f"  {filename}: GET {url}" + (f" (attempt {attempt + 1})" if attempt else ""))
+                    _attempt(url, tmp, timeout_s)
+                    verify_digest(tmp, spec, "the file was discarded", label=f"{filename} from {url}")
                 return dest, url
             except _Retryable as err:
                 reason = f"{url}: {err}"
             except _NextUrl as err:
                 reason = f"{url}: {err}"
                 break
-            finally:
-                tmp.unlink(missing_ok=True)
     raise DownloadError(
         f"could not download {filename} (tried {', '.join(tried)}; last: {reason}); "
         f"expected {expected}; {hint}")

@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 from PIL import Image, ImageOps
 
-from pipelines.data.download import DataError
+from pipelines.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 JUNK = {"thumbs.db", "desktop.ini"}

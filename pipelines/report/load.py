@@ -8,13 +8,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
+from pipelines import io
 from pipelines.config import Params
 from pipelines.io import read_csv, read_json
 
@@ -221,11 +221,4 @@ def load_test_predictions(root: Path, params: Params, variant: str) -> dict[int,
 
 
 def git_commit(root: Path) -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True,
-                             text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if out.returncode != 0:
-        return None
-    return out.stdout.strip() or None
+    return io.git_commit(root, short=True)

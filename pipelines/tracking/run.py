@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
 import sys
 import time
 import warnings
@@ -31,16 +30,7 @@ from pipelines.tracking.store import REPO, artifact_location, check_reachable, s
 
 
 def git_commit() -> str:
-    # GIT_OPTIONAL_LOCKS=0: `git status` must not take the index lock from a concurrent commit.
-    env = {**os.environ, "GIT_OPTIONAL_LOCKS": "0"}
-    try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                             timeout=10, env=env).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10, env=env).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return (sha or "unknown") + ("-dirty" if dirty else "")
+    return io.git_commit(REPO, mark_dirty=True) or "unknown"
 
 
 class _Terminated(BaseException):

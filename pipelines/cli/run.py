@@ -1,8 +1,11 @@
 """The main job: choose the protocol, then `dvc repro` the whole lab.
 
-    python -m pipelines.main                  # seed protocol if its sources can be had, else offline
-    python -m pipelines.main --protocol offline   # force one; extra arguments go to `dvc repro`
-    python -m pipelines.main --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
+    python -m pipelines.cli.run                    # seed protocol if its sources can be had, else offline
+    python -m pipelines.cli.run --protocol offline # force one; extra arguments go to `dvc repro`
+    python -m pipelines.cli.run --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
+
+Exit status: 0 when `dvc repro` succeeded, 1 when it failed (the failing stage's `error:` line says why),
+2 when an argument or params.yaml is bad (pipelines/errors.py).
 
 The choice is written to params.yaml (`protocol:`), so DVC's cache and every MLflow run know
 which data a result came from; it is printed with its reason before any stage runs.
@@ -20,13 +23,14 @@ import urllib.request
 from pathlib import Path
 
 from pipelines import config
+from pipelines.errors import FAILURE, OK, LabError, ParamsError, one_line
 
 PROBE_TIMEOUT_S = 5
 
 
 def _seed_file_available(name: str, key: str, rel: str, params: config.Params) -> str | None:
     """Why this seed-protocol file can be had, or None."""
-    from pipelines.data.sources import _urls
+    from pipelines.data.sources import urls_for
 
     filename = Path(rel).name
     # A file already downloaded counts only if SOURCE.json says it is this source's (the same
@@ -41,7 +45,7 @@ def _seed_file_available(name: str, key: str, rel: str, params: config.Params) -
         if (Path(mirror) / filename).is_file():
             return f"mirror {mirror}"
     last = "no URL configured"
-    for base in _urls(key, params):
+    for base in urls_for(key, params):
         # GET without reading the body: some servers (and mirrors) answer HEAD with 405/501.
         req = urllib.request.Request(base + filename)
         try:
@@ -73,7 +77,7 @@ def set_protocol(path: Path, protocol: str) -> bool:
     text = path.read_text()
     new, n = re.subn(r"(?m)^protocol:\s*\S+", f"protocol: {protocol}", text, count=1)
     if n != 1:
-        raise config.ParamsError(f"{path}: no top-level 'protocol:' line to set")
+        raise ParamsError(f"{path}: no top-level 'protocol:' line to set")
     if new == text:
         return False
     from pipelines.io import write_text
@@ -92,14 +96,14 @@ def set_folder(path: Path, dataset: str, folder: str) -> str:
     else:
         target = Path(folder).expanduser().resolve()
         if not target.is_dir():
-            raise config.ParamsError(f"--data {dataset}={folder}: {target} is not a folder")
+            raise ParamsError(f"--data {dataset}={folder}: {target} is not a folder")
         value = str(target)
     text = path.read_text()
     block = re.search(rf"(?m)^  {re.escape(dataset)}:.*\n((?:    .*\n|\s*\n)*)", text)
     line = re.compile(r"(?m)^(    folder:[ \t]*)(\S.*?)([ \t]+#.*)?$")
     m = line.search(text, block.start(1), block.end(1)) if block else None
     if m is None:
-        raise config.ParamsError(f"{path}: datasets.{dataset} has no 'folder:' line to set")
+        raise ParamsError(f"{path}: datasets.{dataset} has no 'folder:' line to set")
     quoted = value if re.fullmatch(r"[\w./-]+", value) else '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
     new = text[:m.start(2)] + quoted + text[m.end(2):]
     if new != text:
@@ -110,8 +114,19 @@ def set_folder(path: Path, dataset: str, folder: str) -> str:
     return value
 
 
+def _apply_data_options(specs: list[str]) -> config.Params:
+    """Write each --data DATASET=FOLDER into params.yaml; return the params then in force."""
+    for spec in specs:
+        name, sep, folder = spec.partition("=")
+        if not sep or not name or not folder:
+            raise ParamsError(f"--data {spec!r}: expected DATASET=FOLDER, e.g. transfer=~/photos")
+        value = set_folder(config.PARAMS_FILE, name, folder)
+        print(f"data: {name} reads {value}; params.yaml updated", flush=True)
+    return config.load()
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.main", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.cli.run", description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", choices=["auto", "seed", "offline"], default="auto")
     ap.add_argument("--data", action="append", default=[], metavar="DATASET=FOLDER",
                     help="read DATASET (mnist, cifar10, transfer) from your own image folder; FOLDER 'builtin' "
@@ -119,21 +134,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("repro_args", nargs=argparse.REMAINDER, help="passed to `dvc repro`")
     args = ap.parse_args(argv)
     try:
-        for spec in args.data:
-            name, sep, folder = spec.partition("=")
-            if not sep or not name or not folder:
-                raise config.ParamsError(f"--data {spec!r}: expected DATASET=FOLDER, e.g. transfer=~/photos")
-            value = set_folder(config.PARAMS_FILE, name, folder)
-            print(f"data: {name} reads {value}; params.yaml updated", flush=True)
-        params = config.load()
-    except config.ParamsError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.protocol == "auto":
-        protocol, reason = choose_protocol(params)
-    else:
-        protocol, reason = args.protocol, "forced with --protocol"
-    changed = set_protocol(config.PARAMS_FILE, protocol)
+        params = _apply_data_options(args.data)
+        if args.protocol == "auto":
+            protocol, reason = choose_protocol(params)
+        else:
+            protocol, reason = args.protocol, "forced with --protocol"
+        changed = set_protocol(config.PARAMS_FILE, protocol)
+    except LabError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
     print(f"protocol: {protocol} ({reason})" + ("; params.yaml updated" if changed else ""), flush=True)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     start = time.time()
@@ -144,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
               "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
     else:
         print(f"dvc repro failed (exit {rc}) after {minutes:.1f} min; completed stages stay cached", file=sys.stderr)
-    return rc
+    return OK if rc == 0 else FAILURE
 
 
 if __name__ == "__main__":

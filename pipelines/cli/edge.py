@@ -1,4 +1,9 @@
-"""Shared command-line wrapper of the variant stages: paths in, one-line errors out."""
+"""The command-line edge of the stages: run a body, turn a LabError into one line and its exit code.
+
+Only `LabError` is caught: an unexpected exception (a ValueError from a library, an OSError the code
+did not anticipate) is a bug, and Python prints its traceback and exits 1. Exit codes: see
+pipelines/errors.py and README "Exit codes".
+"""
 from __future__ import annotations
 
 import argparse
@@ -8,27 +13,18 @@ from pathlib import Path
 from typing import Callable
 
 from pipelines import config
-from pipelines.errors import LabError
-
-# The project's own errors, and the built-in ones a user can act on as raised by the libraries the
-# stages call (a full disk, a missing file, an array of the wrong shape).
-EXPECTED: tuple[type[BaseException], ...] = (LabError, OSError, ValueError, RuntimeError)
-
-
-def expected_errors() -> tuple[type[BaseException], ...]:
-    return EXPECTED
+from pipelines.errors import OK, LabError, one_line
 
 
 def guarded(label: str, body: Callable[[], object]) -> int:
-    """Run a stage body: failures a user can act on become one `error:` line and exit status 2;
-    anything else is a bug and keeps its traceback."""
+    """Run a stage body: a LabError becomes one `error: <label>: <message>` line and its exit code
+    (2 for bad input, 1 for other failures); anything else propagates with its traceback."""
     try:
         body()
-    except expected_errors() as err:
-        msg = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"error: {label}: {msg}", file=sys.stderr)
-        return 2
-    return 0
+    except LabError as err:
+        print(f"error: {label}: {one_line(err)}", file=sys.stderr)
+        return err.exit_code
+    return OK
 
 
 def variant_stage(stage: str, fn: Callable, argv: list[str] | None = None) -> int:

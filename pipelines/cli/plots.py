@@ -6,7 +6,10 @@ it is blank on a machine without internet. Here DVC still does the work it is go
 `dvc plots show --json`, and vl-convert, which embeds the Vega engine in its wheel, renders each
 spec to SVG and PNG with no network. index.html references only those local files.
 
-    python -m pipelines.plots_offline [--root .] [--out plots/]
+    python -m pipelines.cli.plots [--root .] [--out plots/]
+
+Exit status: 0 when at least one plot was rendered, 1 when none was or a step failed, 2 when --root
+holds no dvc.yaml (pipelines/errors.py).
 """
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ import sys
 from pathlib import Path
 
 from pipelines import io
+from pipelines.errors import FAILURE, OK, LabError, ParamsError, StageError, one_line
 
 # XML namespace names look like URLs but are identifiers, never fetched.
 _NAMESPACES = ("http://www.w3.org/2000/svg", "http://www.w3.org/1999/xlink", "http://www.w3.org/1999/xhtml")
@@ -30,17 +34,17 @@ def dvc_plots_json(root: Path) -> dict:
     """`dvc plots show --json` in root: {"data": {plot id: [entries]}, "errors": [...]}."""
     # Outside a DVC repository dvc prints {} and exits 0: say what is wrong instead of an empty page.
     if not (root / "dvc.yaml").exists():
-        raise RuntimeError(f"{root / 'dvc.yaml'} not found: run from the repository root or pass --root")
+        raise ParamsError(f"{root / 'dvc.yaml'} not found: run from the repository root or pass --root")
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     proc = subprocess.run([sys.executable, "-m", "dvc", "plots", "show", "--json"], cwd=root, env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
-        raise RuntimeError(f"dvc plots show --json failed in {root} (exit {proc.returncode}): "
+        raise StageError(f"dvc plots show --json failed in {root} (exit {proc.returncode}): "
                            f"{(proc.stderr or proc.stdout).strip()[-2000:]}")
     try:
         return json.loads(proc.stdout)
     except json.JSONDecodeError as e:
-        raise RuntimeError(f"dvc plots show --json in {root} did not print JSON ({e}): {proc.stdout[:300]!r}")
+        raise StageError(f"dvc plots show --json in {root} did not print JSON ({e}): {proc.stdout[:300]!r}") from None
 
 
 def remote_references(text: str) -> list[str]:
@@ -78,7 +82,7 @@ def render(root: Path, out: Path, scale: float = 2.0) -> dict:
                 spec = entry["content"]
                 svg = vlc.vegalite_to_svg(spec)
                 if remote_references(svg):
-                    raise RuntimeError(f"{plot_id}: rendered SVG references {remote_references(svg)[:3]}")
+                    raise StageError(f"{plot_id}: rendered SVG references {remote_references(svg)[:3]}")
                 io.write_text(out / f"{stem}.svg", svg)
                 io.write_bytes(out / f"{stem}.png", vlc.vegalite_to_png(spec, scale=scale))
                 rendered.append({"id": plot_id, "title": _title(spec, plot_id), "svg": f"{stem}.svg",
@@ -95,7 +99,7 @@ def render(root: Path, out: Path, scale: float = 2.0) -> dict:
                 errors.append(f"{plot_id}: plot type {entry.get('type')!r} is not rendered offline")
     page = _index(rendered, errors)
     if remote_references(page):
-        raise RuntimeError(f"index.html would reference {remote_references(page)[:3]}")
+        raise StageError(f"index.html would reference {remote_references(page)[:3]}")
     io.write_text(out / "index.html", page)
     return {"plots": rendered, "errors": errors}
 
@@ -118,20 +122,20 @@ def _index(plots: list[dict], errors: list[str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.cli.plots", description=__doc__.splitlines()[0])
     ap.add_argument("--root", type=Path, default=Path("."), help="repository root holding dvc.yaml")
     ap.add_argument("--out", type=Path, default=Path("plots"), help="folder for the SVG/PNG files and index.html")
     ap.add_argument("--scale", type=float, default=2.0, help="PNG pixel scale")
     a = ap.parse_args(argv)
     try:
         res = render(a.root.resolve(), a.out, a.scale)
-    except (RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except LabError as e:
+        print(f"error: {one_line(e)}", file=sys.stderr)
+        return e.exit_code
     for e in res["errors"]:
         print(f"not rendered: {e}", file=sys.stderr)
     print(f"{len(res['plots'])} plot(s) -> {a.out / 'index.html'}")
-    return 0 if res["plots"] else 1
+    return OK if res["plots"] else FAILURE
 
 
 if __name__ == "__main__":
