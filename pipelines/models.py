@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from pipelines import io
+from pipelines.errors import ParamsError
 from pipelines.networks import alexnet_cifar, backbone, backbones, simple_cnn
 from pipelines.networks.alexnet_cifar import AlexNetCifar
 from pipelines.networks.backbone import BackboneClassifier
@@ -48,7 +49,7 @@ def resolve_layer(model: nn.Module, name: str) -> tuple[str, nn.Module]:
     modules = dict(model.named_modules())
     if path not in modules or path == "":
         allowed = sorted(set(layer_aliases(model)) | {n for n in modules if n})
-        raise RuntimeError(f"layer {name!r} not found in {type(model).__name__}; allowed: {', '.join(allowed)}")
+        raise ParamsError(f"layer {name!r} not found in {type(model).__name__}; allowed: {', '.join(allowed)}")
     return path, modules[path]
 
 

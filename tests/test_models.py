@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from pipelines import models
+from pipelines.errors import ParamsError
 from pipelines.networks import backbones
 
 
@@ -39,7 +40,7 @@ def test_backbone_head_replaced_and_layers_resolve():
     assert m(torch.zeros(1, 3, 64, 64)).shape == (1, 2)
     for alias in ("mid", "pooled", "logits"):
         models.resolve_layer(m, alias)
-    with pytest.raises(RuntimeError, match="layer 'nope' not found.*allowed"):
+    with pytest.raises(ParamsError, match="layer 'nope' not found.*allowed"):
         models.resolve_layer(m, "nope")
 
 
@@ -84,7 +85,7 @@ def test_every_registered_network_builds_by_its_name_and_names_its_layers():
         m = models.build(dict(model=name, **cfg))
         aliases = models.layer_aliases(m)
         assert "logits" in aliases and all(models.resolve_layer(m, a)[0] == p for a, p in aliases.items())
-    with pytest.raises(RuntimeError, match="alexnet_cifar needs 32x32 inputs, got image_size 28"):
+    with pytest.raises(ParamsError, match="alexnet_cifar needs 32x32 inputs, got image_size 28"):
         models.build(dict(model="alexnet_cifar", in_channels=3, image_size=28, n_classes=10))
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipelines.errors import ParamsError
+
 NAME = "alexnet_cifar"
 
 
@@ -36,5 +38,5 @@ class AlexNetCifar(nn.Module):
 
 def build(config: dict) -> nn.Module:
     if config["image_size"] != 32:
-        raise RuntimeError(f"alexnet_cifar needs 32x32 inputs, got image_size {config['image_size']}")
+        raise ParamsError(f"alexnet_cifar needs 32x32 inputs, got image_size {config['image_size']}")
     return AlexNetCifar(config["in_channels"], config["n_classes"])

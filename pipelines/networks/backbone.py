@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from pipelines import io
+from pipelines.errors import DataError
 from pipelines.networks import backbones
 
 NAME = "backbone"
@@ -32,7 +33,7 @@ class BackboneClassifier(nn.Module):
         state = {k: v for k, v in state.items() if not k.startswith(("fc.", "classifier."))}
         missing, unexpected = self.body.load_state_dict(state, strict=False)
         if unexpected or missing:
-            raise RuntimeError(f"{path}: backbone weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
+            raise DataError(f"{path}: backbone weights do not fit (missing {missing[:3]}, unexpected {unexpected[:3]})")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.body(x))

@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from pipelines import hardware
+from pipelines.errors import ParamsError
 from pipelines.models import logits_of
 from pipelines.train.recipes import Recipe, make_optimizer, make_schedule
 
@@ -28,7 +29,7 @@ from pipelines.train.recipes import Recipe, make_optimizer, make_schedule
 # ---------------------------------------------------------------------------- device & precision
 def pick_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' requested but torch sees no CUDA GPU; use device: auto or cpu")
+        raise ParamsError("device 'cuda' requested but torch sees no CUDA GPU; use device: auto or cpu")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
