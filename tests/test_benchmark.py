@@ -7,13 +7,13 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks import compare
+from benchmarks import compare, paths, studies
 from pipelines.train import engine
 
 
 def _arrays(n_train, n_val, size, c, seed):
     rng = np.random.default_rng(seed)
-    return compare.Arrays(
+    return paths.Arrays(
         rng.integers(0, 256, (n_train, size, size, c), dtype=np.uint8), np.arange(n_train) % 10,
         rng.integers(0, 256, (n_val, size, size, c), dtype=np.uint8), np.arange(n_val) % 10,
         [0.3] * c, [0.35] * c, 10)
@@ -83,19 +83,19 @@ def test_markdown_table_names_every_figure(result):
 
 def test_usual_dataset_gives_normalised_pil_transformed_tensors():
     d = _arrays(4, 4, 32, 3, 2)
-    ds = compare.NotebookDataset(d.train_x, d.train_y, compare.notebook_transforms(d, "crop_flip", True))
+    ds = paths.NotebookDataset(d.train_x, d.train_y, paths.notebook_transforms(d, "crop_flip", True))
     x, y = ds[1]
     assert tuple(x.shape) == (3, 32, 32) and y == 1
     g = _arrays(4, 4, 28, 1, 2)
-    x, _ = compare.NotebookDataset(g.val_x, g.val_y, compare.notebook_transforms(g, "none", False))[0]
+    x, _ = paths.NotebookDataset(g.val_x, g.val_y, paths.notebook_transforms(g, "none", False))[0]
     expect = (g.val_x[0, :, :, 0] / 255 - 0.3) / 0.35
     assert np.allclose(x[0].numpy(), expect, atol=1e-5)
 
 
 def test_compile_over_its_limit_is_skipped_not_fatal():
     d = _arrays(10, 20, 28, 1, 4)
-    model = compare._build("simple_cnn", d, 0)
-    res = compare.compare_compile(model, "simple_cnn", d, 10, timeout_s=0.01, precision="fp32")
+    model = paths.build_model("simple_cnn", d, 0)
+    res = studies.compare_compile(model, "simple_cnn", d, 10, timeout_s=0.01, precision="fp32")
     assert res["status"].startswith("timed out compiling"), res
     assert res["eager_img_per_s"] > 0 and "compiled_img_per_s" not in res
 
@@ -121,5 +121,5 @@ def test_roofline_figures_agree_with_the_paths_they_describe(result):
     assert rf["onednn"].get("version", "").startswith("v") and rf["onednn"]["conv_kernels"]
     for key in ("simple_cnn", "alexnet"):
         forms = result["forms"][key]["forms"]
-        assert set(forms) == set(compare.FORMS) and forms["fp32 channels-last"]["train_vs_fp32"] == 1.0
+        assert set(forms) == set(studies.FORMS) and forms["fp32 channels-last"]["train_vs_fp32"] == 1.0
         assert all(_finite(f["train_img_per_s"]) and _finite(f["loss_after"]) for f in forms.values())
