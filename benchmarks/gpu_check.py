@@ -89,7 +89,7 @@ def bf16_peak(device: torch.device, n: int) -> float:
         torch.mm(a, b)
         _sync(device)
 
-    return 2 * n**3 / roofline._best_seconds(mm, 3, 0.2)
+    return 2 * n**3 / roofline.best_seconds(mm, 3, 0.2)
 
 
 def run_variant(params: config.Params, name: str, data_root: Path, device, precision: str, eval_batch: int,

@@ -26,7 +26,7 @@ from torch import nn
 from pipelines import models
 
 
-def _best_seconds(fn: Callable[[], object], repeats: int, min_seconds: float) -> float:
+def best_seconds(fn: Callable[[], object], repeats: int, min_seconds: float) -> float:
     """The fastest of `repeats` timed calls after one warm-up, each call repeated to last min_seconds."""
     fn()
     best = float("inf")
@@ -67,7 +67,7 @@ def peaks(conv_layers: dict[str, tuple[nn.Conv2d, tuple, int]], gemm_n: int = 20
     a, b = torch.randn(gemm_n, gemm_n), torch.randn(gemm_n, gemm_n)
     for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
         aa, bb = a.to(dtype), b.to(dtype)
-        s = _best_seconds(lambda: torch.mm(aa, bb), repeats, min_seconds)
+        s = best_seconds(lambda: torch.mm(aa, bb), repeats, min_seconds)
         out[f"gemm_{prec}_flops"] = 2 * gemm_n**3 / s
     for key, (conv, shape, flops) in conv_layers.items():
         x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
@@ -76,7 +76,7 @@ def peaks(conv_layers: dict[str, tuple[nn.Conv2d, tuple, int]], gemm_n: int = 20
         for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             xx, ww = x.to(dtype), w.to(dtype)
             bb = bias.to(dtype) if bias is not None else None
-            s = _best_seconds(lambda: F.conv2d(xx, ww, bb, conv.stride, conv.padding), repeats, min_seconds)
+            s = best_seconds(lambda: F.conv2d(xx, ww, bb, conv.stride, conv.padding), repeats, min_seconds)
             out[f"conv_{key}_{prec}_flops"] = flops * batch / s
         out[f"conv_{key}_shape"] = (f"{conv.in_channels}->{conv.out_channels}, {conv.kernel_size[0]}x"
                                     f"{conv.kernel_size[1]}/{conv.stride[0]} on {shape[1]}x{shape[2]}")
