@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import engine, features, io, models
+from pipelines import engine, io, models
+from pipelines.embed import tsne as features
 
 # (benchmark key, params.yaml variant whose recipe it uses, prepared dataset folder, model name)
 MODELS = [
@@ -367,7 +368,7 @@ def compare_roofline(datasets: dict[str, Arrays], recipes: dict[str, engine.Reci
                      precision: str, quick: bool) -> dict:
     """The machine's measured peaks, every path of `results` as FLOP/s and % of peak, per-layer times."""
     from benchmarks import roofline
-    from pipelines.experiment import flops_per_image
+    from pipelines.train.stage import flops_per_image
 
     out: dict = {"onednn": roofline.onednn_info()}
     nets, convs = {}, {}
@@ -639,7 +640,7 @@ def print_table(res: dict, out=sys.stdout) -> None:
 
 
 def load_arrays(folder: Path, train_limit: int, val_limit: int, seed: int) -> Arrays:
-    from pipelines.experiment import load_prepared
+    from pipelines.train.setup import load_prepared
 
     prep = load_prepared(folder)
 

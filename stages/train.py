@@ -1,11 +1,12 @@
-"""train@<variant>: see pipelines/experiment.py:train and docs/outputs.md for what it writes.
+"""train@<variant>: see pipelines/train/stage.py:train and docs/outputs.md for what it writes.
 
     python -m stages.train --variant mnist_cnn --data data/prepared/mnist --model models/mnist_cnn \
         --out results/mnist_cnn/train --metrics metrics/mnist_cnn/train.json
 """
 import sys
 
-from pipelines import cli, experiment
+from pipelines import cli
+from pipelines.train.stage import train
 
 if __name__ == "__main__":
-    sys.exit(cli.variant_stage("train", experiment.train))
+    sys.exit(cli.variant_stage("train", train))

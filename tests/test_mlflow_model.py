@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import experiment, io, tracking
+from pipelines import io, tracking
+from pipelines.evaluate.stage import evaluate
+from pipelines.train.stage import train
 from test_train_resume import write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,8 +71,8 @@ def trained(tmp_path_factory, params_raw):
     out = {"root": root, "uri": uri, "params": params}
     try:
         for v in VARIANTS:
-            out[v] = {"summary": experiment.train(params, v, *_stage_paths(root, v, "train")),
-                      "eval": experiment.evaluate(params, v, *_stage_paths(root, v, "eval")),
+            out[v] = {"summary": train(params, v, *_stage_paths(root, v, "train")),
+                      "eval": evaluate(params, v, *_stage_paths(root, v, "eval")),
                       "run": io.read_json(root / f"models/{v}/run.json")}
     finally:
         if old is None:

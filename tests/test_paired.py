@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import experiment, io, paired
+from pipelines import io, paired
+from pipelines.evaluate.stage import evaluate as evaluate_stage
+from pipelines.train.stage import train as train_stage
 from pipelines.report_data import PREDICTIONS_FILE
 
 
@@ -109,9 +111,9 @@ def test_train_and_evaluate_write_the_same_per_image_test_predictions(tmp_path, 
                           "precision": "fp32"})
     data = tmp_path / "data"
     _prepared_with_test(data)
-    train = experiment.train(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "train",
+    train = train_stage(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "train",
                              tmp_path / "metrics" / "train.json")
-    ev = experiment.evaluate(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "eval",
+    ev = evaluate_stage(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "eval",
                              tmp_path / "metrics" / "eval.json")
     y = io.load_npz(data / "test.npz")["y"]
     rows_train = io.read_csv(tmp_path / "res" / "train" / PREDICTIONS_FILE)

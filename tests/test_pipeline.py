@@ -148,7 +148,8 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
     import numpy as np
     import torch
 
-    from pipelines import engine, experiment, models
+    from pipelines import engine, models
+    from pipelines.train.setup import device_split, load_prepared
 
     for v in VARIANTS:
         train, ev, emb = _metrics(root, v)
@@ -173,10 +174,10 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
         assert len((root / f"results/{v}/eval/confusion.csv").read_text().splitlines()) == n + 1
         # model.pt is the best epoch's model: evaluated again it gives train.json's best accuracy
         # (the evaluate stage's too), not the last epoch's.
-        prep = experiment.load_prepared(data)
+        prep = load_prepared(data)
         model, cfg = models.load_checkpoint(root / f"models/{v}/model.pt")
         model = model.to(memory_format=torch.channels_last)
-        val = experiment._device_split(prep.val, cfg, torch.device("cpu"))
+        val = device_split(prep.val, cfg, torch.device("cpu"))
         _, acc, _ = engine.evaluate(model, val, 128, torch.device("cpu"), train["precision"])
         assert acc == pytest.approx(train["best_val_acc"], abs=1e-4), (v, acc, train)
         assert acc == pytest.approx(ev["accuracy"], abs=1e-4), (v, acc, ev)

@@ -23,6 +23,7 @@ from pipelines.data import folder, readers
 from pipelines.data.download import DataError
 from pipelines.data.sources import CHECKSUMS, HYMENOPTERA_ZIP, WEIGHTS_DIR, files_for, read_source
 from pipelines.io import IntegrityError, save_npz, sha256_file, write_csv, write_json
+from pipelines.outputs import Meta, SizesRow
 
 TITLES = {
     "mnist": "MNIST handwritten digits (LeCun, Cortes, Burges)",
@@ -267,9 +268,10 @@ def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
             meta["folder"] = {"path": own["path"], "files": len(own["files"]), "digest": own["digest"],
                               "layout": own["layout"], "ignored": own["ignored"],
                               "skipped": own["skipped"] + own.get("decode_skipped", [])}
-        write_json(tmp / "meta.json", meta)
-        write_csv(tmp / "sizes.csv", ["split", "height", "width", "channels", "samples"],
-                  [[s, ds.image_size, ds.image_size, ds.channels, counts[s]] for s in splits])
+        write_json(tmp / "meta.json", Meta.model_validate(meta).dump())
+        write_csv(tmp / "sizes.csv", SizesRow.columns(),
+                  [SizesRow(split=s, height=ds.image_size, width=ds.image_size, channels=ds.channels,
+                            samples=counts[s]).cells() for s in splits])
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the published folder should look ordinary
         _replace_dir(tmp, out_dir)
     finally:
