@@ -44,17 +44,19 @@ class Output(BaseModel):
 class Row(Output):
     """One CSV row; the header is the field names in order."""
 
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)   # a column may be a keyword (`class`)
+
     @classmethod
     def columns(cls) -> list[str]:
-        return list(cls.model_fields)
+        return [f.alias or k for k, f in cls.model_fields.items()]
 
     @classmethod
     def required_columns(cls) -> list[str]:
-        return [k for k, f in cls.model_fields.items() if f.is_required()]
+        return [f.alias or k for k, f in cls.model_fields.items() if f.is_required()]
 
     def cells(self) -> list[object]:
         """The row's cells as written (numbers formatted where the field says so)."""
-        return list(self.model_dump(mode="json").values())
+        return list(self.model_dump(mode="json", by_alias=True).values())
 
 
 TEST_PREDICTIONS = "test_predictions.csv"   # PredictionRow: written by the train and evaluate stages
@@ -118,7 +120,7 @@ class ParamsRow(Row):
 
 
 class PredictionRow(Row):
-    """test_predictions.csv (results/<v>/train/, results/<v>/eval/, results/replicates/<v>-<seed>/):
+    """test_predictions.csv (results/<v>/train/, results/<v>/evaluate/, results/replicates/<v>-<seed>/):
     one row per held-out test image in test.npz order; the report's paired comparisons read them."""
     index: int = Field(description="0, 1, 2, ... in order")
     label: int = Field(description="true class index")
@@ -185,7 +187,7 @@ class Confusion(Output):
 
 
 class EvaluateMetrics(Output):
-    """metrics/<v>/eval.json: the best-epoch model on the validation split."""
+    """metrics/<v>/evaluate.json: the best-epoch model on the validation split."""
     split: Optional[str] = Field(None, description="`val`")
     n: int = Field(description="validation images")
     accuracy: float = Field(description="validation accuracy (%)")
@@ -201,35 +203,22 @@ class EvaluateMetrics(Output):
 
 
 class PerClassRow(Row):
-    """results/<v>/eval/per_class.csv: one row per class, in class order."""
+    """results/<v>/evaluate/per_class.csv: one row per class, in class order."""
     class_: str = Field(alias="class", description="class name")
     precision: Fixed4 = Field(description="0..1, four decimals")
     recall: Fixed4 = Field(description="0..1, four decimals")
     f1: Fixed4 = Field(description="0..1, four decimals")
     support: int = Field(description="validation images of the class")
 
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
-
-    @classmethod
-    def columns(cls) -> list[str]:
-        return [f.alias or k for k, f in cls.model_fields.items()]
-
-    @classmethod
-    def required_columns(cls) -> list[str]:
-        return cls.columns()
-
-    def cells(self) -> list[object]:
-        return list(self.model_dump(mode="json", by_alias=True).values())
-
 
 class ConfusionRow(Row):
-    """results/<v>/eval/confusion.csv: one row per validation image (DVC's confusion plot template)."""
+    """results/<v>/evaluate/confusion.csv: one row per validation image (DVC's confusion plot template)."""
     actual: str = Field(description="true class name")
     predicted: str = Field(description="predicted class name")
 
 
 class ConfusionMatrixRow(Row):
-    """results/<v>/eval/confusion_matrix.csv: header `true\\pred,<class>...`; one row per true class,
+    """results/<v>/evaluate/confusion_matrix.csv: header `true\\pred,<class>...`; one row per true class,
     its first cell the class name, then the count predicted as each class."""
     true: str = Field(description="true class name (column `true\\pred`)")
     counts: list[int] = Field(description="images of that class predicted as each class, in class order")
@@ -284,7 +273,7 @@ STAGES = """\
 | `preprocess@<dataset>` | `data/prepared/<dataset>/`: `train.npz`, `val.npz`, `test.npz` (with a `test_limit`), `meta.json`, `sizes.csv`, `backbone.pt` (transfer only) |
 | `train@<variant>` | `models/<variant>/` (`model.pt`, `run.json`, `state.pt` where `save_state: true`), `results/<variant>/train/` (`history.csv`, `params.csv`, `curves.png`, `test_predictions.csv` with a test split), `metrics/<variant>/train.json` |
 | `replicate@<variant>-<seed>` | as `train`, under `models/replicates/<variant>-<seed>/`, `results/replicates/<variant>-<seed>/`, `metrics/replicates/<variant>-<seed>.json` (params `replicates`: Part 1.3 noise) |
-| `evaluate@<variant>` | `results/<variant>/eval/` (`per_class.csv`, `confusion.csv`, `confusion_matrix.csv`, `confusion.png`, `confusions.png`, `test_predictions.csv` with a test split), `metrics/<variant>/eval.json` |
+| `evaluate@<variant>` | `results/<variant>/evaluate/` (`per_class.csv`, `confusion.csv`, `confusion_matrix.csv`, `confusion.png`, `confusions.png`, `test_predictions.csv` with a test split), `metrics/<variant>/evaluate.json` |
 | `embed@<variant>` | `results/<variant>/embed/` (`tsne.csv`, `tsne.png`), `metrics/<variant>/embed.json` |
 | `report` | `reports/` (`report.md`, `report.html`, `figures/`); on its MLflow run, the table artifact `tables/transfer_comparison.json` (the report's paired verdicts) |
 """
@@ -317,10 +306,10 @@ FILES: list[tuple[str, type[BaseModel]]] = [
     ("results/<v>/train/params.csv", ParamsRow),
     ("models/<v>/run.json", RunRecord),
     ("test_predictions.csv", PredictionRow),
-    ("metrics/<v>/eval.json", EvaluateMetrics),
-    ("results/<v>/eval/per_class.csv", PerClassRow),
-    ("results/<v>/eval/confusion.csv", ConfusionRow),
-    ("results/<v>/eval/confusion_matrix.csv", ConfusionMatrixRow),
+    ("metrics/<v>/evaluate.json", EvaluateMetrics),
+    ("results/<v>/evaluate/per_class.csv", PerClassRow),
+    ("results/<v>/evaluate/confusion.csv", ConfusionRow),
+    ("results/<v>/evaluate/confusion_matrix.csv", ConfusionMatrixRow),
     ("metrics/<v>/embed.json", EmbedMetrics),
     ("results/<v>/embed/tsne.csv", TsneRow),
 ]

@@ -193,7 +193,7 @@ def _summary(doc: _Doc, params: Params, data: dict[str, Data], transfer: Optiona
                 *[f"- {row[-1]}" if " beats " in row[-1] else f"- {row[0]}: {row[-1]}" for row in transfer["rows"]])
     else:
         doc.add("**Transfer-learning verdicts:** none: no per-image test predictions were found "
-                "(`results/<variant>/eval/test_predictions.csv`; the dataset needs a `test_limit`).")
+                "(`results/<variant>/evaluate/test_predictions.csv`; the dataset needs a `test_limit`).")
     doc.add(_run_time(doc, params) or "**Whole-run time:** unknown (no stage has recorded its time yet).")
 
 
@@ -366,7 +366,7 @@ def _training(doc: _Doc, variant: str, r: Results, lab: Optional[LabNumbers], lo
 def _evaluation(doc: _Doc, variant: str, r: Results, level: int = 3) -> None:
     doc.heading(level, "Confusion matrix")
     if r.eval is None:
-        doc.not_run(f"`metrics/{variant}/eval.json` is missing")
+        doc.not_run(f"`metrics/{variant}/evaluate.json` is missing")
         return
     e = r.eval
     test = (f"; held-out test accuracy {_pct(e['test_accuracy'])} on {e['test_n']:,} images"
@@ -386,7 +386,7 @@ def _evaluation(doc: _Doc, variant: str, r: Results, level: int = 3) -> None:
         doc.figure(variant, r, "confusions", f"{variant}: examples of the most frequent confusions")
     doc.heading(level, "Accuracy per class")
     if r.per_class is None:
-        doc.not_run(f"`results/{variant}/eval/per_class.csv` is missing")
+        doc.not_run(f"`results/{variant}/evaluate/per_class.csv` is missing")
     else:
         ev.per_class(doc, r.per_class)
 

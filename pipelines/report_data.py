@@ -22,8 +22,8 @@ from pipelines.outputs import (TEST_PREDICTIONS, EmbedMetrics, EvaluateMetrics, 
 
 FIGURES = {  # figure kind -> where the stage writes it, under results/<variant>/
     "curves": "train/curves.png",
-    "confusion": "eval/confusion.png",
-    "confusions": "eval/confusions.png",
+    "confusion": "evaluate/confusion.png",
+    "confusions": "evaluate/confusions.png",
     "tsne": "embed/tsne.png",
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -161,8 +161,8 @@ def load_results(root: Path, variant: str) -> Results:
         train=read_train_json(met / "train.json"),
         history=read_checked_csv(res / "train" / "history.csv", HistoryRow),
         layers=read_checked_csv(res / "train" / "params.csv", ParamsRow),
-        eval=read_checked_json(met / "eval.json", EvaluateMetrics),
-        per_class=read_checked_csv(res / "eval" / "per_class.csv", PerClassRow),
+        eval=read_checked_json(met / "evaluate.json", EvaluateMetrics),
+        per_class=read_checked_csv(res / "evaluate" / "per_class.csv", PerClassRow),
         embed=read_checked_json(met / "embed.json", EmbedMetrics), figures=figures,
     )
 
@@ -193,7 +193,7 @@ def load_test_predictions(root: Path, params: Params, variant: str) -> dict[int,
     """{seed: (file, labels, predictions)} of every run of `variant` whose per-image test predictions exist:
     its own run (the evaluate stage's file, else the train stage's) and its replicates."""
     own = root / "results" / variant
-    paths = {params.seed: next((p for p in (own / "eval" / PREDICTIONS_FILE, own / "train" / PREDICTIONS_FILE)
+    paths = {params.seed: next((p for p in (own / "evaluate" / PREDICTIONS_FILE, own / "train" / PREDICTIONS_FILE)
                                 if p.is_file()), None)}
     r = params.replicates
     if r is not None and variant in r.variants:

@@ -18,7 +18,7 @@ from pipelines.outputs import (ConfusionMatrixRow, ConfusionRow, EmbedMetrics, E
 
 REPO = Path(__file__).resolve().parents[1]
 
-JSON_MODELS = {"meta.json": Meta, "train.json": TrainMetrics, "eval.json": EvaluateMetrics, "embed.json": EmbedMetrics}
+JSON_MODELS = {"meta.json": Meta, "train.json": TrainMetrics, "evaluate.json": EvaluateMetrics, "embed.json": EmbedMetrics}
 CSV_MODELS = {"sizes.csv": SizesRow, "history.csv": HistoryRow, "params.csv": ParamsRow, "per_class.csv": PerClassRow,
               "confusion.csv": ConfusionRow, "tsne.csv": TsneRow, outputs.TEST_PREDICTIONS: PredictionRow}
 
