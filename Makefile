@@ -48,3 +48,8 @@ gpu-wheels:
 	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	  $$($(PY) -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('pydantic', 'pydantic-core', 'annotated-types', 'typing-inspection')))")
+
+# docs/outputs.md is generated from the output contract's models (tests/test_outputs.py checks it).
+.PHONY: outputs-doc
+outputs-doc:
+	$(PY) -m pipelines.outputs > docs/outputs.md

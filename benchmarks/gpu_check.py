@@ -30,10 +30,11 @@ import torch
 import yaml
 
 from benchmarks import roofline
-from pipelines import config, experiment, io, models
+from pipelines import config, io, models
 from pipelines.errors import DataError, LabError, ParamsError, one_line
-from pipelines.train import engine
+from pipelines.train import engine, setup
 from pipelines.train.recipes import recipe_for
+from pipelines.train.stage import flops_per_image
 
 # The lab's variants that train on the packaged data of the offline protocol (the transfer-learning
 # ones also need the EfficientNet-Lite0 weights package, which that image lacks).
@@ -95,15 +96,15 @@ def bf16_peak(device: torch.device, n: int) -> float:
 def run_variant(params: config.Params, name: str, data_root: Path, device, precision: str, eval_batch: int,
                 states: dict, peak: float) -> dict:
     v = params.variant(name)
-    prep = experiment.load_prepared(data_root / v.dataset)
-    cfg = experiment.model_config(params, name, v, prep.meta)
+    prep = setup.load_prepared(data_root / v.dataset)
+    cfg = setup.model_config(params, name, v, prep.meta)
     t_stage = time.perf_counter()
     engine.seed_everything(params.seed, params.threads)
     model = models.build(cfg)
-    flops = experiment.flops_per_image(model, cfg)
+    flops = flops_per_image(model, cfg)
     model = model.to(device, memory_format=torch.channels_last)
-    train_d = experiment._device_split(prep.train, cfg, device)
-    val_d = experiment._device_split(prep.val, cfg, device)
+    train_d = setup.device_split(prep.train, cfg, device)
+    val_d = setup.device_split(prep.val, cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     source = config.start_variant(v.start)
@@ -139,15 +140,15 @@ def run_variant(params: config.Params, name: str, data_root: Path, device, preci
 def determinism_cost(params: config.Params, data_root: Path, device, precision: str) -> dict:
     """One epoch of mnist_cnn with torch's deterministic algorithms (the pipeline's setting) and without."""
     v = params.variant("mnist_cnn")
-    prep = experiment.load_prepared(data_root / v.dataset)
-    cfg = experiment.model_config(params, "mnist_cnn", v, prep.meta)
+    prep = setup.load_prepared(data_root / v.dataset)
+    cfg = setup.model_config(params, "mnist_cnn", v, prep.meta)
     out = {}
     for mode in (True, False, True):  # deterministic first and last: warm-up effects fall on both sides
         engine.seed_everything(params.seed, params.threads)
         torch.use_deterministic_algorithms(mode, warn_only=True)
         model = models.build(cfg).to(device, memory_format=torch.channels_last)
-        d = experiment._device_split(prep.train, cfg, device)
-        val = experiment._device_split(prep.val, cfg, device)
+        d = setup.device_split(prep.train, cfg, device)
+        val = setup.device_split(prep.val, cfg, device)
         res = engine.fit(model, d, val, recipe_for(v, epochs=1), device, precision,
                          params.seed, desc=f"deterministic={mode}")
         key = "deterministic_seconds" if mode else "nondeterministic_seconds"

@@ -233,7 +233,7 @@ def compare_model(key: str, model_name: str, data: Arrays, r: engine.Recipe, see
 
 
 def load_arrays(folder: Path, train_limit: int, val_limit: int, seed: int) -> Arrays:
-    from pipelines.experiment import load_prepared
+    from pipelines.train.setup import load_prepared
 
     prep = load_prepared(folder)
 

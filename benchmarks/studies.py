@@ -14,7 +14,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.paths import FIT_VAL_SLICE, MODELS, Arrays, build_model, device_data
-from pipelines import features, hardware, models
+from pipelines import hardware, models
+from pipelines.embed import tsne as features
 from pipelines.train import engine
 
 
@@ -117,7 +118,7 @@ def compare_roofline(datasets: dict[str, Arrays], recipes: dict[str, engine.Reci
                      precision: str, quick: bool) -> dict:
     """The machine's measured peaks, every path of `results` as FLOP/s and % of peak, per-layer times."""
     from benchmarks import roofline
-    from pipelines.experiment import flops_per_image
+    from pipelines.train.stage import flops_per_image
 
     out: dict = {"onednn": roofline.onednn_info()}
     nets, convs = {}, {}

@@ -1,12 +1,12 @@
-"""evaluate@<variant>: see pipelines/experiment.py:evaluate and docs/outputs.md for what it writes.
+"""evaluate@<variant>: see pipelines/evaluate/stage.py:evaluate and docs/outputs.md for what it writes.
 
     python -m stages.evaluate --variant mnist_cnn --data data/prepared/mnist --model models/mnist_cnn \
         --out results/mnist_cnn/evaluate --metrics metrics/mnist_cnn/evaluate.json
 """
 import sys
 
-from pipelines import experiment
 from pipelines.cli import edge
+from pipelines.evaluate.stage import evaluate
 
 if __name__ == "__main__":
-    sys.exit(edge.variant_stage("evaluate", experiment.evaluate))
+    sys.exit(edge.variant_stage("evaluate", evaluate))

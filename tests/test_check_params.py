@@ -18,7 +18,7 @@ from scratch_repo import FASHION, git, sh
 
 needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (.ci/setup installs it)")
 
-GATED = "metrics/tl_svm/eval.json:accuracy"
+GATED = "metrics/tl_svm/evaluate.json:accuracy"
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def _check(ws: Path, summary: Path):
 
 
 def _base_accuracy(base: Path) -> float:
-    return yaml.safe_load((base / "metrics/tl_svm/eval.json").read_text())["accuracy"]
+    return yaml.safe_load((base / "metrics/tl_svm/evaluate.json").read_text())["accuracy"]
 
 
 def _svm_c(value: float):
@@ -137,7 +137,7 @@ def full_size_base(tmp_path_factory) -> Path:
     p["protocol"] = "offline"
     (root / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     (root / "metrics/tl_svm").mkdir(parents=True)
-    (root / "metrics/tl_svm/eval.json").write_text('{"split": "val", "n": 200, "accuracy": 99.5}')
+    (root / "metrics/tl_svm/evaluate.json").write_text('{"split": "val", "n": 200, "accuracy": 99.5}')
     git(["init", "-q", "-b", "main"], root)
     git(["add", "-A"], root)
     git(["add", "-f", "metrics"], root)
@@ -169,10 +169,10 @@ def test_an_unknown_base_exits_2(full_size_base, tmp_path):
 
 
 def test_a_gated_metric_that_goes_missing_fails():
-    gate = Check.model_validate({"metrics": [GATED, "metrics/gone/eval.json:accuracy"], "tolerance_pp": 1.0})
-    declared = {"metrics/tl_svm/eval.json"}
+    gate = Check.model_validate({"metrics": [GATED, "metrics/gone/evaluate.json:accuracy"], "tolerance_pp": 1.0})
+    declared = {"metrics/tl_svm/evaluate.json"}
     rows, failures, _ = judge(gate, {GATED: {"old": 66.67}}, declared, declared)
     assert failures[0] == f"{GATED} is missing after the rerun"
     assert rows == [(GATED, 66.67, None, None, "FAIL")]
     # A gated file that no stage writes any more fails too, by name.
-    assert failures[1] == "metrics/gone/eval.json:accuracy: no stage writes metrics/gone/eval.json (fix params.yaml check.metrics)"
+    assert failures[1] == "metrics/gone/evaluate.json:accuracy: no stage writes metrics/gone/evaluate.json (fix params.yaml check.metrics)"

@@ -3,8 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import features, hardware, models
+from pipelines import hardware, models
+from pipelines.embed import tsne
 from pipelines.train import engine
+from pipelines.train.svm import fit_linear_svm
 
 
 def _data(n=96, size=28, c=1, k=10, seed=0):
@@ -96,7 +98,7 @@ def test_linear_svm_folds_into_a_head_with_the_same_decisions():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 200)
     f = rng.normal(size=(200, 16)) + y[:, None] * 1.5
-    w, b, acc = features.fit_linear_svm(f, y, 1.0, 0)
+    w, b, acc = fit_linear_svm(f, y, 1.0, 0)
     assert w.shape == (2, 16) and acc > 80
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import LinearSVC
@@ -109,9 +111,9 @@ def test_tsne_and_quality_figures():
     rng = np.random.default_rng(0)
     y = np.repeat([0, 1, 2], 40)
     f = rng.normal(size=(120, 8)) + 6 * y[:, None]
-    xy, backend = features.tsne_2d(f, 0, 30)
+    xy, backend = tsne.tsne_2d(f, 0, 30)
     assert xy.shape == (120, 2) and backend in ("openTSNE", "scikit-learn")
-    q = features.quality(f, xy, y, 0)
+    q = tsne.quality(f, xy, y, 0)
     assert q["silhouette_features"] > 0.5 and q["knn_acc_features"] > 95 and q["linear_probe_acc"] > 95
     assert 0.5 < q["trustworthiness"] <= 1
 
@@ -138,21 +140,21 @@ def test_tsne_stops_once_converged_and_repeats_itself(monkeypatch):
     y = np.repeat([0, 1, 2], 50)
     f = (rng.normal(size=(150, 8)) + 6 * y[:, None]).astype(np.float32)
     info, again = {}, {}
-    xy, _ = features.tsne_2d(f, 3, 30, info=info)
-    xy2, _ = features.tsne_2d(f, 3, 30, info=again)
+    xy, _ = tsne.tsne_2d(f, 3, 30, info=info)
+    xy2, _ = tsne.tsne_2d(f, 3, 30, info=again)
     # Same seed, same map on every core; the KL value's last digits depend on the threads' summation order.
     assert np.array_equal(xy, xy2) and info["iterations"] == again["iterations"]
     assert info["kl_divergence"] == pytest.approx(again["kl_divergence"], rel=1e-9)
-    assert features.TSNE_EXAGGERATION_ITER < info["iterations"] <= features.TSNE_EXAGGERATION_ITER + features.TSNE_MAX_ITER
-    assert features.quality(f, xy, y, 0)["knn_acc_tsne"] > 95
-    monkeypatch.setattr(features, "TSNE_TOL", 0.0)  # never converged: the full budget
+    assert tsne.TSNE_EXAGGERATION_ITER < info["iterations"] <= tsne.TSNE_EXAGGERATION_ITER + tsne.TSNE_MAX_ITER
+    assert tsne.quality(f, xy, y, 0)["knn_acc_tsne"] > 95
+    monkeypatch.setattr(tsne, "TSNE_TOL", 0.0)  # never converged: the full budget
     full = {}
-    features.tsne_2d(f, 3, 30, info=full)
-    assert full["iterations"] == features.TSNE_EXAGGERATION_ITER + features.TSNE_MAX_ITER
-    monkeypatch.setattr(features, "TSNE_TOL", 1.0)  # any decrease is small enough: stops at the second check
+    tsne.tsne_2d(f, 3, 30, info=full)
+    assert full["iterations"] == tsne.TSNE_EXAGGERATION_ITER + tsne.TSNE_MAX_ITER
+    monkeypatch.setattr(tsne, "TSNE_TOL", 1.0)  # any decrease is small enough: stops at the second check
     short = {}
-    features.tsne_2d(f, 3, 30, info=short)
-    assert short["iterations"] == features.TSNE_EXAGGERATION_ITER + 2 * features.TSNE_CHECK_EVERY
+    tsne.tsne_2d(f, 3, 30, info=short)
+    assert short["iterations"] == tsne.TSNE_EXAGGERATION_ITER + 2 * tsne.TSNE_CHECK_EVERY
 
 
 def test_cpu_probe_reads_the_first_processor_and_names_native_bf16(tmp_path):

@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import experiment, io, tracking
+from pipelines import io, tracking
+from pipelines.evaluate.stage import evaluate
+from pipelines.train.stage import train
 from test_train_resume import write_prepared
 
 REPO = Path(__file__).resolve().parents[1]
@@ -70,8 +72,8 @@ def trained(tmp_path_factory, params_raw):
     out = {"root": root, "uri": uri, "params": params}
     try:
         for v in VARIANTS:
-            out[v] = {"summary": experiment.train(params, v, *_stage_paths(root, v, "train")),
-                      "eval": experiment.evaluate(params, v, *_stage_paths(root, v, "eval")),
+            out[v] = {"summary": train(params, v, *_stage_paths(root, v, "train")),
+                      "evaluate": evaluate(params, v, *_stage_paths(root, v, "evaluate")),
                       "run": io.read_json(root / f"models/{v}/run.json")}
     finally:
         if old is None:
@@ -95,9 +97,9 @@ def test_model_by_run_uri_predicts_what_evaluate_predicted(trained):
     root = trained["root"]
     run_id = trained["run"]["run_id"]
     got = _predict_in_new_process(f"runs:/{run_id}/model", trained["uri"], root)
-    expected = [row["predicted"] for row in io.read_csv(root / "results/mnist_cnn/eval/confusion.csv")]
+    expected = [row["predicted"] for row in io.read_csv(root / "results/mnist_cnn/evaluate/confusion.csv")]
     assert got["classes"] == expected
-    assert trained["eval"]["accuracy"] > 30  # learnable synthetic data, 10 classes: well above chance
+    assert trained["evaluate"]["accuracy"] > 30  # learnable synthetic data, 10 classes: well above chance
     assert all(0.1 <= p <= 1.0 for p in got["probability"])
     # The model's own copy of the code was imported, not the checkout's, and without the run machinery.
     assert not Path(got["models_file"]).resolve().is_relative_to(REPO), got["models_file"]
@@ -148,7 +150,7 @@ def test_runs_layout_datasets_and_uniform_metrics(trained):
     assert variant.info.end_time <= children["evaluate"].info.start_time
     assert children["train"].info.end_time <= variant.info.end_time
     # One set of keys for every variant; the values agree with the stage's outputs.
-    assert variant.data.metrics["val_accuracy"] == pytest.approx(trained["eval"]["accuracy"])
+    assert variant.data.metrics["val_accuracy"] == pytest.approx(trained["evaluate"]["accuracy"])
     assert variant.data.params["epochs"] == "2"
     assert [m.step for m in client.get_metric_history(children["train"].info.run_id, "val_acc")] == [1, 2]
     # Datasets: name, digest of the exact file, shape, classes, context.
@@ -180,7 +182,7 @@ def test_report_registers_the_best_variant_as_champion_and_logs_tables(trained, 
 
     root, uri = trained["root"], trained["uri"]
     client = mlflow.MlflowClient(uri, registry_uri=uri)
-    acc = {v: trained[v]["eval"]["accuracy"] for v in VARIANTS}
+    acc = {v: trained[v]["evaluate"]["accuracy"] for v in VARIANTS}
     best = max(VARIANTS, key=lambda v: acc[v])  # no test split here: chosen on validation accuracy
     other = next(v for v in VARIANTS if v != best)
     _report(root, uri, monkeypatch)
@@ -192,7 +194,7 @@ def test_report_registers_the_best_variant_as_champion_and_logs_tables(trained, 
     assert len(client.search_model_versions(f"name = '{name}'")) == 1
 
     # The other variant rerun and now better: the alias moves to it.
-    ev = root / f"metrics/{other}/eval.json"
+    ev = root / f"metrics/{other}/evaluate.json"
     io.write_json(ev, {**io.read_json(ev), "accuracy": acc[best] + 1.0})
     _report(root, uri, monkeypatch)
     assert client.get_model_version_by_alias(name, "champion").run_id == trained[other]["run"]["run_id"]
@@ -250,7 +252,7 @@ def test_mlflow_models_serve_of_the_champion_answers_one_request(trained, tmp_pa
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
-    expected = [row["predicted"] for row in io.read_csv(root / "results/mnist_cnn/eval/confusion.csv")][:3]
+    expected = [row["predicted"] for row in io.read_csv(root / "results/mnist_cnn/evaluate/confusion.csv")][:3]
     assert [p["class"] for p in answer["predictions"]] == expected
 
 

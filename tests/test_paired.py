@@ -9,9 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import experiment, io, stats
+from pipelines import io, stats
+from pipelines.evaluate.stage import evaluate as evaluate_stage
 from pipelines.report import paired
 from pipelines.report.load import PREDICTIONS_FILE
+from pipelines.train.stage import train as train_stage
 
 
 def _pairs(both: int, only_a: int, only_b: int, neither: int) -> tuple[np.ndarray, np.ndarray]:
@@ -110,18 +112,18 @@ def test_train_and_evaluate_write_the_same_per_image_test_predictions(tmp_path, 
                           "precision": "fp32"})
     data = tmp_path / "data"
     _prepared_with_test(data)
-    train = experiment.train(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "train",
+    train = train_stage(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "train",
                              tmp_path / "metrics" / "train.json")
-    ev = experiment.evaluate(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "eval",
-                             tmp_path / "metrics" / "eval.json")
+    ev = evaluate_stage(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "evaluate",
+                             tmp_path / "metrics" / "evaluate.json")
     y = io.load_npz(data / "test.npz")["y"]
     rows_train = io.read_csv(tmp_path / "res" / "train" / PREDICTIONS_FILE)
-    rows_eval = io.read_csv(tmp_path / "res" / "eval" / PREDICTIONS_FILE)
+    rows_eval = io.read_csv(tmp_path / "res" / "evaluate" / PREDICTIONS_FILE)
     assert rows_train == rows_eval and len(rows_train) == len(y) == train["test_n"] == ev["test_n"]
     assert [int(r["index"]) for r in rows_train] == list(range(len(y)))
     assert [int(r["label"]) for r in rows_train] == y.tolist()
     acc = 100 * np.mean([r["label"] == r["pred"] for r in rows_train])
     assert acc == pytest.approx(train["test_acc"]) == pytest.approx(ev["test_accuracy"])
     assert acc > 30   # learnable labels after one short epoch; chance is 10 %
-    saved = json.loads((tmp_path / "metrics" / "eval.json").read_text())
+    saved = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
     assert saved["seconds"] > 0 and train["seconds"] >= train["train_seconds"] > 0

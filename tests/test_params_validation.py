@@ -235,7 +235,7 @@ def _stage_error_line(stderr: str) -> str:
 
 @pytest.mark.parametrize("case_id", STAGE_SAMPLE)
 def test_train_stage_refuses_before_writing(case_id, params_raw, tmp_path, monkeypatch, capsys):
-    from pipelines import experiment
+    from pipelines.train.stage import train
 
     case = next(c for c in CASES if c.id == case_id)
     (tmp_path / "params.yaml").write_text(mutated_text(case, params_raw))
@@ -244,7 +244,7 @@ def test_train_stage_refuses_before_writing(case_id, params_raw, tmp_path, monke
     # Should validation ever let one through, the run must not land in the repository's store.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'stray.db'}")
     calls = []
-    rc = cli.variant_stage("train", lambda *a: calls.append(a) or experiment.train(*a), argv)
+    rc = cli.variant_stage("train", lambda *a: calls.append(a) or train(*a), argv)
     captured = capsys.readouterr()
     assert rc == 2
     line = _stage_error_line(captured.err)

@@ -72,7 +72,7 @@ def test_every_stage_ran_and_wrote_its_outputs(ws):
     for v in VARIANTS:
         for f in ("models/{v}/model.pt", "models/{v}/run.json", "results/{v}/train/history.csv",
                   "results/{v}/train/params.csv", "results/{v}/train/curves.png", "metrics/{v}/train.json",
-                  "results/{v}/eval/confusion.csv", "results/{v}/eval/confusion.png", "metrics/{v}/eval.json",
+                  "results/{v}/evaluate/confusion.csv", "results/{v}/evaluate/confusion.png", "metrics/{v}/evaluate.json",
                   "results/{v}/embed/tsne.csv", "results/{v}/embed/tsne.png", "metrics/{v}/embed.json"):
             assert (root / f.format(v=v)).is_file(), f.format(v=v)
     train = json.loads((root / "metrics/mnist_cnn/train.json").read_text())
@@ -110,7 +110,7 @@ def _clearly_above_chance(acc: float, n: int, classes: int, alpha: float = 1e-2)
 
 
 def _metrics(root: Path, v: str) -> tuple[dict, dict, dict]:
-    return tuple(json.loads((root / f"metrics/{v}/{s}.json").read_text()) for s in ("train", "eval", "embed"))
+    return tuple(json.loads((root / f"metrics/{v}/{s}.json").read_text()) for s in ("train", "evaluate", "embed"))
 
 
 def _shape(obj: object) -> object:
@@ -148,8 +148,9 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
     import numpy as np
     import torch
 
-    from pipelines import experiment, models
+    from pipelines import models
     from pipelines.train import engine
+    from pipelines.train.setup import device_split, load_prepared
 
     for v in VARIANTS:
         train, ev, emb = _metrics(root, v)
@@ -166,18 +167,18 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
         if v not in NOT_BEYOND_CHANCE_ON_VALIDATION:
             assert _clearly_above_chance(train["best_val_acc"], n, k), (v, train["best_val_acc"], n, k)
         # The confusion matrix counts every validation image once; its diagonal is the accuracy.
-        rows = (root / f"results/{v}/eval/confusion_matrix.csv").read_text().splitlines()[1:]
+        rows = (root / f"results/{v}/evaluate/confusion_matrix.csv").read_text().splitlines()[1:]
         cm = np.array([[int(c) for c in r.split(",")[1:]] for r in rows])
         assert cm.shape == (k, k) and cm.sum() == n
         # (abs 1e-4: the stages count in float32; one image is at least 0.01 pp at full size)
         assert np.trace(cm) / cm.sum() * 100 == pytest.approx(ev["accuracy"], abs=1e-4)
-        assert len((root / f"results/{v}/eval/confusion.csv").read_text().splitlines()) == n + 1
+        assert len((root / f"results/{v}/evaluate/confusion.csv").read_text().splitlines()) == n + 1
         # model.pt is the best epoch's model: evaluated again it gives train.json's best accuracy
         # (the evaluate stage's too), not the last epoch's.
-        prep = experiment.load_prepared(data)
+        prep = load_prepared(data)
         model, cfg = models.load_checkpoint(root / f"models/{v}/model.pt")
         model = model.to(memory_format=torch.channels_last)
-        val = experiment._device_split(prep.val, cfg, torch.device("cpu"))
+        val = device_split(prep.val, cfg, torch.device("cpu"))
         _, acc, _ = engine.evaluate(model, val, 128, torch.device("cpu"), train["precision"])
         assert acc == pytest.approx(train["best_val_acc"], abs=1e-4), (v, acc, train)
         assert acc == pytest.approx(ev["accuracy"], abs=1e-4), (v, acc, ev)
@@ -341,12 +342,12 @@ def test_mlflow_has_one_run_per_variant_with_a_child_per_stage_a_model_and_a_cha
     mlflow.set_tracking_uri(uri)
     model = mlflow.pyfunc.load_model(f"runs:/{top['tl_svm'].info.run_id}/model")
     got = model.predict(x)["class"].tolist()
-    assert got == [row["predicted"] for row in io.read_csv(root / "results/tl_svm/eval/confusion.csv")]
+    assert got == [row["predicted"] for row in io.read_csv(root / "results/tl_svm/evaluate/confusion.csv")]
     # One champion per part, chosen on held-out test accuracy where the part has it.
     for dataset, key in (("mnist", "accuracy"), ("cifar10", "accuracy"), ("transfer", "test_accuracy")):
         champ = client.get_model_version_by_alias(f"cnn-lab-{dataset}", "champion")
         cands = [v for v in VARIANTS if top[v].data.tags["dataset"] == dataset]
-        scores = {v: json.loads((root / f"metrics/{v}/eval.json").read_text())[key] for v in cands}
+        scores = {v: json.loads((root / f"metrics/{v}/evaluate.json").read_text())[key] for v in cands}
         assert champ.tags["variant"] in cands and scores[champ.tags["variant"]] == max(scores.values())
 
 

@@ -102,17 +102,17 @@ def write_variant(root: Path, v: str, dataset: str, classes: list[str], epochs: 
     write_bytes(res / "train" / "curves.png", _png("red"))
     test_acc = acc - 0.5 if dataset == "transfer" else None
     write_json(met / "train.json", _train_json(v, dataset, acc, total, hist, test_acc=test_acc))
-    write_json(met / "eval.json", {
+    write_json(met / "evaluate.json", {
         "split": "val", "n": 1000, "accuracy": acc, "macro_f1": 0.8765,
         **({"test_accuracy": test_acc, "test_n": 200} if test_acc is not None else {}),
         "top_confusions": [{"true": classes[-1], "pred": classes[0], "count": 17},
                            {"true": classes[0], "pred": classes[-1], "count": 9},
                            {"true": classes[1], "pred": classes[0], "count": 3}]})
     # Recall falls with the class index, so the worst class is the last one.
-    write_csv(res / "eval" / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
+    write_csv(res / "evaluate" / "per_class.csv", ["class", "precision", "recall", "f1", "support"],
               [(c, "0.9000", f"{0.99 - 0.02 * i:.4f}", "0.9000", 100) for i, c in enumerate(classes)])
-    write_bytes(res / "eval" / "confusion.png", _png("green"))
-    write_bytes(res / "eval" / "confusions.png", _png("blue"))
+    write_bytes(res / "evaluate" / "confusion.png", _png("green"))
+    write_bytes(res / "evaluate" / "confusions.png", _png("blue"))
     write_json(met / "embed.json", {
         "points": 1000, "tsne_backend": "openTSNE", "seconds": 3.0,
         "layers": {"intermediate": {"module": "fc1", "dim": 128, "subsample": 1000, "silhouette_features": 0.2512,
@@ -304,13 +304,13 @@ def test_parameter_sum_mismatch_is_a_visible_warning(tmp_path):
 @pytest.mark.parametrize("rel, content, expect", [
     ("metrics/mnist_cnn/train.json", '{"params_total": 1}', "missing key 'best_val_acc'"),
     ("metrics/mnist_cnn/train.json", "{not json", "not valid JSON"),
-    ("metrics/cifar_alexnet/eval.json", json.dumps({"n": 1, "accuracy": "high", "macro_f1": 0.1,
+    ("metrics/cifar_alexnet/evaluate.json", json.dumps({"n": 1, "accuracy": "high", "macro_f1": 0.1,
                                                     "top_confusions": []}), "accuracy = 'high'"),
     ("metrics/tl_svm/embed.json", json.dumps({"points": 3, "layers": {"final": {"dim": 2}}}), "missing key 'module'"),
     ("results/tl_scratch/train/history.csv", "epoch,train_loss,train_acc,val_loss,val_acc\none,1,2,3,4\n",
      "epoch = 'one' is not a number"),
     ("results/mnist_cnn/train/params.csv", "name,count\nfc,3\n", "columns ['layer', 'params', 'shape'] missing"),
-    ("results/mnist_cnn/eval/confusion.png", "not a png", "not a PNG image"),
+    ("results/mnist_cnn/evaluate/confusion.png", "not a png", "not a PNG image"),
 ])
 def test_wrong_format_is_a_clear_error(tmp_path, rel, content, expect):
     root = populate(tmp_path / "root")
@@ -341,10 +341,10 @@ def test_stage_cli(tmp_path, capsys):
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
     capsys.readouterr()  # the successful run's own MLflow log lines are not part of the error under test
 
-    (root / "metrics" / "tl_svm" / "eval.json").write_text("[]")
+    (root / "metrics" / "tl_svm" / "evaluate.json").write_text("[]")
     assert report_stage.main(["--root", str(root), "--out", str(out), "--params", str(params_file)]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("error: ") and "eval.json: expected a JSON object" in err and "\n" not in err
+    assert err.startswith("error: ") and "evaluate.json: expected a JSON object" in err and "\n" not in err
     assert report_stage.main(["--params", str(tmp_path / "nope.yaml")]) == 2
 
 
@@ -474,7 +474,7 @@ def test_confusions_and_per_class_for_every_classifier(tmp_path):
 
 
 @pytest.mark.parametrize("rel, content, expect", [
-    ("results/tl_svm/eval/per_class.csv", "class,precision,recall,f1,support\nShirt,x,1,1,1\n",
+    ("results/tl_svm/evaluate/per_class.csv", "class,precision,recall,f1,support\nShirt,x,1,1,1\n",
      "precision = 'x' is not a number"),
     ("metrics/replicates/tl_scratch-1.json", json.dumps({"params_total": 1, "best_val_acc": 70.0, "best_epoch": 1,
                                                          "seed": 7}), "not 'tl_scratch' seed 1"),
@@ -536,7 +536,7 @@ def write_predictions(root: Path, n: int = 1000, labels_seed: int = 0) -> None:
     for v, acc in TEST_ACC.items():
         for seed in (42, *REPLICATE_OFFSETS):
             pred = np.where(rng.random(n) < acc, y, 1 - y)
-            folder = root / "results" / v / "eval" if seed == 42 else root / "results" / "replicates" / f"{v}-{seed}"
+            folder = root / "results" / v / "evaluate" if seed == 42 else root / "results" / "replicates" / f"{v}-{seed}"
             write_csv(folder / "test_predictions.csv", ["index", "label", "pred"],
                       [(i, int(a), int(b)) for i, (a, b) in enumerate(zip(y, pred))])
 
@@ -622,8 +622,8 @@ def test_where_the_time_went_sums_every_stage_the_metrics_timed(tmp_path):
     root = populate(tmp_path / "root")
     t = json.loads((root / "metrics" / "mnist_cnn" / "train.json").read_text())
     write_json(root / "metrics" / "mnist_cnn" / "train.json", {**t, "seconds": 300.0})
-    e = json.loads((root / "metrics" / "mnist_cnn" / "eval.json").read_text())
-    write_json(root / "metrics" / "mnist_cnn" / "eval.json", {**e, "seconds": 4.0, "img_per_s": 2500.0})
+    e = json.loads((root / "metrics" / "mnist_cnn" / "evaluate.json").read_text())
+    write_json(root / "metrics" / "mnist_cnn" / "evaluate.json", {**e, "seconds": 4.0, "img_per_s": 2500.0})
     params = _params()
     md = report.build(params, root, now=NOW).markdown
     part = _section(md, "## Where the time went")

@@ -110,7 +110,8 @@ def test_checkpoint_of_other_params_is_not_resumed(workdir):
 def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, params_raw, monkeypatch):
     """mnist_cnn_20ep's way: train 2 epochs, continue that state to 4; the history equals a straight
     4-epoch run of the same seed, and the continuation trains only epochs 3 and 4."""
-    from pipelines import config, experiment
+    from pipelines import config
+    from pipelines.train.stage import train
 
     p = json.loads(json.dumps(params_raw))
     base = {**p["variants"]["mnist_cnn"], "batch_size": 50}
@@ -123,7 +124,7 @@ def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, par
     monkeypatch.chdir(tmp_path)  # `start` is a path relative to the repository root, as DVC runs it
 
     def run(name):
-        m = experiment.train(params, name, Path("data"), Path(f"models/{name}"), Path(f"res/{name}"),
+        m = train(params, name, Path("data"), Path(f"models/{name}"), Path(f"res/{name}"),
                              Path(f"metrics/{name}.json"))
         h = io.read_csv(Path(f"res/{name}/history.csv"))
         return m, [{k: r[k] for k in r if k != "seconds"} for r in h]
@@ -139,7 +140,7 @@ def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, par
     # The source retrained with other params: its old state must not be continued silently.
     changed = config.parse({**p, "seed": 7})
     with pytest.raises(RuntimeError, match="made with other params, seed or data"):
-        experiment.train(changed, "longer", Path("data"), Path("models/x"), Path("res/x"), Path("metrics/x.json"))
+        train(changed, "longer", Path("data"), Path("models/x"), Path("res/x"), Path("metrics/x.json"))
     assert not Path("models/x").exists()
 
 

@@ -20,6 +20,7 @@ from pipelines.data import folder, readers
 from pipelines.data.sources import CHECKSUMS, HYMENOPTERA_ZIP, WEIGHTS_DIR, files_for, read_source
 from pipelines.errors import DataError
 from pipelines.io import atomic_dir, save_npz, sha256_file, verify_digest, write_csv, write_json
+from pipelines.outputs import Meta, SizesRow
 
 TITLES = {
     "mnist": "MNIST handwritten digits (LeCun, Cortes, Burges)",
@@ -245,7 +246,8 @@ def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
             meta["folder"] = {"path": own["path"], "files": len(own["files"]), "digest": own["digest"],
                               "layout": own["layout"], "ignored": own["ignored"],
                               "skipped": own["skipped"] + own.get("decode_skipped", [])}
-        write_json(tmp / "meta.json", meta)
-        write_csv(tmp / "sizes.csv", ["split", "height", "width", "channels", "samples"],
-                  [[s, ds.image_size, ds.image_size, ds.channels, counts[s]] for s in splits])
+        write_json(tmp / "meta.json", Meta.model_validate(meta).dump())
+        write_csv(tmp / "sizes.csv", SizesRow.columns(),
+                  [SizesRow(split=s, height=ds.image_size, width=ds.image_size, channels=ds.channels,
+                            samples=counts[s]).cells() for s in splits])
     return meta

@@ -66,7 +66,7 @@ def summary(doc: Document, src: Inputs) -> None:
                 *[f"- {row[-1]}" if " beats " in row[-1] else f"- {row[0]}: {row[-1]}" for row in transfer["rows"]])
     else:
         doc.add("**Transfer-learning verdicts:** none: no per-image test predictions were found "
-                "(`results/<variant>/eval/test_predictions.csv`; the dataset needs a `test_limit`).")
+                "(`results/<variant>/evaluate/test_predictions.csv`; the dataset needs a `test_limit`).")
     doc.add(run_time(doc, src) or "**Whole-run time:** unknown (no stage has recorded its time yet).")
 
 

@@ -1,4 +1,4 @@
-"""Reading the stage outputs for the report: each file checked against docs/outputs.md.
+"""Reading the stage outputs for the report: each file validated by its model in pipelines/outputs.py.
 
 A file that exists but breaks the contract is a ReportError (one line naming the file and the key);
 a file that does not exist is None, which the report shows as "not run" (a user may run a subset).
@@ -7,21 +7,23 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
+from pydantic import ValidationError
 
 from pipelines import io
 from pipelines.config import Params
 from pipelines.io import read_csv, read_json
+from pipelines.outputs import (TEST_PREDICTIONS, EmbedMetrics, EvaluateMetrics, HistoryRow, Meta, Output, ParamsRow,
+                               PerClassRow, PredictionRow, Row, SizesRow, TrainMetrics)
 
 FIGURES = {  # figure kind -> where the stage writes it, under results/<variant>/
     "curves": "train/curves.png",
-    "confusion": "eval/confusion.png",
-    "confusions": "eval/confusions.png",
+    "confusion": "evaluate/confusion.png",
+    "confusions": "evaluate/confusions.png",
     "tsne": "embed/tsne.png",
 }
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -33,6 +35,8 @@ from pipelines.errors import ReportError  # noqa: E402
 # ---------------------------------------------------------------- reading the stage outputs
 
 def is_kind(value: object, kind: str) -> bool:
+    """Whether a value the report prints is an `int`, a `num` (int or float, not bool), a `str`, a
+    `list` or a `dict`; `kind?` also takes None."""
     if kind.endswith("?") and value is None:
         return True
     kind = kind.rstrip("?")
@@ -43,18 +47,30 @@ def is_kind(value: object, kind: str) -> bool:
     return isinstance(value, {"str": str, "list": list, "dict": dict}[kind])
 
 
-def check(obj: dict, schema: dict[str, str], where: str, optional: Optional[dict[str, str]] = None) -> dict:
-    """`schema` keys must be present; `optional` keys are checked only where present (older outputs lack them)."""
-    for key, kind in {**schema, **{k: v for k, v in (optional or {}).items() if k in obj}}.items():
-        if key not in obj:
-            raise ReportError(f"{where}: missing key {key!r} (see docs/outputs.md)")
-        if not is_kind(obj[key], kind):
-            raise ReportError(f"{where}: {key} = {obj[key]!r} is not of type {kind.rstrip('?')}")
-    return obj
+def _field_name(loc: tuple) -> str:
+    """('top_confusions', 0, 'count') -> 'top_confusions[0].count'."""
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
 
 
-def read_checked_json(path: Path, schema: dict[str, str], optional: Optional[dict[str, str]] = None) -> Optional[dict]:
-    """The JSON object at `path` checked against `schema`, or None if the file does not exist."""
+def contract_error(where: str, err: ValidationError) -> ReportError:
+    """The first thing wrong with a file, in one line naming the file and the field."""
+    e = err.errors()[0]
+    loc = tuple(e["loc"])
+    if e["type"] == "missing":
+        inside = f": {_field_name(loc[:-1])}" if len(loc) > 1 else ""
+        return ReportError(f"{where}{inside}: missing key {loc[-1]!r} (see docs/outputs.md)")
+    if e["type"] == "extra_forbidden":
+        inside = f": {_field_name(loc[:-1])}" if len(loc) > 1 else ""
+        return ReportError(f"{where}{inside}: unknown key {loc[-1]!r} (see docs/outputs.md)")
+    return ReportError(f"{where}: {_field_name(loc)} = {e.get('input')!r} ({e['msg'].lower()}; see docs/outputs.md)")
+
+
+def read_checked_json(path: Path, model: type[Output]) -> Optional[dict]:
+    """The JSON object at `path`, validated strictly by `model`, or None if the file does not exist.
+    The object is returned as read (the report prints its numbers as the stage wrote them)."""
     if not path.is_file():
         return None
     try:
@@ -63,11 +79,16 @@ def read_checked_json(path: Path, schema: dict[str, str], optional: Optional[dic
         raise ReportError(f"{path}: not valid JSON ({err})") from None
     if not isinstance(obj, dict):
         raise ReportError(f"{path}: expected a JSON object, got {type(obj).__name__}")
-    return check(obj, schema, str(path), optional)
+    try:
+        model.model_validate(obj, strict=True)
+    except ValidationError as err:
+        raise contract_error(str(path), err) from None
+    return obj
 
 
-def read_checked_csv(path: Path, columns: dict[str, str]) -> Optional[list[dict]]:
-    """Rows of the CSV at `path` with `columns` converted (int, num, num? = may be empty, str)."""
+def read_checked_csv(path: Path, model: type[Row]) -> Optional[list[dict]]:
+    """Rows of the CSV at `path`, each validated by `model` from its text (an empty cell of a number
+    that may be empty is NaN): the model's required columns, converted."""
     if not path.is_file():
         return None
     try:
@@ -75,45 +96,27 @@ def read_checked_csv(path: Path, columns: dict[str, str]) -> Optional[list[dict]
     except (UnicodeDecodeError, csv.Error) as err:
         raise ReportError(f"{path}: not a readable CSV ({err})") from None
     header = set(rows[0]) if rows else set()
-    if rows and not set(columns) <= header:
-        raise ReportError(f"{path}: columns {sorted(set(columns) - header)} missing (see docs/outputs.md)")
+    required = model.required_columns()
+    if rows and not set(required) <= header:
+        raise ReportError(f"{path}: columns {sorted(set(required) - header)} missing (see docs/outputs.md)")
     out = []
     for line, row in enumerate(rows, start=2):
-        conv = {}
-        for col, kind in columns.items():
-            raw = (row.get(col) or "").strip()
-            try:
-                if kind == "str":
-                    conv[col] = raw
-                elif kind == "int":
-                    conv[col] = int(raw)
-                elif kind == "num?" and raw == "":
-                    conv[col] = math.nan
-                else:
-                    conv[col] = float(raw)
-            except ValueError:
-                raise ReportError(f"{path} line {line}: {col} = {raw!r} is not a number") from None
-        out.append(conv)
+        cells = {col: (raw or "").strip() for col, raw in row.items() if col is not None}
+        try:
+            parsed = model.model_validate(cells).model_dump(by_alias=True)
+        except ValidationError as err:
+            e = err.errors()[0]
+            col = _field_name(tuple(e["loc"]))
+            if e["type"] in ("int_parsing", "float_parsing", "int_from_float"):
+                raise ReportError(f"{path} line {line}: {col} = {cells.get(col)!r} is not a number") from None
+            raise contract_error(f"{path} line {line}", err) from None
+        out.append({col: parsed[col] for col in required})
     if not out:
         raise ReportError(f"{path}: no rows")
     return out
 
 
-META = {"source": "str", "source_title": "str", "protocol": "str", "classes": "list"}
-SIZES = {"split": "str", "height": "int", "width": "int", "channels": "int", "samples": "int"}
-TRAIN = {"params_total": "int", "best_val_acc": "num", "best_epoch": "int"}
-TRAIN_OPTIONAL = {"seed": "int", "flops_per_image": "int", "val_n": "int", "test_acc": "num", "test_n": "int",
-                  "seconds": "num", "train_seconds": "num", "train_seconds_here": "num", "epochs_reused": "int",
-                  "train_img_per_s": "num", "epochs": "int", "diagnosis": "dict", "mlflow_run_id": "str",
-                  "model_log_seconds": "num"}
-HISTORY = {"epoch": "int", "train_loss": "num?", "train_acc": "num?", "val_loss": "num?", "val_acc": "num?"}
-PARAM_ROWS = {"layer": "str", "shape": "str", "params": "int"}
-EVAL = {"n": "int", "accuracy": "num", "macro_f1": "num", "top_confusions": "list"}
-EVAL_OPTIONAL = {"test_accuracy": "num", "test_n": "int", "seconds": "num", "img_per_s": "num"}
-PREDICTIONS = {"index": "int", "label": "int", "pred": "int"}
-PREDICTIONS_FILE = "test_predictions.csv"   # written by pipelines/experiment.py (TEST_PREDICTIONS)
-PER_CLASS = {"class": "str", "precision": "num", "recall": "num", "f1": "num", "support": "int"}
-EMBED = {"points": "int", "layers": "dict"}
+PREDICTIONS_FILE = TEST_PREDICTIONS   # written by pipelines.train.setup.write_test_predictions
 
 
 @dataclass(frozen=True)
@@ -141,23 +144,11 @@ class Results:
 
 def load_data(root: Path, name: str) -> Data:
     d = root / "data" / "prepared" / name
-    return Data(read_checked_json(d / "meta.json", META), read_checked_csv(d / "sizes.csv", SIZES))
+    return Data(read_checked_json(d / "meta.json", Meta), read_checked_csv(d / "sizes.csv", SizesRow))
 
 
 def load_results(root: Path, variant: str) -> Results:
     res, met = root / "results" / variant, root / "metrics" / variant
-    evl = read_checked_json(met / "eval.json", EVAL, EVAL_OPTIONAL)
-    if evl is not None:
-        for i, c in enumerate(evl["top_confusions"]):
-            if not isinstance(c, dict):
-                raise ReportError(f"{met / 'eval.json'}: top_confusions[{i}] is not an object")
-            check(c, {"true": "str", "pred": "str", "count": "int"}, f"{met / 'eval.json'}: top_confusions[{i}]")
-    emb = read_checked_json(met / "embed.json", EMBED)
-    if emb is not None:
-        for layer, info in emb["layers"].items():
-            if not isinstance(info, dict):
-                raise ReportError(f"{met / 'embed.json'}: layers.{layer} is not an object")
-            check(info, {"module": "str", "dim": "int"}, f"{met / 'embed.json'}: layers.{layer}")
     figures = {}
     for kind, rel in FIGURES.items():
         p = res / rel
@@ -168,17 +159,16 @@ def load_results(root: Path, variant: str) -> Results:
             figures[kind] = p
     return Results(
         train=read_train_json(met / "train.json"),
-        history=read_checked_csv(res / "train" / "history.csv", HISTORY),
-        layers=read_checked_csv(res / "train" / "params.csv", PARAM_ROWS),
-        eval=evl, per_class=read_checked_csv(res / "eval" / "per_class.csv", PER_CLASS), embed=emb, figures=figures,
+        history=read_checked_csv(res / "train" / "history.csv", HistoryRow),
+        layers=read_checked_csv(res / "train" / "params.csv", ParamsRow),
+        eval=read_checked_json(met / "evaluate.json", EvaluateMetrics),
+        per_class=read_checked_csv(res / "evaluate" / "per_class.csv", PerClassRow),
+        embed=read_checked_json(met / "embed.json", EmbedMetrics), figures=figures,
     )
 
 
 def read_train_json(path: Path) -> Optional[dict]:
-    t = read_checked_json(path, TRAIN, TRAIN_OPTIONAL)
-    if t is not None and "diagnosis" in t:
-        check(t["diagnosis"], {"verdict": "str"}, f"{path}: diagnosis")
-    return t
+    return read_checked_json(path, TrainMetrics)
 
 
 def load_replicates(root: Path, params: Params, variant: str) -> tuple[list[dict], int]:
@@ -203,14 +193,14 @@ def load_test_predictions(root: Path, params: Params, variant: str) -> dict[int,
     """{seed: (file, labels, predictions)} of every run of `variant` whose per-image test predictions exist:
     its own run (the evaluate stage's file, else the train stage's) and its replicates."""
     own = root / "results" / variant
-    paths = {params.seed: next((p for p in (own / "eval" / PREDICTIONS_FILE, own / "train" / PREDICTIONS_FILE)
+    paths = {params.seed: next((p for p in (own / "evaluate" / PREDICTIONS_FILE, own / "train" / PREDICTIONS_FILE)
                                 if p.is_file()), None)}
     r = params.replicates
     if r is not None and variant in r.variants:
         paths.update({s: root / "results" / "replicates" / f"{variant}-{s}" / PREDICTIONS_FILE for s in r.seeds})
     out = {}
     for seed, path in paths.items():
-        rows = read_checked_csv(path, PREDICTIONS) if path is not None else None
+        rows = read_checked_csv(path, PredictionRow) if path is not None else None
         if rows is None:
             continue
         index = np.array([row["index"] for row in rows])

@@ -99,7 +99,7 @@ def _epoch_log(doc: Document, variant: str, r: Results) -> None:
 def evaluation(doc: Document, variant: str, r: Results, level: int = 3) -> None:
     doc.heading(level, "Confusion matrix")
     if r.eval is None:
-        doc.not_run(f"`metrics/{variant}/eval.json` is missing")
+        doc.not_run(f"`metrics/{variant}/evaluate.json` is missing")
         return
     e = r.eval
     test = (f"; held-out test accuracy {pct(e['test_accuracy'])} on {e['test_n']:,} images"
@@ -119,7 +119,7 @@ def evaluation(doc: Document, variant: str, r: Results, level: int = 3) -> None:
         doc.figure(variant, r, "confusions", f"{variant}: examples of the most frequent confusions")
     doc.heading(level, "Accuracy per class")
     if r.per_class is None:
-        doc.not_run(f"`results/{variant}/eval/per_class.csv` is missing")
+        doc.not_run(f"`results/{variant}/evaluate/per_class.csv` is missing")
     else:
         per_class(doc, r.per_class)
 
