@@ -52,4 +52,4 @@ gpu-wheels:
 # docs/outputs.md is generated from the output contract's models (tests/test_outputs.py checks it).
 .PHONY: outputs-doc
 outputs-doc:
-	$(PY) -m pipelines.outputs > docs/outputs.md
+	$(PY) -m pipelines.cli.outputs_doc > docs/outputs.md

@@ -13,6 +13,7 @@ import pytest
 
 from golden_files import WORKSPACE
 from pipelines import io, outputs
+from pipelines.cli import outputs_doc
 from pipelines.outputs import (ConfusionMatrixRow, ConfusionRow, EmbedMetrics, EvaluateMetrics, HistoryRow, Meta,
                                ParamsRow, PerClassRow, PredictionRow, SizesRow, TrainMetrics, TsneRow)
 
@@ -24,11 +25,11 @@ CSV_MODELS = {"sizes.csv": SizesRow, "history.csv": HistoryRow, "params.csv": Pa
 
 
 def test_docs_outputs_md_is_generated_from_the_models():
-    out = subprocess.run([sys.executable, "-m", "pipelines.outputs"], cwd=REPO, capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-m", "pipelines.cli.outputs_doc"], cwd=REPO, capture_output=True, text=True,
                          check=True).stdout
-    assert out == outputs.markdown()
+    assert out == outputs_doc.markdown()
     assert (REPO / "docs" / "outputs.md").read_text() == out, \
-        "docs/outputs.md is stale: python -m pipelines.outputs > docs/outputs.md"
+        "docs/outputs.md is stale: python -m pipelines.cli.outputs_doc > docs/outputs.md"
     # Every file model and every field is documented.
     for _, model in outputs.FILES:
         for name, field in model.model_fields.items():
