@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from pipelines import io
+from pipelines.errors import DataError
 import isolation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -139,7 +140,7 @@ def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, par
     assert longer["best_val_acc"] > 30  # learnable labels: well above the 10 % of chance
     # The source retrained with other params: its old state must not be continued silently.
     changed = config.parse({**p, "seed": 7})
-    with pytest.raises(RuntimeError, match="made with other params, seed or data"):
+    with pytest.raises(DataError, match="made with other params, seed or data"):
         train(changed, "longer", Path("data"), Path("models/x"), Path("res/x"), Path("metrics/x.json"))
     assert not Path("models/x").exists()
 

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from pipelines import io, models
-from pipelines.train import engine
 from pipelines.config import Params, Variant
+from pipelines.errors import DataError
 from pipelines.outputs import TEST_PREDICTIONS, PredictionRow
+from pipelines.train import engine
 
 
 @dataclass
@@ -29,7 +30,7 @@ def load_prepared(folder: Path | str) -> Prepared:
     folder = Path(folder)
     meta_path = folder / "meta.json"
     if not meta_path.exists():
-        raise FileNotFoundError(f"{meta_path} not found: run the preprocess stage first (dvc repro)")
+        raise DataError(f"{meta_path} not found: run the preprocess stage first (dvc repro)")
     meta = io.read_json(meta_path)
     fix = "rerun the preprocess stage (dvc repro --force preprocess@<dataset>)"
     splits = {}
@@ -51,7 +52,7 @@ def model_config(params: Params, name: str, v: Variant, meta: dict) -> dict:
     if v.model == "backbone":
         bb = meta.get("backbone") or {}
         if not bb.get("name"):
-            raise RuntimeError(f"{v.dataset}: prepared data has no backbone; rerun preprocess@{v.dataset}")
+            raise DataError(f"{v.dataset}: prepared data has no backbone; rerun preprocess@{v.dataset}")
         cfg["backbone"] = bb["name"]
         # The backbone's own input normalisation, pretrained or not, so the runs differ only in init.
         cfg["mean"], cfg["std"] = map(list, models.BACKBONE_NORM[bb["name"]])

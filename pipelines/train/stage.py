@@ -14,11 +14,12 @@ from typing import Callable, Optional
 import torch
 
 from pipelines import config, io, models, plots
-from pipelines.train import diagnosis, engine
-from pipelines.train.recipes import recipe_for
 from pipelines.config import Params, Variant
+from pipelines.errors import DataError, ParamsError
 from pipelines.outputs import HistoryRow, ParamsRow, RunRecord, TrainMetrics
 from pipelines.tracking import Run, flat_params
+from pipelines.train import diagnosis, engine
+from pipelines.train.recipes import recipe_for
 from pipelines.train.setup import (Prepared, dataset_inputs, device_split, load_prepared, model_config,
                                    seeded_device, write_test_predictions)
 from pipelines.train.svm import fit_svm_head
@@ -80,7 +81,7 @@ def _start_state(params: Params, name: str, v: Variant, seed: int, prep: Prepare
         # to come from its current params and data, so its epochs are not trained a second time.
         saved = torch.load(Path(v.start), map_location="cpu", weights_only=True) if Path(v.start).exists() else {}
         if saved.get("fingerprint") != _fingerprint(params, source, seed, prep.meta, world):
-            raise RuntimeError(f"variants.{name}.start: {v.start} is missing or was made with other params, "
+            raise DataError(f"variants.{name}.start: {v.start} is missing or was made with other params, "
                                f"seed or data than variants.{source}'s; rerun train@{source} (dvc repro)")
         state = saved["state"]
         reused_rows = list(state["history"])
@@ -104,24 +105,23 @@ def _run_tags(name: str, v: Variant, seed: int, world: int, meta: dict) -> dict:
     return tags
 
 
+# long: its steps run in the order that fixes the random streams (seed, build, per-rank reseed, resume)
+# and share the distributed rank, the checkpoint writer and the open MLflow run; each helper above
+# takes one step of it.
 def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path,
           seed: Optional[int] = None, checkpoint: Optional[Path] = None, resume: bool = False) -> dict:
-    """Train one variant (with `seed`, default the global one); write the model, history, tables.
-
-    Longer than the other stage bodies (about 70 lines): its steps run in the order that fixes the
-    random streams (seed, build, per-rank reseed, resume) and share the distributed rank, the
-    checkpoint writer and the open MLflow run, so each helper above takes one step of it."""
+    """Train one variant (with `seed`, default the global one); write the model, history, tables."""
     t_start = time.perf_counter()
     v = params.variant(name)
     seed = params.seed if seed is None else seed
     prep = load_prepared(data_dir)
     if v.batch_size > len(prep.train["y"]):
-        raise ValueError(f"variants.{name}.batch_size = {v.batch_size}: larger than the "
+        raise ParamsError(f"variants.{name}.batch_size = {v.batch_size}: larger than the "
                          f"{len(prep.train['y'])} training samples of {v.dataset}")
     device, precision = seeded_device(params, seed)
     rank, world = engine.init_distributed(device)
     if world > 1 and v.classifier == "svm":
-        raise ValueError(f"variants.{name}: the SVM option fits on one process; run it without torchrun")
+        raise ParamsError(f"variants.{name}: the SVM option fits on one process; run it without torchrun")
     built = _build(params, name, v, prep, data_dir, device)
     train_d, val_d = device_split(prep.train, built.cfg, device), device_split(prep.val, built.cfg, device)
     net = built.model
