@@ -8,7 +8,8 @@ import argparse
 import sys
 import time
 
-from pipelines import cli, config
+from pipelines import config
+from pipelines.cli import edge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         record = acquire(args.dataset, params, args.out, log=lambda m: print(m, flush=True))
         print(f"download {args.dataset}: {len(record['files'])} file(s) in {time.perf_counter() - start:.1f} s")
 
-    return cli.guarded(f"download {args.dataset}", body)
+    return edge.guarded(f"download {args.dataset}", body)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,8 @@
 """
 import sys
 
-from pipelines import cli, experiment
+from pipelines import experiment
+from pipelines.cli import edge
 
 if __name__ == "__main__":
-    sys.exit(cli.variant_stage("embed", experiment.embed))
+    sys.exit(edge.variant_stage("embed", experiment.embed))

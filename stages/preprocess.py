@@ -8,7 +8,8 @@ import argparse
 import sys
 import time
 
-from pipelines import cli, config
+from pipelines import config
+from pipelines.cli import edge
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -30,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
               + f", {meta['height']}x{meta['width']}x{meta['channels']}, {len(meta['classes'])} classes"
               f" in {time.perf_counter() - start:.1f} s")
 
-    return cli.guarded(f"preprocess {args.dataset}", body)
+    return edge.guarded(f"preprocess {args.dataset}", body)
 
 
 if __name__ == "__main__":

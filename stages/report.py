@@ -8,7 +8,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from pipelines import cli, config, report
+from pipelines import config, report
+from pipelines.cli import edge
 from pipelines.tracking import CHAMPION, Run, TrackingError, register_champion
 
 
@@ -52,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {w}", file=sys.stderr)
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.html'} and {len(rep.figures)} figures")
 
-    return cli.guarded("report", body)
+    return edge.guarded("report", body)
 
 
 if __name__ == "__main__":

@@ -4,7 +4,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines import main
+from pipelines.cli import run as main
 from pipelines.data import sources
 
 
@@ -62,7 +62,7 @@ def test_set_protocol_keeps_comments(tmp_path):
 
 
 def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
-    from pipelines import config, main
+    from pipelines import config
 
     params_file = tmp_path / "params.yaml"
     # The committed params as YAML, with comments of its own to keep (the committed file may have none).

@@ -16,7 +16,8 @@ from typing import Callable, Optional
 import pytest
 import yaml
 
-from pipelines import cli, config
+from pipelines import config
+from pipelines.cli import edge as cli
 import isolation
 
 REPO = Path(__file__).resolve().parents[1]

@@ -6,7 +6,7 @@ import sys
 import pytest
 import vl_convert  # noqa: F401  (required: requirements.txt; plots_offline imports it lazily)
 
-from pipelines import plots_offline
+from pipelines.cli import plots as plots_offline
 
 DVC_YAML = """\
 plots:

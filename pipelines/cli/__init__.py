@@ -1,0 +1,9 @@
+"""The project's command-line entry points, apart from the library they call.
+
+    edge.py    the wrapper every stage runs its body in: a LabError becomes one `error:` line
+    run.py     the main job: choose the protocol, then `dvc repro` the whole lab
+    plots.py   DVC's plots as static SVG/PNG files that open offline
+    check.py   the params check CI runs on a params change
+
+Nothing is imported here, so running one entry point loads none of the others.
+"""
