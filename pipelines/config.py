@@ -189,7 +189,9 @@ class Params(Strict):
     datasets: dict[str, Dataset]
     variants: dict[str, Variant]
     replicates: Optional[Replicates] = None
-    _reference: Reference = PrivateAttr(default_factory=Reference)   # set by parse
+    # reference.yaml's data, set by parse: not a field, so that params.yaml cannot hold it; read as
+    # params.lab, params.recipes and params.check.
+    _reference: Reference = PrivateAttr(default_factory=Reference)
 
     @model_validator(mode="after")
     def _references(self) -> "Params":

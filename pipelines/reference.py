@@ -42,6 +42,7 @@ class Recipe(Strict):
     and the best-validation-accuracy goal it is meant to reach under each protocol."""
 
     baseline: str
+    # Keyed by params.yaml's protocols (config.Protocol; this module sits below config).
     target: dict[Literal["seed", "offline"], Annotated[float, Field(gt=0, le=100)]] = {}
 
 
