@@ -28,7 +28,7 @@ BASE ?= origin/main
 CHECK_PROFILE ?= tiny
 .PHONY: check-params
 check-params: setup
-	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.check_params --base $(BASE) --profile $(CHECK_PROFILE)
+	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.cli.check --base $(BASE) --profile $(CHECK_PROFILE)
 
 # Our loop vs the usual DataLoader recipe on the prepared data (needs `make run` first); writes
 # benchmarks/results-<date>-<cpu|cuda>.json and .md, with the roofline (README "Speed"). 8 minutes on

@@ -1,8 +1,10 @@
-"""params.yaml -> frozen, typed config objects.
+"""params.yaml -> frozen, typed config objects: the knobs of every stage.
 
 Validation is pydantic's (strict types, unknown keys forbidden, bounds on numbers); this module
 only turns its report into one line that names the key, the bad value and what is allowed, so
-a typo stops a stage before it writes anything.
+a typo stops a stage before it writes anything. `load` also reads the reference data beside it
+(reference.yaml, pipelines/reference.py), checked against these params and reachable as
+`params.lab`, `params.recipes` and `params.check`.
 """
 from __future__ import annotations
 
@@ -10,8 +12,11 @@ import math
 from pathlib import Path
 from typing import Annotated, Literal, Optional
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+
+from pipelines import reference, yamlfile
+from pipelines.reference import Check, LabNumbers, Recipe, Reference
+from pipelines.yamlfile import Strict
 
 PARAMS_FILE = Path("params.yaml")
 
@@ -26,17 +31,13 @@ SCRATCH = "pipelines/models.py"   # variants.<v>.start of a run from the seeded 
 from pipelines.errors import ParamsError  # noqa: E402  (re-exported: config.ParamsError)
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
-
-
-class Tracking(_Strict):
+class Tracking(Strict):
     experiment: str = Field(min_length=1)
     system_metrics_interval_s: float = Field(gt=0, le=3600)
     connect_timeout_s: float = Field(gt=0, le=600)
 
 
-class Sources(_Strict):
+class Sources(Strict):
     mirrors: list[str] = []
     retries: int = Field(ge=1, le=20)
     timeout_s: float = Field(gt=0, le=3600)
@@ -56,7 +57,7 @@ class Sources(_Strict):
         return v
 
 
-class Dataset(_Strict):
+class Dataset(Strict):
     seed: SourceName
     offline: SourceName
     image_size: int = Field(ge=8, le=512)
@@ -96,12 +97,12 @@ class Dataset(_Strict):
         return self.backbone_seed if protocol == "seed" else self.backbone_offline
 
 
-class Layers(_Strict):
+class Layers(Strict):
     intermediate: str = Field(min_length=1)
     final: str = Field(min_length=1)
 
 
-class Variant(_Strict):
+class Variant(Strict):
     dataset: str
     model: ModelName
     layers: Layers
@@ -161,7 +162,7 @@ def start_variant(start: str) -> Optional[str]:
     return parts[1]
 
 
-class Replicates(_Strict):
+class Replicates(Strict):
     """Part 1.3 noise: variants retrained with other seeds, each (variant, seed) its own DVC stage."""
 
     dataset: str
@@ -177,30 +178,7 @@ class Replicates(_Strict):
         return v
 
 
-class Check(_Strict):
-    """The gate of `python -m pipelines.check_params`: a params change fails when one of these
-    metrics ("file:key", as `dvc metrics` names them) drops by more than tolerance_pp points."""
-
-    tolerance_pp: float = Field(ge=0, le=100)
-    metrics: list[Annotated[str, Field(pattern=r"^[\w./-]+\.json:[\w.]+$")]] = Field(min_length=1)
-
-
-class LabNumbers(_Strict):
-    params: Optional[int] = None
-    best_val_acc: Optional[float] = None
-    best_epoch: Optional[int] = None
-    val_acc: Optional[float] = None
-
-
-class Recipe(_Strict):
-    """A stronger recipe judged against the lab's: same model and epoch budget as `baseline`,
-    and the best-validation-accuracy goal it is meant to reach under each protocol."""
-
-    baseline: str
-    target: dict[Protocol, Annotated[float, Field(gt=0, le=100)]] = {}
-
-
-class Params(_Strict):
+class Params(Strict):
     seed: int = Field(ge=0, le=2**32 - 1)
     protocol: Protocol
     device: Literal["auto", "cpu", "cuda"]
@@ -211,9 +189,9 @@ class Params(_Strict):
     datasets: dict[str, Dataset]
     variants: dict[str, Variant]
     replicates: Optional[Replicates] = None
-    check: Optional[Check] = None
-    lab: dict[str, LabNumbers] = {}
-    recipes: dict[str, Recipe] = {}
+    # reference.yaml's data, set by parse: not a field, so that params.yaml cannot hold it; read as
+    # params.lab, params.recipes and params.check.
+    _reference: Reference = PrivateAttr(default_factory=Reference)
 
     @model_validator(mode="after")
     def _references(self) -> "Params":
@@ -240,20 +218,6 @@ class Params(_Strict):
                 if self.variants[name].start != SCRATCH:
                     raise ValueError(f"replicates.variants: {name!r} starts from {self.variants[name].start} "
                                      f"(the global seed's run); replicates train from scratch")
-        for name in self.lab:
-            if name not in self.variants:
-                raise ValueError(f"lab.{name}: {name!r} is not a variant; allowed: {sorted(self.variants)}")
-        for name, rc in self.recipes.items():
-            for key, ref in ((name, name), (f"{name}.baseline", rc.baseline)):
-                if ref not in self.variants:
-                    raise ValueError(f"recipes.{key}: {ref!r} is not a variant; allowed: {sorted(self.variants)}")
-            if rc.baseline == name:
-                raise ValueError(f"recipes.{name}.baseline: {name!r} cannot be its own baseline")
-            v, b = self.variants[name], self.variants[rc.baseline]
-            for field in ("dataset", "model", "epochs", "hidden"):
-                if getattr(v, field) != getattr(b, field):
-                    raise ValueError(f"recipes.{name}: {field} {getattr(v, field)!r} differs from baseline "
-                                     f"{rc.baseline!r}'s {getattr(b, field)!r}; a recipe keeps the model and budget")
         return self
 
     def _check_start(self, name: str, v: Variant) -> None:
@@ -280,6 +244,22 @@ class Params(_Strict):
             raise ValueError(f"variants.{name}.start: {src!r} does not write its state; set "
                              f"variants.{src}.save_state: true")
 
+    @property
+    def reference(self) -> Reference:
+        return self._reference
+
+    @property
+    def lab(self) -> dict[str, LabNumbers]:
+        return self._reference.lab
+
+    @property
+    def recipes(self) -> dict[str, Recipe]:
+        return self._reference.recipes
+
+    @property
+    def check(self) -> Optional[Check]:
+        return self._reference.check
+
     def variant(self, name: str) -> Variant:
         if name not in self.variants:
             raise ParamsError(f"unknown variant {name!r}; allowed: {', '.join(sorted(self.variants))}")
@@ -304,21 +284,21 @@ def _one_line(err: ValidationError, defaults: dict, own: dict) -> str:
 
 
 def _one_line_at(e: dict, loc: str) -> str:
-    msg = e["msg"]
-    if e["type"] == "extra_forbidden":
-        return f"params.yaml: unknown key {loc!r} (not a setting; check the spelling)"
-    if e["type"] == "missing":
-        return f"params.yaml: missing key {loc!r}"
-    if "input" in e and e["type"] not in ("value_error", "assertion_error") and loc:
-        return f"params.yaml: {loc} = {e['input']!r}: {msg}"
-    prefix = f"{loc}: " if loc else ""
-    return f"params.yaml: {prefix}{msg.removeprefix('Value error, ')}"
+    return yamlfile.one_line(PARAMS_FILE.name, e, loc)
 
 
-def parse(raw: object) -> Params:
-    """Validate a params mapping (as read from YAML) into a Params object."""
+# Sections of reference.yaml: a params.yaml that still holds one is told where it belongs.
+REFERENCE_KEYS = tuple(Reference.model_fields)
+
+
+def parse(raw: object, reference_raw: object = None) -> Params:
+    """Validate a params mapping (as read from YAML) into a Params object, with the reference
+    mapping (reference.yaml's; None: no reference data) checked against it."""
     if not isinstance(raw, dict):
         raise ParamsError(f"params.yaml: the top level must be a mapping, got {type(raw).__name__}")
+    for key in REFERENCE_KEYS:
+        if key in raw:
+            raise ParamsError(f"params.yaml: {key!r} is reference data, not a setting; it belongs in {reference.NAME}")
     raw = dict(raw)
     defaults = raw.pop("defaults", {}) or {}
     if not isinstance(defaults, dict):
@@ -334,44 +314,19 @@ def parse(raw: object) -> Params:
             own[name] = set(v)
         raw["variants"] = merged
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as err:
         raise ParamsError(_one_line(err, defaults, own)) from None
-
-
-class _DuplicateKey(Exception):
-    pass
-
-
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a pasted-twice variant would silently win."""
-
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                break  # SafeLoader reports an unhashable key itself
-            if key in seen:
-                raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+    ref = Reference() if reference_raw is None else reference.parse(reference_raw)
+    ref.check_against(params.variants)
+    params._reference = ref
+    return params
 
 
 def load(path: Path | str = PARAMS_FILE) -> Params:
+    """params.yaml, with the reference.yaml beside it when there is one."""
     path = Path(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ParamsError(f"params file {str(path)!r} not found (run from the repository root)") from None
-    try:
-        raw = yaml.load(text, Loader=_UniqueKeyLoader)
-    except _DuplicateKey as err:
-        raise ParamsError(f"{path}: {err}") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}") from None
-    return parse(raw)
+    if not path.is_file():
+        raise ParamsError(f"params file {str(path)!r} not found (run from the repository root)")
+    ref_path = path.parent / reference.NAME
+    return parse(yamlfile.read(path), yamlfile.read(ref_path) if ref_path.is_file() else None)

@@ -1,6 +1,6 @@
 """Run profiles: the params.yaml a run uses, derived from the real one.
 
-`tiny` (CI's: `python -m pipelines.check_params`, and the tests' whole-DAG run) shrinks every
+`tiny` (CI's: `python -m pipelines.cli.check`, and the tests' whole-DAG run) shrinks every
 dataset and budget so the whole DAG runs in minutes on 2 CPU cores, on real data (Debian's
 Fashion-MNIST, the real EfficientNet-Lite0 weights), while leaving the variants enough data and
 steps to beat chance clearly (tests/test_pipeline.py checks it). It changes sizes and budgets only,

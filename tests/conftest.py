@@ -15,7 +15,7 @@ from typing import Callable
 
 import pytest
 
-from pipelines.config import Params, parse
+from pipelines.config import REFERENCE_KEYS, Params, parse
 from pipelines.data import sources
 
 import fakedata
@@ -94,14 +94,23 @@ def params_raw() -> dict:
     return isolation.committed_params()
 
 
-@pytest.fixture
-def make_params(params_raw) -> Callable[..., Params]:
-    """make_params({"sources": {...}, "datasets": {"mnist": {...}}}) -> validated Params.
+@pytest.fixture(scope="session")
+def reference_raw() -> dict:
+    """reference.yaml as committed; copy it before changing it (make_params does)."""
+    return isolation.committed_reference()
 
-    Nested mappings merge into the committed params; anything else replaces.
+
+@pytest.fixture
+def make_params(params_raw, reference_raw) -> Callable[..., Params]:
+    """make_params({"sources": {...}, "datasets": {"mnist": {...}}, "lab": {...}}) -> validated Params.
+
+    Nested mappings merge into the committed params, or into the committed reference data for
+    reference.yaml's sections (lab, recipes, check); anything else replaces.
     """
     def make(overrides: dict | None = None) -> Params:
-        return parse(_merge(copy.deepcopy(params_raw), copy.deepcopy(overrides or {})))
+        over = copy.deepcopy(overrides or {})
+        ref_over = {k: over.pop(k) for k in REFERENCE_KEYS if k in over}
+        return parse(_merge(copy.deepcopy(params_raw), over), _merge(copy.deepcopy(reference_raw), ref_over))
     return make
 
 

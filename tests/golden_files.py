@@ -6,7 +6,7 @@ commit):
 
     python tests/golden_files.py <root of a finished tiny run>
 
-It copies the run's params, every `data/prepared/*/{meta.json,sizes.csv}`, `metrics/` and every CSV
+It copies the run's params.yaml and reference.yaml, every `data/prepared/*/{meta.json,sizes.csv}`, `metrics/` and every CSV
 under `results/` into tests/golden/workspace, replaces each figure by a tiny PNG of its own (the
 report only inlines figure bytes), writes the report built from that workspace, and records the
 digests of the run's metrics files for tests/test_pipeline.py.
@@ -100,7 +100,8 @@ def _copy_inputs(run: Path) -> None:
     if WORKSPACE.exists():
         shutil.rmtree(WORKSPACE)
     WORKSPACE.mkdir(parents=True)
-    shutil.copy(run / "params.yaml", WORKSPACE / "params.yaml")
+    for name in ("params.yaml", "reference.yaml"):
+        shutil.copy(run / name, WORKSPACE / name)
     for f in sorted((run / "data" / "prepared").glob("*/*")):
         if f.name in ("meta.json", "sizes.csv"):
             dst = WORKSPACE / f.relative_to(run)

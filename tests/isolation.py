@@ -1,10 +1,10 @@
 """What the tests build their params and subprocesses from, instead of the checkout's state.
 
-Params come from the committed params.yaml (`git show HEAD:params.yaml`), never from the working
-file: `make run` rewrites `protocol:` there and a user may edit any value, while the committed
-file is the one the code was reviewed and tested with. A copy under tests/ would be a second file
-to keep in step with it by hand. An uncommitted params.yaml change is therefore tested once it is
-committed (commit it, or run the tests in a scratch clone)."""
+Params come from the committed params.yaml and reference.yaml (`git show HEAD:params.yaml`), never
+from the working files: `make run` rewrites `protocol:` in params.yaml and a user may edit any value,
+while the committed files are the ones the code was reviewed and tested with. A copy under tests/
+would be a second file to keep in step with them by hand. An uncommitted change to either is
+therefore tested once it is committed (commit it, or run the tests in a scratch clone)."""
 from __future__ import annotations
 
 import copy
@@ -19,23 +19,36 @@ REPO = Path(__file__).resolve().parents[1]
 NETGUARD = Path(__file__).resolve().parent / "netguard"  # its sitecustomize.py guards subprocesses
 
 
+PARAMS_FILES = ("params.yaml", "reference.yaml")   # the knobs, and what the results are judged against
+
+
 @functools.lru_cache(maxsize=None)
-def committed_params_text() -> str:
-    r = subprocess.run(["git", "show", "HEAD:params.yaml"], cwd=REPO, capture_output=True, text=True)
+def committed_text(name: str) -> str:
+    """One of PARAMS_FILES as committed."""
+    r = subprocess.run(["git", "show", f"HEAD:{name}"], cwd=REPO, capture_output=True, text=True)
     if r.returncode != 0:
-        raise RuntimeError(f"the tests read params.yaml as committed (git show HEAD:params.yaml in {REPO}): "
+        raise RuntimeError(f"the tests read {name} as committed (git show HEAD:{name} in {REPO}): "
                            f"{r.stderr.strip()}")
     return r.stdout
 
 
+def committed_params_text() -> str:
+    return committed_text("params.yaml")
+
+
 def committed_params() -> dict:
     """A fresh copy of the committed params.yaml, to change at will."""
-    return copy.deepcopy(_parsed())
+    return copy.deepcopy(_parsed("params.yaml"))
+
+
+def committed_reference() -> dict:
+    """A fresh copy of the committed reference.yaml, to change at will."""
+    return copy.deepcopy(_parsed("reference.yaml"))
 
 
 @functools.lru_cache(maxsize=None)
-def _parsed() -> dict:
-    return yaml.safe_load(committed_params_text())
+def _parsed(name: str) -> dict:
+    return yaml.safe_load(committed_text(name))
 
 
 def pythonpath(*extra) -> str:
@@ -44,7 +57,7 @@ def pythonpath(*extra) -> str:
 
 
 def copy_checkout(dst: Path, skip=("dvc.lock",), skip_prefixes: tuple[str, ...] = ()) -> None:
-    """The checkout's files (tracked and untracked, not ignored) into dst, params.yaml as committed."""
+    """The checkout's files (tracked and untracked, not ignored) into dst, PARAMS_FILES as committed."""
     import shutil
 
     files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
@@ -53,4 +66,5 @@ def copy_checkout(dst: Path, skip=("dvc.lock",), skip_prefixes: tuple[str, ...] 
         if f and f not in skip and not f.startswith(skip_prefixes) and (REPO / f).is_file():
             (dst / f).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(REPO / f, dst / f)
-    (dst / "params.yaml").write_text(committed_params_text())
+    for name in PARAMS_FILES:
+        (dst / name).write_text(committed_text(name))

@@ -1,9 +1,11 @@
-"""`python -m pipelines.check_params` as CI runs it: a fresh clone of a scratch repository (tiny
+"""`python -m pipelines.cli.check` as CI runs it: a fresh clone of a scratch repository (tiny
 profile, cheap chain reproduced and committed on `main`), one branch per params change, judged
 against origin/main. Each judged branch reruns tl_svm's chain in a temporary clone (~40 s)."""
 from __future__ import annotations
 
+import json
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -12,8 +14,10 @@ import yaml
 
 import isolation
 import scratch_repo
-from pipelines.check_params import judge
-from pipelines.config import Check
+from pipelines import config
+from pipelines.errors import ParamsError
+from pipelines.gate.verdict import judge, load_gate
+from pipelines.reference import Check
 from scratch_repo import FASHION, git, sh
 
 needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (.ci/setup installs it)")
@@ -26,19 +30,27 @@ def base(tmp_path_factory) -> Path:
     return scratch_repo.tiny_base(tmp_path_factory)
 
 
-def _branch(base: Path, tmp_path: Path, name: str, edit, message: str | None = None) -> Path:
+def _edit_yaml(path: Path, edit) -> None:
+    p = yaml.safe_load(path.read_text())
+    edit(p)
+    path.write_text(yaml.safe_dump(p, sort_keys=False))
+
+
+def _branch(base: Path, tmp_path: Path, name: str, edit, message: str | None = None, ref_edit=None) -> Path:
+    """A clone of base on a new branch whose one commit applies edit to params.yaml (and ref_edit
+    to reference.yaml)."""
     ws = tmp_path / name
     git(["clone", "-q", str(base), str(ws)], tmp_path)
     git(["checkout", "-q", "-b", name], ws)
-    p = yaml.safe_load((ws / "params.yaml").read_text())
-    edit(p)
-    (ws / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    _edit_yaml(ws / "params.yaml", edit)
+    if ref_edit:
+        _edit_yaml(ws / "reference.yaml", ref_edit)
     git(["commit", "-qam", message or name], ws)
     return ws
 
 
 def _check(ws: Path, summary: Path):
-    r = sh([sys.executable, "-m", "pipelines.check_params", "--base", "origin/main", "--summary", str(summary)],
+    r = sh([sys.executable, "-m", "pipelines.cli.check", "--base", "origin/main", "--summary", str(summary)],
            ws, ok=False, timeout=900)
     return r, set(re.findall(r"Running stage '([^']+)'", r.stderr))
 
@@ -116,14 +128,13 @@ def test_invalid_params_fail_with_the_one_line_error_and_rerun_nothing(base, tmp
 def test_a_pull_request_cannot_loosen_its_own_gate(base, tmp_path):
     # The branch regresses (C=1e-6, as above) and widens the tolerance in the same commit: the
     # base's gate (1 pp) is the one applied.
-    def edit(p):
-        _svm_c(1e-6)(p)
-        p["check"]["tolerance_pp"] = 100.0
+    def loosen(ref):
+        ref["check"]["tolerance_pp"] = 100.0
 
-    ws = _branch(base, tmp_path, "loosen", edit)
+    ws = _branch(base, tmp_path, "loosen", _svm_c(1e-6), ref_edit=loosen)
     r, _ = _check(ws, tmp_path / "summary.md")
     assert r.returncode == 1, r.stdout + r.stderr[-3000:]
-    assert "Gate (from the base's params.yaml): no drop beyond 1 pp" in r.stdout
+    assert "Gate (from the base's reference.yaml): no drop beyond 1 pp" in r.stdout
     assert re.search(re.escape(GATED) + r" dropped [\d.]+ pp .*beyond the 1 pp tolerance", r.stdout), r.stdout
 
 
@@ -162,7 +173,7 @@ def test_a_full_size_base_is_reproduced_on_the_tiny_profile_first(full_size_base
 def test_an_unknown_base_exits_2(full_size_base, tmp_path):
     ws = tmp_path / "clone"
     git(["clone", "-q", str(full_size_base), str(ws)], tmp_path)
-    r = sh([sys.executable, "-m", "pipelines.check_params", "--base", "no-such-branch"], ws, ok=False, timeout=120)
+    r = sh([sys.executable, "-m", "pipelines.cli.check", "--base", "no-such-branch"], ws, ok=False, timeout=120)
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1] == "error: --base 'no-such-branch' is not a commit here (CI: fetch with fetch-depth: 0)"
     assert r.stdout == ""
@@ -175,4 +186,66 @@ def test_a_gated_metric_that_goes_missing_fails():
     assert failures[0] == f"{GATED} is missing after the rerun"
     assert rows == [(GATED, 66.67, None, None, "FAIL")]
     # A gated file that no stage writes any more fails too, by name.
-    assert failures[1] == "metrics/gone/evaluate.json:accuracy: no stage writes metrics/gone/evaluate.json (fix params.yaml check.metrics)"
+    assert failures[1] == "metrics/gone/evaluate.json:accuracy: no stage writes metrics/gone/evaluate.json (fix reference.yaml check.metrics)"
+
+
+def _repo_with_reference(root: Path, ref: dict) -> str:
+    root.mkdir()
+    (root / "reference.yaml").write_text(yaml.safe_dump(ref, sort_keys=False))
+    git(["init", "-q", "-b", "main"], root)
+    git(["add", "-A"], root)
+    git(["commit", "-qm", "base"], root)
+    return git(["rev-parse", "HEAD"], root).stdout.strip()
+
+
+def test_the_base_gate_applies_and_a_broken_one_is_invalid(make_params, reference_raw, tmp_path):
+    head = make_params({"check": {"tolerance_pp": 100.0}})   # the head loosens its own gate
+    sha = _repo_with_reference(tmp_path / "base", reference_raw)
+    gate, where = load_gate(tmp_path / "base", sha, head)
+    assert (gate, where) == (Check.model_validate(reference_raw["check"]), "the base's reference.yaml")
+    assert gate.tolerance_pp != 100.0
+    # A base without reference data leaves the head's gate in force.
+    sha = _repo_with_reference(tmp_path / "bare", {})
+    assert load_gate(tmp_path / "bare", sha, head) == (head.check, "reference.yaml")
+    # A broken gate on the base is one line naming it, never a pass.
+    broken = {**reference_raw, "check": {**reference_raw["check"], "tolerance_pp": -1.0}}
+    sha = _repo_with_reference(tmp_path / "broken", broken)
+    with pytest.raises(ParamsError) as info:
+        load_gate(tmp_path / "broken", sha, head)
+    assert str(info.value) == ("base reference.yaml: check.tolerance_pp = -1.0: "
+                               "Input should be greater than or equal to 0")
+
+
+def test_only_the_report_declares_reference_data():
+    """Editing reference.yaml reruns only what prints it: DVC's own reading of dvc.yaml."""
+    from dvc.repo import Repo
+
+    with Repo(str(isolation.REPO)) as repo:
+        declared = {s.name: sorted(k for d in s.deps if hasattr(d, "params") and d.def_path == "reference.yaml"
+                                   for k in d.params) for s in repo.index.stages}
+    assert {s: k for s, k in declared.items() if k} == {"report": ["lab", "recipes"]}
+    # ... and every section the report reads is declared there.
+    assert set(config.REFERENCE_KEYS) - {"check"} == {"lab", "recipes"}
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_editing_the_lab_numbers_leaves_the_reproduced_stages_up_to_date(base, tmp_path):
+    """`dvc status` in a copy of the reproduced base, its outputs and DVC cache included."""
+    ws = tmp_path / "ws"
+    shutil.copytree(base, ws, symlinks=True)
+    chain = {"download@transfer", "preprocess@transfer", "train@tl_svm", "evaluate@tl_svm", "embed@tl_svm"}
+
+    def stale() -> set[str]:
+        return set(json.loads(sh(["dvc", "status", "--json"], ws).stdout or "{}"))
+
+    assert not chain & stale()
+
+    def lab(ref):
+        ref["lab"]["tl_svm"]["val_acc"] = 12.5
+
+    _edit_yaml(ws / "reference.yaml", lab)
+    assert not chain & stale()
+    # The same check sees a params change: the test can fail.
+    _edit_yaml(ws / "params.yaml", _svm_c(0.5))
+    assert {"train@tl_svm", "evaluate@tl_svm", "embed@tl_svm"} <= stale()

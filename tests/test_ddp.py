@@ -22,7 +22,7 @@ TOLERANCE_PP = 3.0
 def test_two_process_ddp_matches_single_process(tmp_path, params_raw):
     p = json.loads(json.dumps(params_raw))
     p["variants"] = {"mnist_cnn": {**p["variants"]["mnist_cnn"], "epochs": 2, "batch_size": 64}}
-    p["lab"], p["recipes"], p["replicates"] = {}, {}, None
+    p["replicates"] = None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     write_prepared(tmp_path / "data", n_train=1024, n_val=256)
     env = {**os.environ, "PYTHONPATH": isolation.pythonpath(REPO), "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/mlflow.db",

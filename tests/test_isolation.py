@@ -1,7 +1,7 @@
 """The tests are isolated from the checkout they run in: the network guard refuses and reports
 connections beyond loopback (in this process and in the processes it starts), and the key
-fixtures give the same verdicts in a checkout whose params.yaml says `protocol: seed`, whose
-workspace holds mlflow.db, data/ and reports/, and whose shell sets MLFLOW_* and DVC_* variables."""
+fixtures give the same verdicts in a checkout whose params.yaml says `protocol: seed` (and whose
+reference.yaml holds other numbers than committed), whose workspace holds mlflow.db, data/ and reports/, and whose shell sets MLFLOW_* and DVC_* variables."""
 from __future__ import annotations
 
 import os
@@ -60,6 +60,12 @@ def test_params_fixture_is_the_committed_file(params_raw):
     assert params_raw == yaml.safe_load(committed)
 
 
+def test_reference_fixture_is_the_committed_file(reference_raw):
+    committed = subprocess.run(["git", "show", "HEAD:reference.yaml"], cwd=isolation.REPO, capture_output=True,
+                               text=True, check=True).stdout
+    assert reference_raw == yaml.safe_load(committed)
+
+
 # The test files that use the key fixtures (params_raw, make_params, test_report's _params, the
 # download server) and the stage CLIs; their fast tests run in the polluted clone.
 KEY_TESTS = ["tests/test_report.py", "tests/test_main.py", "tests/test_download.py",
@@ -81,6 +87,9 @@ def test_fast_tests_pass_in_a_polluted_checkout_under_the_seed_protocol(tmp_path
     # After `make run`: a working params.yaml edited again, and the workspace's outputs.
     p["variants"]["tl_svm"]["svm_c"] = 0.25
     (clone / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
+    ref = isolation.committed_reference()
+    ref["lab"]["tl_svm"]["val_acc"] = 12.5   # test_report checks the committed lab numbers
+    (clone / "reference.yaml").write_text(yaml.safe_dump(ref, sort_keys=False))
     (clone / "mlflow.db").write_bytes(b"not a database")
     for d in ("data/raw/mnist", "data/prepared/mnist", "reports", "metrics/mnist_cnn"):
         (clone / d).mkdir(parents=True)

@@ -60,7 +60,7 @@ def trained(tmp_path_factory, params_raw):
     raw["tracking"].update(experiment="model-tests", system_metrics_interval_s=0.5)
     raw["variants"] = {"mnist_cnn": {**raw["variants"]["mnist_cnn"], "epochs": 2, "batch_size": 32},
                        "mnist_cnn_small": {**raw["variants"]["mnist_cnn_small"], "epochs": 1, "batch_size": 32}}
-    raw["lab"], raw["recipes"], raw["replicates"] = {}, {}, None
+    raw["replicates"] = None
     (root / "params.yaml").write_text(json.dumps(raw))
     params = parse(raw)
     data = root / "data/prepared/mnist"

@@ -1,7 +1,8 @@
-"""params.yaml mutations: each must stop a stage with one line naming the key, before any output.
+"""params.yaml and reference.yaml mutations: each must stop a stage with one line naming the file and
+the key, before any output.
 
-The table starts from the repository's real params.yaml, so a new setting or a loosened bound
-shows up here rather than as a half-written results folder.
+The table starts from the repository's real params.yaml and reference.yaml, so a new setting or a
+loosened bound shows up here rather than as a half-written results folder.
 """
 from __future__ import annotations
 
@@ -53,6 +54,9 @@ def several(*edits: Callable[[dict], dict]) -> Callable[[dict], dict]:
     return edit
 
 
+PARAMS, REF = "params.yaml", "reference.yaml"
+
+
 @dataclass
 class Case:
     id: str
@@ -60,6 +64,9 @@ class Case:
     edit: Optional[Callable] = None   # mutates a copy of the parsed params.yaml
     text: Optional[str] = None        # or: the whole file, for YAML-level breakage
     value: Optional[str] = None       # the bad value, where the message should quote it
+    file: str = PARAMS                # the file the message must start with
+    ref_edit: Optional[Callable] = None   # mutates a copy of the parsed reference.yaml
+    ref_text: Optional[str] = None        # or: the whole reference.yaml
 
 
 V = "variants.mnist_cnn"
@@ -130,16 +137,32 @@ CASES = [
     Case("urls-not-list", "hymenoptera_urls", setin("sources.hymenoptera_urls", "https://x.org/")),
     Case("sha256-not-hex", "hymenoptera_sha256", setin("sources.hymenoptera_sha256", "z" * 64)),
     Case("sha256-short", "hymenoptera_sha256", setin("sources.hymenoptera_sha256", "ab" * 8)),
-    Case("lab-unknown-variant", "lab.mnist_cnnn", setin("lab.mnist_cnnn", {"val_acc": 1.0})),
-    Case("lab-unknown-key", "lab.mnist_cnn.acc", setin("lab.mnist_cnn", {"acc": 1.0})),
-    Case("recipe-unknown-variant", "recipes.mnist_cnn_pls", setin("recipes.mnist_cnn_pls", {"baseline": "mnist_cnn"})),
+    Case("lab-unknown-variant", "lab.mnist_cnnn", ref_edit=setin("lab.mnist_cnnn", {"val_acc": 1.0}), file=REF),
+    Case("lab-unknown-key", "lab.mnist_cnn.acc", ref_edit=setin("lab.mnist_cnn", {"acc": 1.0}), file=REF),
+    Case("lab-value-string", "lab.tl_svm.val_acc", ref_edit=setin("lab.tl_svm.val_acc", "90.5"), value="90.5", file=REF),
+    Case("recipe-unknown-variant", "recipes.mnist_cnn_pls",
+         ref_edit=setin("recipes.mnist_cnn_pls", {"baseline": "mnist_cnn"}), file=REF),
     Case("recipe-unknown-baseline", "recipes.mnist_cnn_plus.baseline",
-         setin("recipes.mnist_cnn_plus.baseline", "mnist_cn"), value="mnist_cn"),
-    Case("recipe-other-budget", "recipes.mnist_cnn_plus", setin("variants.mnist_cnn_plus.epochs", 20), value="20"),
-    Case("recipe-other-model", "recipes.cifar_alexnet_plus", setin("recipes.cifar_alexnet_plus.baseline", "mnist_cnn")),
+         ref_edit=setin("recipes.mnist_cnn_plus.baseline", "mnist_cn"), value="mnist_cn", file=REF),
+    # A params.yaml edit that breaks a recipe's promise (same budget as its baseline) is named by the
+    # reference.yaml entry that makes the promise.
+    Case("recipe-other-budget", "recipes.mnist_cnn_plus", setin("variants.mnist_cnn_plus.epochs", 20), value="20",
+         file=REF),
+    Case("recipe-other-model", "recipes.cifar_alexnet_plus",
+         ref_edit=setin("recipes.cifar_alexnet_plus.baseline", "mnist_cnn"), file=REF),
     Case("recipe-target-protocol", "recipes.mnist_cnn_plus.target.online",
-         setin("recipes.mnist_cnn_plus.target", {"online": 93.5}), value="online"),
-    Case("recipe-target-over-100", "target", setin("recipes.mnist_cnn_plus.target.offline", 101.0)),
+         ref_edit=setin("recipes.mnist_cnn_plus.target", {"online": 93.5}), value="online", file=REF),
+    Case("recipe-target-over-100", "target", ref_edit=setin("recipes.mnist_cnn_plus.target.offline", 101.0), file=REF),
+    Case("check-tolerance-negative", "check.tolerance_pp", ref_edit=setin("check.tolerance_pp", -1.0), file=REF),
+    Case("check-metric-not-file-key", "check.metrics.0", ref_edit=setin("check.metrics", ["accuracy"]),
+         value="accuracy", file=REF),
+    Case("reference-unknown-section", "labs", ref_edit=setin("labs", {}), file=REF),
+    Case("reference-yaml-syntax-error", REF, ref_text="lab: {mnist_cnn: [\n", file=REF),
+    Case("reference-duplicate-key", "'tl_svm'", ref_text="lab:\n  tl_svm: {val_acc: 1.0}\n  tl_svm: {val_acc: 2.0}\n",
+         file=REF),
+    Case("reference-top-level-list", REF, ref_text="- lab: {}\n", file=REF),
+    # Reference data left among the knobs is sent to its file.
+    Case("lab-in-params", "'lab' is reference data", setin("lab", {"tl_svm": {"val_acc": 90.5}}), value=REF),
     Case("yaml-syntax-error", "params.yaml", text="seed: 42\nvariants: {mnist_cnn: [\n  epochs: 3\n"),
     Case("yaml-tab-indent", "params.yaml", text="seed: 42\ntracking:\n\texperiment: x\n"),
     Case("empty-file", "params.yaml", text=""),
@@ -160,12 +183,21 @@ def test_offline_classes_are_two_distinct_fashion_mnist_classes(make_params, cla
 def mutated_text(case: Case, params_raw: dict) -> str:
     if case.text is not None:
         return case.text
-    return yaml.safe_dump(case.edit(copy.deepcopy(params_raw)), sort_keys=False)
+    return yaml.safe_dump((case.edit or (lambda r: r))(copy.deepcopy(params_raw)), sort_keys=False)
+
+
+def write_mutated(case: Case, params_raw: dict, reference_raw: dict, folder: Path) -> None:
+    """params.yaml and reference.yaml into folder, one of them (or both) mutated by case."""
+    (folder / PARAMS).write_text(mutated_text(case, params_raw))
+    ref = case.ref_text
+    if ref is None:
+        ref = yaml.safe_dump((case.ref_edit or (lambda r: r))(copy.deepcopy(reference_raw)), sort_keys=False)
+    (folder / REF).write_text(ref)
 
 
 def assert_one_line_naming(msg: str, case: Case) -> None:
     assert "\n" not in msg and "\r" not in msg, msg
-    assert msg.startswith("params.yaml"), msg
+    assert msg.startswith(case.file), msg
     assert case.names in msg, f"{case.names!r} not named in: {msg}"
     if case.value is not None:
         assert case.value in msg, f"value {case.value!r} not quoted in: {msg}"
@@ -173,14 +205,27 @@ def assert_one_line_naming(msg: str, case: Case) -> None:
 
 def test_the_real_params_file_is_valid(tmp_path):
     # Guards the table: every rejection below is then due to its mutation alone.
-    (tmp_path / "params.yaml").write_text(isolation.committed_params_text())
+    for name in (PARAMS, REF):
+        (tmp_path / name).write_text(isolation.committed_text(name))
     p = config.load(tmp_path / "params.yaml")
+    assert "mnist_cnn" in p.variants
+    # The reference data is reachable from the params, as read from reference.yaml beside them.
+    ref = yaml.safe_load(isolation.committed_text(REF))
+    assert p.lab["tl_svm"].val_acc == ref["lab"]["tl_svm"]["val_acc"]
+    assert p.recipes["mnist_cnn_plus"].baseline == ref["recipes"]["mnist_cnn_plus"]["baseline"]
+    assert p.check.metrics == ref["check"]["metrics"]
+
+
+def test_without_reference_file_there_is_no_reference_data(tmp_path):
+    (tmp_path / PARAMS).write_text(isolation.committed_params_text())
+    p = config.load(tmp_path / PARAMS)
+    assert (p.lab, p.recipes, p.check) == ({}, {}, None)
     assert "mnist_cnn" in p.variants
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
-def test_mutation_is_rejected_in_one_line(case, params_raw, tmp_path, monkeypatch):
-    (tmp_path / "params.yaml").write_text(mutated_text(case, params_raw))
+def test_mutation_is_rejected_in_one_line(case, params_raw, reference_raw, tmp_path, monkeypatch):
+    write_mutated(case, params_raw, reference_raw, tmp_path)
     # Stages read ./params.yaml, so load it the same way: the message names it as they would.
     monkeypatch.chdir(tmp_path)
     with pytest.raises(errors.ParamsError) as info:
@@ -197,7 +242,8 @@ def test_missing_file_names_it(tmp_path, monkeypatch):
 
 # ------------------------------------------------------------------ through the stage command
 STAGE_SAMPLE = ["epochs-string", "lr-nan", "unknown-variant-key", "missing-sources",
-                "variant-not-mapping", "svm-without-pretrained", "yaml-syntax-error", "empty-file"]
+                "variant-not-mapping", "svm-without-pretrained", "yaml-syntax-error", "empty-file",
+                "lab-unknown-variant"]
 
 
 def _stage_layout(tmp_path: Path) -> tuple[list[str], dict[Path, bytes]]:
@@ -222,7 +268,7 @@ def _stage_layout(tmp_path: Path) -> tuple[list[str], dict[Path, bytes]]:
 def _assert_untouched(tmp_path: Path, before: dict[Path, bytes]) -> None:
     for path, content in before.items():
         assert path.read_bytes() == content, f"{path} was changed"
-    produced = {p for p in tmp_path.rglob("*") if p.is_file()} - set(before) - {tmp_path / "params.yaml"}
+    produced = {p for p in tmp_path.rglob("*") if p.is_file()} - set(before) - {tmp_path / PARAMS, tmp_path / REF}
     assert not produced, f"files written despite invalid params: {sorted(map(str, produced))}"
 
 
@@ -234,11 +280,11 @@ def _stage_error_line(stderr: str) -> str:
 
 
 @pytest.mark.parametrize("case_id", STAGE_SAMPLE)
-def test_train_stage_refuses_before_writing(case_id, params_raw, tmp_path, monkeypatch, capsys):
+def test_train_stage_refuses_before_writing(case_id, params_raw, reference_raw, tmp_path, monkeypatch, capsys):
     from pipelines.train.stage import train
 
     case = next(c for c in CASES if c.id == case_id)
-    (tmp_path / "params.yaml").write_text(mutated_text(case, params_raw))
+    write_mutated(case, params_raw, reference_raw, tmp_path)
     argv, before = _stage_layout(tmp_path)
     monkeypatch.chdir(tmp_path)
     # Should validation ever let one through, the run must not land in the repository's store.

@@ -44,7 +44,7 @@ def _params(extra: dict | None = None, protocol: str = "offline") -> config.Para
     raw["protocol"] = protocol
     raw["variants"].update(extra or {})
     raw["replicates"]["seeds"] = list(REPLICATE_OFFSETS)   # the seeds these tests write, whatever the checkout runs
-    return config.parse(raw)
+    return config.parse(raw, isolation.committed_reference())
 
 
 def _png(colour) -> bytes:

@@ -39,7 +39,6 @@ def write_prepared(folder: Path, n_train=1500, n_val=200, size=28, seed=0):
 def workdir(tmp_path, params_raw):
     p = json.loads(json.dumps(params_raw))
     p["variants"] = {"mnist_cnn": {**p["variants"]["mnist_cnn"], "epochs": 3, "batch_size": 32}}
-    p["lab"], p["recipes"] = {}, {}
     p["replicates"] = None
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(p))
     write_prepared(tmp_path / "data")
@@ -119,7 +118,7 @@ def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, par
     p["variants"] = {"short": {**base, "epochs": 2, "save_state": True},
                      "longer": {**base, "epochs": 4, "save_state": False, "start": "models/short/state.pt"},
                      "straight": {**base, "epochs": 4, "save_state": False}}
-    p["lab"], p["recipes"], p["replicates"], p["precision"] = {}, {}, None, "fp32"
+    p["replicates"], p["precision"] = None, "fp32"
     params = config.parse(p)
     write_prepared(tmp_path / "data", n_train=300, n_val=100)
     monkeypatch.chdir(tmp_path)  # `start` is a path relative to the repository root, as DVC runs it
