@@ -20,7 +20,6 @@ SOURCE_TITLES = {
     "cifar10": "CIFAR-10",
     "hymenoptera": "ants vs bees",
 }
-BACKBONE_TITLES = {"resnet18": "ResNet-18", "efficientnet_lite0": "EfficientNet-Lite0"}
 
 # What the lab's report says in prose (quoted from the lab's written report); params.yaml `lab:` holds only the
 # numbers that sit in comparison tables.

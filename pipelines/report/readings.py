@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pipelines.train import diagnosis
 from pipelines.config import Params
+from pipelines.networks.backbones import BACKBONES
 from pipelines.report.doc import Document, Inputs
-from pipelines.report.lab import BACKBONE_TITLES, SOURCE_TITLES
+from pipelines.report.lab import SOURCE_TITLES
 from pipelines.report.load import Data, Results, is_kind
+from pipelines.train import diagnosis
+
+
+def backbone_title(name: str) -> str:
+    """A backbone's name as the report prints it (the registry's title; the key when unknown)."""
+    return BACKBONES[name].title if name in BACKBONES else name
 
 
 def data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool]:
@@ -17,7 +23,7 @@ def data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool]
     lab = SOURCE_TITLES.get(ds.seed, ds.seed)
     lab_backbone = ds.backbone_seed
     if lab_backbone:
-        lab += f"; backbone {BACKBONE_TITLES.get(lab_backbone, lab_backbone)} (ImageNet)"
+        lab += f"; backbone {backbone_title(lab_backbone)} (ImageNet)"
     if data.meta is None:
         return "not prepared", lab, False
     meta = data.meta
@@ -31,7 +37,7 @@ def data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool]
     used += _own_folder(meta.get("folder"))
     backbone = meta["backbone"].get("name") if isinstance(meta.get("backbone"), dict) else None
     if backbone:
-        used += f"; backbone {BACKBONE_TITLES.get(backbone, backbone)} (ImageNet)"
+        used += f"; backbone {backbone_title(backbone)} (ImageNet)"
     same = meta["source"] == ds.seed and (lab_backbone is None or backbone == lab_backbone)
     return used, lab, same
 
