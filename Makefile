@@ -38,6 +38,12 @@ BENCH_ARGS ?=
 benchmark:
 	$(PY) -m benchmarks.compare $(BENCH_ARGS)
 
+# fp32 against bf16 autocast over seeds (the lab's Simple CNN and AlexNet recipes, 3 seeds each, about
+# 75 min on 2 cores); PRECISION_ARGS="--variants mnist_cnn" for the Simple CNN alone.
+PRECISION_ARGS ?=
+precision:
+	$(PY) -m benchmarks.precision $(PRECISION_ARGS)
+
 # The offline protocol's training and evaluation on a CUDA GPU, timed (README "GPU check"); without
 # a GPU, the same code on the CPU on tiny data. Writes benchmarks/results-<date>-cuda.json and .md.
 gpu-check:
