@@ -2,10 +2,11 @@
 beside the lab's, the transfer verdicts, the whole-run time) and the data each part used."""
 from __future__ import annotations
 
+from pipelines import io
 from pipelines.report.doc import Document, Inputs
 from pipelines.report.fmt import finite, mean_cell, pct, pp
 from pipelines.report.lab import ALEXNET, SIMPLE_CNN, TL_OPTIONS
-from pipelines.report.load import git_commit, is_kind, load_replicates
+from pipelines.report.load import is_kind, load_replicates
 from pipelines.report.readings import accuracy, data_used, lab_baseline
 from pipelines.report.timing import run_time
 
@@ -13,7 +14,7 @@ from pipelines.report.timing import run_time
 def section(doc: Document, src: Inputs) -> None:
     """Title, run facts and summary; the contents go after the summary (`doc.contents_at`), then the data used."""
     params = src.params
-    commit = git_commit(doc.root)
+    commit = io.git_commit(doc.root, short=True)
     doc.heading(1, "Image classification, CNN architectures, transfer learning: the lab reproduced")
     doc.add(f"- Protocol: **{params.protocol}**"
             + (" (packaged offline data instead of the lab's downloads)" if params.protocol == "offline" else ""),

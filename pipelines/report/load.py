@@ -14,7 +14,6 @@ from typing import Optional
 import numpy as np
 from pydantic import ValidationError
 
-from pipelines import io
 from pipelines.config import Params
 from pipelines.io import read_csv, read_json
 from pipelines.outputs import (TEST_PREDICTIONS, EmbedMetrics, EvaluateMetrics, HistoryRow, Meta, Output, ParamsRow,
@@ -208,7 +207,3 @@ def load_test_predictions(root: Path, params: Params, variant: str) -> dict[int,
             raise ReportError(f"{path}: index column is not 0..{len(rows) - 1} in order")
         out[seed] = (path, np.array([row["label"] for row in rows]), np.array([row["pred"] for row in rows]))
     return out
-
-
-def git_commit(root: Path) -> Optional[str]:
-    return io.git_commit(root, short=True)

@@ -29,10 +29,6 @@ from pipelines.tracking.registry import log_pyfunc
 from pipelines.tracking.store import REPO, artifact_location, check_reachable, store_lock, tracking_uri
 
 
-def git_commit() -> str:
-    return io.git_commit(REPO, mark_dirty=True) or "unknown"
-
-
 class _Terminated(BaseException):
     """Raised from the SIGTERM handler so the run is closed as KILLED instead of left RUNNING."""
 
@@ -114,7 +110,7 @@ class Run:
         """Start the run(s) this stage logs to and return the active one (see the class docstring)."""
         parent_id = self._parent_run_id(mlflow)
         tags = {
-            "git_commit": git_commit(),
+            "git_commit": io.git_commit(REPO, mark_dirty=True) or "unknown",
             "protocol": self.params.protocol,
             "dvc_stage": f"{self.stage}@{self.name}" if self.stage != "report" else "report",
             **self.extra_tags,
