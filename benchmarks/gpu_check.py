@@ -29,8 +29,7 @@ from typing import Optional
 import torch
 import yaml
 
-from benchmarks import roofline
-from pipelines import config, io, models
+from pipelines import config, hardware, io, models
 from pipelines.errors import DataError, LabError, ParamsError, one_line
 from pipelines.train import engine, setup
 from pipelines.train.recipes import recipe_for
@@ -79,18 +78,6 @@ def prepare_all(params: config.Params, raw: Path, root: Path, log) -> dict[str, 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize()
-
-
-def bf16_peak(device: torch.device, n: int) -> float:
-    """FLOP/s of an n^3 bf16 matrix product on the device (best of three timed runs)."""
-    a = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=device, dtype=torch.bfloat16)
-
-    def mm():
-        torch.mm(a, b)
-        _sync(device)
-
-    return 2 * n**3 / roofline.best_seconds(mm, 3, 0.2)
 
 
 def run_variant(params: config.Params, name: str, data_root: Path, device, precision: str, eval_batch: int,
@@ -228,7 +215,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     try:
         prep_s = prepare_all(params, a.raw, tmp, log)
-        peak = bf16_peak(device, 8192 if device.type == "cuda" else 256)
+        peak = hardware.gemm_peak("bf16", str(device), 8192 if device.type == "cuda" else 256)
         states: dict = {}
         rows = []
         for name in VARIANTS:

@@ -16,30 +16,12 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
-from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipelines import models
-
-
-def best_seconds(fn: Callable[[], object], repeats: int, min_seconds: float) -> float:
-    """The fastest of `repeats` timed calls after one warm-up, each call repeated to last min_seconds."""
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        n, t0 = 0, time.perf_counter()
-        while True:
-            fn()
-            n += 1
-            elapsed = time.perf_counter() - t0
-            if elapsed >= min_seconds:
-                break
-        best = min(best, elapsed / n)
-    return best
+from pipelines import hardware, models
 
 
 def heaviest_conv(model: nn.Module, x: torch.Tensor) -> tuple[str, nn.Conv2d, tuple, int]:
@@ -64,11 +46,8 @@ def peaks(conv_layers: dict[str, tuple[nn.Conv2d, tuple, int]], gemm_n: int = 20
     """FLOP/s of a gemm_n^3 matrix product and of each given convolution (forward, `batch` images),
     in fp32 and bf16, on torch's threads. The convolutions run channels-last, as the pipeline does."""
     out: dict = {"threads": torch.get_num_threads(), "gemm_n": gemm_n, "conv_batch": batch}
-    a, b = torch.randn(gemm_n, gemm_n), torch.randn(gemm_n, gemm_n)
-    for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        aa, bb = a.to(dtype), b.to(dtype)
-        s = best_seconds(lambda: torch.mm(aa, bb), repeats, min_seconds)
-        out[f"gemm_{prec}_flops"] = 2 * gemm_n**3 / s
+    for prec in ("fp32", "bf16"):
+        out[f"gemm_{prec}_flops"] = hardware.gemm_peak(prec, "cpu", gemm_n, repeats, min_seconds)
     for key, (conv, shape, flops) in conv_layers.items():
         x = torch.randn(batch, *shape).contiguous(memory_format=torch.channels_last)
         w = conv.weight.detach().contiguous(memory_format=torch.channels_last)
@@ -76,7 +55,7 @@ def peaks(conv_layers: dict[str, tuple[nn.Conv2d, tuple, int]], gemm_n: int = 20
         for prec, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
             xx, ww = x.to(dtype), w.to(dtype)
             bb = bias.to(dtype) if bias is not None else None
-            s = best_seconds(lambda: F.conv2d(xx, ww, bb, conv.stride, conv.padding), repeats, min_seconds)
+            s = hardware.best_seconds(lambda: F.conv2d(xx, ww, bb, conv.stride, conv.padding), repeats, min_seconds)
             out[f"conv_{key}_{prec}_flops"] = flops * batch / s
         out[f"conv_{key}_shape"] = (f"{conv.in_channels}->{conv.out_channels}, {conv.kernel_size[0]}x"
                                     f"{conv.kernel_size[1]}/{conv.stride[0]} on {shape[1]}x{shape[2]}")

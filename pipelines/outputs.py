@@ -162,6 +162,15 @@ class TrainMetrics(Output):
     train_seconds_here: Optional[float] = Field(None, description="training time of the epochs trained by this stage")
     train_seconds: Optional[float] = Field(None, description="training time of every epoch, reused ones included")
     train_img_per_s: Optional[float] = Field(None, description="training throughput")
+    peak_gflop_per_s: Optional[float] = Field(
+        None, description="the device's measured peak in `precision`: a 2048^3 matrix product (8192^3 on a GPU), "
+        "timed on every thread just before training")
+    train_gflop_per_s: Optional[float] = Field(
+        None, description="training arithmetic achieved: `flops_per_image` x img/s, x3 for a gradient step")
+    train_pct_of_peak: Optional[float] = Field(None, description="`train_gflop_per_s` as % of `peak_gflop_per_s`")
+    floor_seconds: Optional[float] = Field(
+        None, description="this stage's arithmetic (training, each epoch's validation, the test split) at the "
+        "measured peak: the time it could not go below")
     device: Optional[str] = Field(None, description="`cpu`, `cuda`, ...")
     precision: Optional[str] = Field(None, description="`fp32`, `bf16`, ...")
     diagnosis: Optional[Diagnosis] = Field(None, description="the learning-curve verdict")

@@ -32,7 +32,7 @@ NOW = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)   # the report's "Generate
 # Keys whose values are wall-clock times, throughputs or store identities: they differ between two
 # runs of the same code on the same machine, so the digests leave them out. So does openTSNE's final
 # KL divergence: its last digits follow the threads' summation order (the map itself is identical).
-VOLATILE_SUFFIXES = ("seconds", "seconds_here", "img_per_s", "run_id", "kl_divergence")
+VOLATILE_SUFFIXES = ("seconds", "seconds_here", "img_per_s", "gflop_per_s", "pct_of_peak", "run_id", "kl_divergence")
 VOLATILE_KEYS = {"experiment_id", "tracking_uri"}
 
 

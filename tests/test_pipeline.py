@@ -182,6 +182,14 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
         _, acc, _ = engine.evaluate(model, val, 128, torch.device("cpu"), train["precision"])
         assert acc == pytest.approx(train["best_val_acc"], abs=1e-4), (v, acc, train)
         assert acc == pytest.approx(ev["accuracy"], abs=1e-4), (v, acc, ev)
+        # The arithmetic figures agree with each other: the stage's own FLOPs at the peak it measured
+        # (its floor) is less time than the stage took, and % of peak is achieved over peak.
+        assert train["peak_gflop_per_s"] > 1, (v, train["peak_gflop_per_s"])
+        svm = isolation.committed_params()["variants"][v].get("classifier") == "svm"
+        per_image = train["flops_per_image"] * (1 if svm else 3)
+        assert train["train_gflop_per_s"] == pytest.approx(per_image * train["train_img_per_s"] / 1e9)
+        assert train["train_pct_of_peak"] == pytest.approx(100 * train["train_gflop_per_s"] / train["peak_gflop_per_s"])
+        assert 0 < train["floor_seconds"] < train["seconds"], (v, train["floor_seconds"], train["seconds"])
         # Embedding quality figures lie in their ranges.
         assert emb["points"] == min(n, 60)
         for layer in ("intermediate", "final"):

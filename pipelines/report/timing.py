@@ -2,29 +2,42 @@
 evaluate, embed), as a table with shares and as the whole-run time the summary opens with."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from pipelines.report.doc import Document, Inputs
 from pipelines.report.load import Results, load_replicates
 
-TimeRow = tuple[str, float, Optional[float], Optional[float]]   # stage, seconds, img/s, achieved GFLOP/s
+class TimeRow(NamedTuple):
+    stage: str
+    seconds: float
+    img_per_s: Optional[float]
+    gflop_per_s: Optional[float]     # arithmetic achieved (training: x3 for a gradient step)
+    pct_of_peak: Optional[float]     # of the peak the train stage measured before it started
+    floor: Optional[float]           # the stage's arithmetic at that peak, in seconds
 
 
 def time_rows(name: str, r: Results) -> list[TimeRow]:
-    """(stage, seconds, img/s, achieved GFLOP/s) of one run's stages, from the metrics they wrote."""
+    """One TimeRow per stage of a run, from the metrics its stages wrote. The evaluate row is judged
+    against the peak its train stage measured: the same device, minutes apart."""
     rows = []
-    t = r.train
-    if t is not None:
+    t = r.train or {}
+    peak = t.get("peak_gflop_per_s")
+    flops = t.get("flops_per_image")
+    if r.train is not None:
         # Older metrics lack the stage's own wall time: their training seconds stand in for it.
         secs = t.get("seconds", t.get("train_seconds_here", t.get("train_seconds", 0.0)))
         ips = t.get("train_img_per_s")
-        flops = t.get("flops_per_image")
-        rows.append((f"train@{name}", secs, ips, 3 * flops * ips / 1e9 if flops and ips else None))
+        gflops = t.get("train_gflop_per_s", 3 * flops * ips / 1e9 if flops and ips else None)
+        rows.append(TimeRow(f"train@{name}", secs, ips, gflops, t.get("train_pct_of_peak"), t.get("floor_seconds")))
     if r.eval is not None and "seconds" in r.eval:
-        rows.append((f"evaluate@{name}", r.eval["seconds"], r.eval.get("img_per_s"), None))
+        ips = r.eval.get("img_per_s")
+        gflops = flops * ips / 1e9 if flops and ips else None
+        rows.append(TimeRow(f"evaluate@{name}", r.eval["seconds"], ips, gflops,
+                            100 * gflops / peak if gflops and peak else None,
+                            flops * r.eval["n"] / 1e9 / peak if flops and peak and r.eval.get("n") else None))
     if r.embed is not None and "seconds" in r.embed:
-        rows.append((f"embed@{name}", r.embed["seconds"], r.embed["points"] / r.embed["seconds"]
-                     if r.embed["seconds"] else None, None))
+        rows.append(TimeRow(f"embed@{name}", r.embed["seconds"], r.embed["points"] / r.embed["seconds"]
+                            if r.embed["seconds"] else None, None, None, None))
     return rows
 
 
@@ -42,7 +55,7 @@ def run_time(doc: Document, src: Inputs) -> Optional[str]:
     """Whole-run time as the stages recorded it in metrics/: train (with replicates), evaluate, embed."""
     kinds = {"train": "training", "evaluate": "evaluation", "embed": "embedding"}
     spent = {kind: [0.0, 0] for kind in kinds.values()}
-    for stage, sec, _, _ in stage_times(doc, src):
+    for stage, sec, *_ in stage_times(doc, src):
         if sec:  # a stage that recorded no time is not counted as one
             kind = spent[kinds[stage.split("@")[0]]]
             kind[0] += sec
@@ -63,11 +76,27 @@ def section(doc: Document, src: Inputs) -> None:
     if not rows:
         doc.not_run("no stage metrics with timings under metrics/")
         return
-    total = sum(s for _, s, _, _ in rows) or 1.0
-    rows.sort(key=lambda row: -row[1])
-    doc.table(["stage", "seconds", "share", "img/s", "achieved GFLOP/s (training: 3x forward)"],
-              [(f"`{n}`", f"{s:,.1f}", f"{100 * s / total:.1f} %", "—" if i is None else f"{i:,.0f}",
-                "—" if g is None else f"{g:,.1f}") for n, s, i, g in rows], right=(1, 2, 3, 4))
+    total = sum(row.seconds for row in rows) or 1.0
+    rows.sort(key=lambda row: -row.seconds)
+
+    def num(x: Optional[float], fmt: str) -> str:
+        return "—" if x is None else format(x, fmt)
+
+    doc.table(["stage", "seconds", "share", "img/s", "achieved GFLOP/s", "% of peak", "floor s"],
+              [(f"`{r.stage}`", f"{r.seconds:,.1f}", f"{100 * r.seconds / total:.1f} %", num(r.img_per_s, ",.0f"),
+                num(r.gflop_per_s, ",.1f"), num(r.pct_of_peak, ".1f"), num(r.floor, ",.1f")) for r in rows],
+              right=(1, 2, 3, 4, 5, 6))
     doc.add(f"Sum of these stages: {total:,.0f} s ({total / 60:.1f} min). Download, preprocess and this report "
-            "are not timed here (seconds each on packaged data). The machine's measured peak, and each path's "
-            "% of it, come from `make benchmark` (README, \"Speed\").")
+            "are not timed here (seconds each on packaged data).")
+    floored = [r for r in rows if r.floor]
+    if floored:
+        spent, floor = sum(r.seconds for r in floored), sum(r.floor for r in floored)
+        peaks = [t["peak_gflop_per_s"] for v in src.params.variants
+                 for t in [doc.results(v).train or {}] if t.get("peak_gflop_per_s")]
+        seen = "unknown" if not peaks else f"{min(peaks):,.0f}" + (f" to {max(peaks):,.0f}" if peaks and round(max(peaks)) != round(min(peaks)) else "")
+        doc.add(f"**Floor**: the {len(floored)} stages with a floor did {floor:,.1f} s of arithmetic at the peak "
+                f"(a matrix product each train stage timed before it started, in the precision it ran: {seen} "
+                f"GFLOP/s) and took {spent:,.1f} s, **{spent / floor:.1f}x** their floor. "
+                "Training counts three forward passes per image (the backward pass about two); t-SNE, the SVM "
+                "fit, start-up and I/O have no floor here. `make benchmark` measures convolution peaks and "
+                "per-layer times beside it (README, \"Speed\").")

@@ -13,7 +13,7 @@ from typing import Callable, Optional
 
 import torch
 
-from pipelines import config, io, models, plots
+from pipelines import config, hardware, io, models, plots
 from pipelines.config import Params, Variant
 from pipelines.errors import DataError, ParamsError
 from pipelines.outputs import HistoryRow, ParamsRow, RunRecord, TrainMetrics
@@ -153,6 +153,8 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
                         "data.source": prep.meta["source"], "data.train": len(train_d), "data.val": len(val_d)})
         print(f"train {run_name}: {v.model} ({built.total:,} trainable parameters) on {prep.meta['source']} "
               f"[{len(train_d)}/{len(val_d)}], {device}, {precision}", flush=True)
+        # The ceiling this stage's arithmetic is compared with, measured before it starts.
+        peak = hardware.gemm_peak(precision, str(device))
         if v.classifier == "svm":
             res = fit_svm_head(built.model, train_d, val_d, v, device, precision, seed)
         else:
@@ -167,12 +169,15 @@ def train(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
         if prep.test is not None:
             # The held-out split, read once, for the epoch the validation split picked.
             test = write_test_predictions(built.model, prep, built.cfg, v, device, precision, out_dir)
-        summary = _summary(params, name, v, seed, built, res, len(val_d), test, len(reused_rows), device, precision)
+        summary = _summary(params, name, v, seed, built, res, (len(train_d), len(val_d)), test, len(reused_rows),
+                           device, precision, peak)
         _write_and_log(run, run_name, built, res, summary, model_dir, out_dir)
         log_s = _log_model(run, params, name, v, built, prep, precision, model_dir)
         # The whole stage body, data loading to the logged model (only the metrics write comes after).
         summary.update(mlflow_run_id=run.run_id, model_log_seconds=log_s, seconds=time.perf_counter() - t_start)
-        run.log_metrics({"model_log_seconds": log_s, "stage_seconds": summary["seconds"]})
+        run.log_metrics({"model_log_seconds": log_s, "stage_seconds": summary["seconds"],
+                         "peak_gflop_per_s": summary["peak_gflop_per_s"],
+                         "train_pct_of_peak": summary["train_pct_of_peak"], "floor_seconds": summary["floor_seconds"]})
         summary = TrainMetrics.model_validate(summary).dump()
         io.write_json(metrics_path, summary)
         io.write_json(model_dir / "run.json", RunRecord.model_validate(run.record()).dump())
@@ -214,11 +219,23 @@ def _fit_epochs(run: Run, net, train_d, val_d, v: Variant, device, precision, se
                       resume=state, checkpoint=save_checkpoint)
 
 
-def _summary(params: Params, name: str, v: Variant, seed: int, built: _Net, res: engine.FitResult, val_n: int,
-             test: dict, reused: int, device, precision: str) -> dict:
+def _arithmetic(v: Variant, flops: int, sizes: tuple[int, int], epochs_here: int, test_n: int) -> tuple[int, float]:
+    """(FLOPs of one training image, FLOPs this stage computed). A gradient step costs about three
+    forward passes (the backward pass about two); the SVM option only runs the frozen backbone
+    forward. Each epoch adds a forward pass over the validation split; the test split one more."""
+    train_n, val_n = sizes
+    per_train_image = flops if v.classifier == "svm" else 3 * flops
+    return per_train_image, epochs_here * (per_train_image * train_n + flops * val_n) + flops * test_n
+
+
+def _summary(params: Params, name: str, v: Variant, seed: int, built: _Net, res: engine.FitResult,
+             sizes: tuple[int, int], test: dict, reused: int, device, precision: str, peak: float) -> dict:
     """metrics/<v>/train.json without the MLflow run and the stage time, which come last."""
     hist = res.history
+    val_n = sizes[1]
     diag = diagnosis.diagnose(hist, val_n)
+    img_per_s = res.train_images / res.train_seconds if res.train_seconds else 0.0
+    per_image, done = _arithmetic(v, built.flops, sizes, len(hist) - reused, test.get("test_n", 0))
     return {
         "variant": name, "dataset": v.dataset, "model": v.model, "protocol": params.protocol, "seed": seed,
         "params_total": built.total, "flops_per_image": built.flops,
@@ -228,7 +245,9 @@ def _summary(params: Params, name: str, v: Variant, seed: int, built: _Net, res:
         "start": v.start, "epochs_reused": reused,
         "train_seconds_here": sum(r["seconds"] for r in hist[reused:]),
         "train_seconds": res.train_seconds,
-        "train_img_per_s": res.train_images / res.train_seconds if res.train_seconds else 0.0,
+        "train_img_per_s": img_per_s,
+        "peak_gflop_per_s": peak / 1e9, "train_gflop_per_s": per_image * img_per_s / 1e9,
+        "train_pct_of_peak": 100 * per_image * img_per_s / peak, "floor_seconds": done / peak,
         "device": str(device), "precision": precision, "diagnosis": diag,
     }
 
