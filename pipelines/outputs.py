@@ -255,6 +255,8 @@ class LayerMap(Output):
     tsne_seconds: Optional[float] = Field(None, description="time of the t-SNE map")
     tsne_iterations: Optional[int] = Field(None, description="t-SNE iterations run (openTSNE only)")
     tsne_kl_divergence: Optional[float] = Field(None, description="final KL divergence (openTSNE only)")
+    tsne_pca_components: Optional[int] = Field(
+        None, description="a wide layer's features were first reduced to this many PCA components (absent: none)")
 
 
 class EmbedMetrics(Output):

@@ -118,6 +118,24 @@ def test_tsne_and_quality_figures():
     assert 0.5 < q["trustworthiness"] <= 1
 
 
+def test_a_wide_layer_is_mapped_through_pca_and_keeps_its_neighbours():
+    # 600 points of 400 dimensions: reduced to tsne.PCA_COMPONENTS first, the same map on a second
+    # call, and the map judged against the original features keeps their classes and neighbours.
+    rng = np.random.default_rng(2)
+    y = np.repeat([0, 1, 2], 200)
+    centres = rng.normal(size=(3, 400)) * 3
+    f = (centres[y] + rng.normal(size=(600, 400))).astype(np.float32)
+    info, again = {}, {}
+    xy, _ = tsne.tsne_2d(f, 0, 30, n_jobs=1, info=info)
+    assert info["pca_components"] == tsne.PCA_COMPONENTS
+    assert np.array_equal(xy, tsne.tsne_2d(f, 0, 30, n_jobs=1, info=again)[0])
+    q = tsne.quality(f, xy, y, 0)
+    assert q["knn_acc_tsne"] > 95 and q["trustworthiness"] > 0.8, q
+    narrow = {}
+    tsne.tsne_2d(f[:, :100], 0, 30, n_jobs=1, info=narrow)
+    assert "pca_components" not in narrow
+
+
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 7, 40])
 def test_onecycle_runs_on_a_handful_of_steps(steps):
     # A one-epoch run of a few batches (the tiny CI profile) once divided by zero inside OneCycleLR.
