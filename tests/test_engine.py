@@ -119,12 +119,12 @@ def test_tsne_and_quality_figures():
 
 
 def test_a_wide_layer_is_mapped_through_pca_and_keeps_its_neighbours():
-    # 600 points of 400 dimensions: reduced to tsne.PCA_COMPONENTS first, the same map on a second
+    # 600 points of 1,100 dimensions: reduced to tsne.PCA_COMPONENTS first, the same map on a second
     # call, and the map judged against the original features keeps their classes and neighbours.
     rng = np.random.default_rng(2)
     y = np.repeat([0, 1, 2], 200)
-    centres = rng.normal(size=(3, 400)) * 3
-    f = (centres[y] + rng.normal(size=(600, 400))).astype(np.float32)
+    centres = rng.normal(size=(3, 1100)) * 2
+    f = (centres[y] + rng.normal(size=(600, 1100))).astype(np.float32)
     info, again = {}, {}
     xy, _ = tsne.tsne_2d(f, 0, 30, n_jobs=1, info=info)
     assert info["pca_components"] == tsne.PCA_COMPONENTS
