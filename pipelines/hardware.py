@@ -76,8 +76,10 @@ def gemm_peak(precision: str, device: str = "cpu", n: Optional[int] = None, repe
     n = n or (8192 if cuda else 2048)
 
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
-    a = torch.randn(n, n, device=device).to(dtype)
-    b = torch.randn(n, n, device=device).to(dtype)
+    # Its own generator: timing the product must not move the seeded stream training draws from.
+    gen = torch.Generator(device=device).manual_seed(0)
+    a = torch.randn(n, n, device=device, generator=gen).to(dtype)
+    b = torch.randn(n, n, device=device, generator=gen).to(dtype)
 
     def mm() -> None:
         torch.mm(a, b)
