@@ -74,7 +74,6 @@ def gemm_peak(precision: str, device: str = "cpu", n: Optional[int] = None, repe
 
     cuda = torch.device(device).type == "cuda"
     n = n or (8192 if cuda else 2048)
-
     dtype = {"fp32": torch.float32, "bf16": torch.bfloat16}[precision]
     # Its own generator: timing the product must not move the seeded stream training draws from.
     gen = torch.Generator(device=device).manual_seed(0)

@@ -7,6 +7,7 @@ from typing import NamedTuple, Optional
 from pipelines.report.doc import Document, Inputs
 from pipelines.report.load import Results, load_replicates
 
+
 class TimeRow(NamedTuple):
     stage: str
     seconds: float
@@ -93,7 +94,8 @@ def section(doc: Document, src: Inputs) -> None:
         spent, floor = sum(r.seconds for r in floored), sum(r.floor for r in floored)
         peaks = [t["peak_gflop_per_s"] for v in src.params.variants
                  for t in [doc.results(v).train or {}] if t.get("peak_gflop_per_s")]
-        seen = "unknown" if not peaks else f"{min(peaks):,.0f}" + (f" to {max(peaks):,.0f}" if peaks and round(max(peaks)) != round(min(peaks)) else "")
+        lo, hi = (f"{min(peaks):,.0f}", f"{max(peaks):,.0f}") if peaks else ("unknown", "unknown")
+        seen = lo if lo == hi else f"{lo} to {hi}"
         doc.add(f"**Floor**: the {len(floored)} stages with a floor did {floor:,.1f} s of arithmetic at the peak "
                 f"(a matrix product each train stage timed before it started, in the precision it ran: {seen} "
                 f"GFLOP/s) and took {spent:,.1f} s, **{spent / floor:.1f}x** their floor. "
