@@ -118,10 +118,12 @@ def _roofline_md(res: dict) -> list[str]:
         lines.append(f"| {key} | {p['precision']} | {p['flops_per_image'] / 1e6:.1f} | {p['train']['gflop_per_s']:.1f} | "
                      f"{p['train']['pct_of_peak']:.0f} % | {p['eval']['gflop_per_s']:.1f} | {p['eval']['pct_of_peak']:.0f} % |")
     for key in (k for k in rf if k.startswith("layers_")):
-        top = [r for r in rf[key] if r["forward_mflop"] > 0][:4]
+        # Layers without arithmetic (dropout, pooling) too: they can hold a path back as much as any.
+        top = rf[key][:5]
         lines += ["", f"{key[7:]}, forward time per layer of a training step (torch.profiler), heaviest first: "
                   + "; ".join(f"{r['layer']} ({r['type']}) {r['forward_ms']:.2f} ms, {r['share_pct']:.0f} %, "
-                              f"{_fmt(r['gflop_per_s'], '.0f')} GFLOP/s" for r in top) + "."]
+                              + (f"{r['gflop_per_s']:.0f} GFLOP/s" if r["gflop_per_s"] else "no arithmetic")
+                              for r in top) + "."]
     if "forms" in res:
         lines += ["", "| model | form | train img/s | x fp32 | eval img/s | x fp32 |", "|---|---|---|---|---|---|"]
         for key, f in res["forms"].items():
