@@ -2,7 +2,7 @@
 
 Only `LabError` is caught: an unexpected exception (a ValueError from a library, an OSError the code
 did not anticipate) is a bug, and Python prints its traceback and exits 1. Exit codes: see
-pipelines/errors.py and README "Exit codes".
+pipelines/errors.py and docs/setup.md, "Exit codes".
 """
 from __future__ import annotations
 
