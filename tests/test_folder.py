@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -161,9 +163,15 @@ def test_split_folders_with_different_classes(tmp_path, fashion, make_params):
     assert not (tmp_path / "raw").exists()
 
 
-def test_file_that_is_not_an_image(tmp_path, fashion, make_params):
-    msg, root = _bad(tmp_path, fashion, make_params, lambda r: (r / CLASSES[0] / "notes.jpg").write_text("hello"))
-    assert msg.startswith(f"{root / CLASSES[0] / 'notes.jpg'}: not a readable image")
+@pytest.mark.parametrize("content, says", [
+    (b"hello", "5 bytes of text in no image format Pillow knows, starting b'hello'"),
+    (b"", "an empty file (0 bytes)"),
+    (b"PK\x03\x04" * 8, "32 bytes of data in no image format Pillow knows, starting "
+                        "b'PK\\x03\\x04PK\\x03\\x04PK\\x03\\x04PK\\x03\\x04'"),
+])
+def test_file_that_is_not_an_image(tmp_path, fashion, make_params, content, says):
+    msg, root = _bad(tmp_path, fashion, make_params, lambda r: (r / CLASSES[0] / "notes.jpg").write_bytes(content))
+    assert msg == f"{root / CLASSES[0] / 'notes.jpg'}: not a readable image ({says})"
 
 
 def test_truncated_png(tmp_path, fashion, make_params):
@@ -182,11 +190,20 @@ def test_truncated_jpeg_fails_in_preprocess_and_writes_nothing(tmp_path, fashion
     assert msg.startswith(f"{root / CLASSES[0] / 'img 1.jpg'}: not a readable image (image file is truncated")
 
 
-def test_decompression_bomb(tmp_path, fashion, make_params):
-    def bomb(r):
-        Image.new("1", (9500, 9500)).save(r / CLASSES[0] / "huge.png")   # 90.25 M pixels, over Pillow's 89.5 M
-    msg, root = _bad(tmp_path, fashion, make_params, bomb)
-    assert msg.startswith(f"{root / CLASSES[0] / 'huge.png'}: Image size (90250000 pixels) exceeds limit")
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height, enough for Pillow to open it (and check its size) without decoding."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [9500, 14000])   # over the limit; over twice the limit (Pillow raises there)
+def test_decompression_bomb(tmp_path, fashion, make_params, side):
+    msg, root = _bad(tmp_path, fashion, make_params, lambda r: (r / CLASSES[0] / "huge.png").write_bytes(_png_header(side, side)))
+    assert msg == (f"{root / CLASSES[0] / 'huge.png'}: {side * side:,} pixels, over the limit of "
+                   f"{Image.MAX_IMAGE_PIXELS:,} pixels that guards against decompression bombs "
+                   "(PIL.Image.MAX_IMAGE_PIXELS); shrink the image")
 
 
 def test_symlink_leaving_the_folder(tmp_path, fashion, make_params):

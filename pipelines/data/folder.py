@@ -17,14 +17,16 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipelines.data import pixels
 from pipelines.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
@@ -34,6 +36,22 @@ SPLITS = ("train", "val", "test")
 
 def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTS)
+
+
+def describe(data: bytes) -> str:
+    """What a file Pillow cannot identify holds, for the message: empty, or its size and first bytes."""
+    if not data:
+        return "an empty file (0 bytes)"
+    head = data[:16]
+    text = None
+    for cut in range(4):   # the 16th byte may split a UTF-8 character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    kind = "text" if text and all(c.isprintable() or c in "\t\n\r" for c in text) else "data"
+    return f"{len(data):,} bytes of {kind} in no image format Pillow knows, starting {head!r}"
 
 
 def _open(path: Path, data: bytes) -> Image.Image:
@@ -46,7 +64,13 @@ def _open(path: Path, data: bytes) -> Image.Image:
             img.size  # noqa: B018 -- the header is parsed here
             return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(f"{path}: {err}; Pillow refuses images over {Image.MAX_IMAGE_PIXELS:,} pixels") from None
+        # Pillow's own text quotes twice the limit when it raises rather than warns; say the one that holds.
+        m = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(m.group(1)):,} pixels, " if m else ""
+        raise DataError(f"{path}: {size}over the limit of {Image.MAX_IMAGE_PIXELS:,} pixels that guards against "
+                        "decompression bombs (PIL.Image.MAX_IMAGE_PIXELS); shrink the image") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image ({describe(data)})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: not a readable image ({err})") from None
 
@@ -200,6 +224,7 @@ def scan(root: Path | str, train_limit: int, val_limit: int, test_limit: Optiona
         data = _read(p)
         try:
             img = _open(p, data)
+            pixels.samples(img, p)   # a sample format no scale fits is refused here, before anything is written
             if img.format == "PNG":
                 img.verify()   # checks the PNG chunks' CRCs without decoding
         except Exception as err:   # _open's DataError, or whatever verify()'s plugin raises
@@ -223,12 +248,14 @@ def scan(root: Path | str, train_limit: int, val_limit: int, test_limit: Optiona
 
 # ---------------------------------------------------------------- decoding
 
-def to_square(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    """EXIF-upright, gray or RGB as `channels`, shorter side resized to `size` (antialiased), centre crop."""
+def to_square(img: Image.Image, size: int, channels: int, where: Path | str = "image") -> np.ndarray:
+    """EXIF-upright, 8-bit (pipelines/data/pixels.py), gray or RGB as `channels`, shorter side resized
+    to `size` (antialiased), centre crop."""
+    how = pixels.samples(img, where)   # read from the file as opened, before the copies below
     if img.format == "JPEG":
         img.draft("L" if channels == 1 else "RGB", (size, size))   # decode at a reduced scale when it can
     img = ImageOps.exif_transpose(img)
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = pixels.to_8bit(img, how, where).convert("L" if channels == 1 else "RGB")
     w, h = img.size
     if w <= h:
         nw, nh = size, max(size, round(size * h / w))
@@ -259,7 +286,7 @@ def decode(root: Path, items: list[tuple[str, int]], sha256: dict[str, str], siz
                             f"{sha256[rel]}); rerun `dvc repro`")
         try:
             with _open(path, data) as img:
-                x[i] = to_square(img, size, channels)
+                x[i] = to_square(img, size, channels, path)
         except (DataError, OSError, SyntaxError, ValueError) as err:
             msg = str(err) if isinstance(err, DataError) else f"{path}: not a readable image ({err})"
             if not skip_bad:
