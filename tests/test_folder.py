@@ -142,6 +142,64 @@ def test_empty_folder(tmp_path, make_params):
     assert not (tmp_path / "raw").exists()
 
 
+def _empty_class(r: Path, *, holding: str = "") -> None:
+    (r / "Wespen").mkdir()
+    if holding:
+        (r / "Wespen" / holding).write_bytes(b"GIF89a")
+
+
+@pytest.mark.parametrize("holding, says", [
+    ("", "a class folder without images; put its images in, remove the folder, or set "
+         "datasets.mnist.skip_empty_classes: true to leave the class out"),
+    ("wasp.gif", "a class folder without images (it holds only 1 file(s) without an image extension, e.g. 'wasp.gif'); "
+                 "put its images in"),
+])
+def test_a_class_folder_without_images_stops_the_run(tmp_path, fashion, make_params, holding, says):
+    msg, root = _bad(tmp_path, fashion, make_params, lambda r: _empty_class(r, holding=holding))
+    assert msg.startswith(f"{root / 'Wespen'}: {says}"), msg
+
+
+def test_an_empty_class_folder_in_one_split_is_named(tmp_path, fashion, make_params):
+    root = make_folder(tmp_path / "photos", fashion, splits=("train", "val"))
+    (root / "val" / "Wespen").mkdir()
+    (root / "train" / "Wespen").mkdir()
+    (root / "test").mkdir()
+    with pytest.raises(DataError) as err:
+        acquire("mnist", _params(make_params, root), tmp_path / "raw")
+    assert str(err.value).startswith(f"{root / 'test'}: a split folder without images (and 2 more: train/Wespen, "
+                                     "val/Wespen); put its images in, remove the folder, or set "
+                                     "datasets.mnist.skip_empty_classes: true to leave it out")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_empty_class_folders_can_be_left_out_and_listed(tmp_path, fashion, make_params, capsys):
+    root = make_folder(tmp_path / "photos", fashion, splits=("train", "val"))
+    (root / "val" / "Wespen").mkdir()   # the class has training images but an empty validation folder
+    for i in range(3):
+        Image.new("L", (28, 28), 40 * i).save(_mk(root / "train" / "Wespen") / f"w{i}.png")
+    params = _params(make_params, root, skip_empty_classes=True)
+    raw = tmp_path / "raw"
+    record = acquire("mnist", params, raw, log=print)
+    meta = prepare("mnist", params, raw, tmp_path / "prepared")
+    assert record["folder"]["empty_folders"] == ["val/Wespen"] and record["folder"]["skipped_classes"] == ["Wespen"]
+    assert record["folder"]["classes"] == sorted(CLASSES) == meta["classes"]
+    assert not any("Wespen" in rel for rel in [f["path"] for f in record["folder"]["files"]])
+    assert read_json(raw / "SOURCE.json")["folder"]["skipped_classes"] == ["Wespen"]
+    assert meta["folder"]["empty_folders"] == ["val/Wespen"] and meta["folder"]["skipped_classes"] == ["Wespen"]
+    assert "left out 1 folder(s) without images: val/Wespen" in capsys.readouterr().out
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def test_a_link_to_a_folder_inside_is_named_not_ignored(tmp_path, fashion, make_params):
+    msg, root = _bad(tmp_path, fashion, make_params, lambda r: (r / "Wespen").symlink_to(r / CLASSES[0]))
+    assert msg == (f"{root / 'Wespen'}: a symbolic link to the folder {(root / CLASSES[0]).resolve()}; links to "
+                   "folders are not followed, move or copy the images in instead")
+
+
 def test_single_class(tmp_path, fashion, make_params):
     msg, _ = _bad(tmp_path, fashion, make_params, lambda r: shutil.rmtree(r / CLASSES[1]))
     assert "only one class folder ('T-shirt top')" in msg and not (tmp_path / "raw").exists()
