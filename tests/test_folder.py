@@ -144,6 +144,7 @@ def test_empty_folder(tmp_path, make_params):
 
 def _empty_class(r: Path, *, holding: str = "") -> None:
     (r / "Wespen").mkdir()
+    (r / "Wespen" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")   # hidden: not worth naming
     if holding:
         (r / "Wespen" / holding).write_bytes(b"GIF89a")
 

@@ -139,7 +139,7 @@ def _empty_folders(root: Path, files: list[Path], folders: list[Path]) -> list[t
 
 def _refuse_empty(root: Path, empty: list[tuple[str, Optional[str]]], setting: str) -> None:
     rel, cls = empty[0]
-    others = [f.name for f in sorted((root / rel).iterdir()) if f.is_file()]
+    others = [f.name for f in sorted((root / rel).iterdir()) if f.is_file() and not f.name.startswith(".")]
     holds = f" (it holds only {len(others)} file(s) without an image extension, e.g. {others[0]!r})" if others else ""
     more = f" (and {len(empty) - 1} more: {', '.join(r for r, _ in empty[1:4])}{' …' if len(empty) > 4 else ''})" \
         if len(empty) > 1 else ""
