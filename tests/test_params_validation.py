@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from pipelines import config, errors
-from pipelines.cli import edge as cli
+from pipelines.cli import edge
+from pipelines.cli.variant_stage import variant_stage
 import isolation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -290,7 +291,7 @@ def test_train_stage_refuses_before_writing(case_id, params_raw, reference_raw, 
     # Should validation ever let one through, the run must not land in the repository's store.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'stray.db'}")
     calls = []
-    rc = cli.variant_stage("train", lambda *a: calls.append(a) or train(*a), argv)
+    rc = variant_stage("train", lambda *a, **kw: calls.append(a) or train(*a, **kw), argv)
     captured = capsys.readouterr()
     assert rc == 2
     line = _stage_error_line(captured.err)
@@ -319,7 +320,7 @@ def test_unknown_variant_name_on_command_line(params_raw, tmp_path, monkeypatch,
     argv, before = _stage_layout(tmp_path)
     argv[1] = "mnist_cnm"
     monkeypatch.chdir(tmp_path)
-    rc = cli.variant_stage("train", lambda *a: pytest.fail("stage body ran"), argv)
+    rc = variant_stage("train", lambda *a: pytest.fail("stage body ran"), argv)
     assert rc == 2
     line = _stage_error_line(capsys.readouterr().err)
     assert "mnist_cnm" in line and "mnist_cnn" in line  # the typo, and what is allowed
@@ -335,7 +336,7 @@ def test_unknown_variant_name_on_command_line(params_raw, tmp_path, monkeypatch,
 def test_edge_turns_a_lab_error_into_one_line_and_its_exit_code(error, code, capsys):
     def body():
         raise error
-    assert cli.guarded("train x", body) == code == error.exit_code
+    assert edge.guarded("train x", body) == code == error.exit_code
     assert capsys.readouterr().err == f"error: train x: {str(error).splitlines()[0]}\n"
 
 
@@ -344,7 +345,7 @@ def test_edge_lets_an_unexpected_exception_through_with_its_traceback(bug, capsy
     def body():
         raise bug
     with pytest.raises(type(bug)) as info:
-        cli.guarded("train x", body)
+        edge.guarded("train x", body)
     assert info.value is bug and info.traceback[-1].name == "body"
     assert capsys.readouterr().err == ""
 

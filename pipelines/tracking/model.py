@@ -35,7 +35,7 @@ class ImageClassifier(PythonModel):
         import pandas as pd
         import torch
 
-        from pipelines.train import engine
+        from pipelines import compute, inference
 
         if isinstance(model_input, dict) and len(model_input) == 1:  # a named tensor
             model_input = next(iter(model_input.values()))
@@ -48,8 +48,8 @@ class ImageClassifier(PythonModel):
             raise ValueError(f"images of shape (n, {', '.join(map(str, shape))}) expected, got {x.shape}")
         x = x.astype(np.uint8, copy=False)
         device = torch.device("cpu")
-        data = engine.DeviceData.from_arrays(x, np.zeros(len(x), np.int64), c["mean"], c["std"], device)
-        logits = engine.predict_logits(self.model, data, self.batch_size, device, self.precision)
+        data = compute.DeviceData.from_arrays(x, np.zeros(len(x), np.int64), c["mean"], c["std"], device)
+        logits = inference.predict_logits(self.model, data, self.batch_size, device, self.precision)
         prob = torch.softmax(logits, 1)
         p, label = prob.max(1)
         label = label.numpy()
