@@ -55,6 +55,12 @@ gpu-wheels:
 	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	  $$($(PY) -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('pydantic', 'pydantic-core', 'annotated-types', 'typing-inspection')))")
 
+# dvc.yaml's code deps: every stage's import closure, written in place (tests/test_stage_deps.py checks
+# they are current). Run it after adding, moving or removing an import.
+.PHONY: deps
+deps:
+	$(PY) -m pipelines.cli.deps
+
 # docs/outputs.md is generated from the output contract's models (tests/test_outputs.py checks it).
 .PHONY: outputs-doc
 outputs-doc:

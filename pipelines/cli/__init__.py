@@ -5,6 +5,7 @@
     run.py     the main job: choose the protocol, then `dvc repro` the whole lab
     plots.py   DVC's plots as static SVG/PNG files that open offline
     check.py   the params check CI runs on a params change
+    deps.py    dvc.yaml's code deps, written from each stage's import closure (make deps)
 
 Nothing is imported here, so running one entry point loads none of the others.
 """
