@@ -15,6 +15,7 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pipelines import reference, yamlfile
+from pipelines.networks import network_names
 from pipelines.reference import Check, LabNumbers, Recipe, Reference
 from pipelines.yamlfile import Strict
 
@@ -24,7 +25,6 @@ Protocol = Literal["seed", "offline"]
 SourceName = Literal["mnist", "fashion_mnist", "cifar10", "hymenoptera"]
 BackboneName = Literal["resnet18", "efficientnet_lite0"]
 BUILTIN_SOURCES = "pipelines/data/sources.py"   # a dataset's `folder` when it reads no folder of its own
-ModelName = Literal["simple_cnn", "alexnet_cifar", "backbone"]
 SCRATCH = "pipelines/models.py"   # variants.<v>.start of a run from the seeded initialisation
 
 
@@ -104,7 +104,7 @@ class Layers(Strict):
 
 class Variant(Strict):
     dataset: str
-    model: ModelName
+    model: str
     layers: Layers
     epochs: int = Field(ge=1, le=1000)
     batch_size: int = Field(ge=1, le=65536)
@@ -135,6 +135,13 @@ class Variant(Strict):
         # Before the bounds check, so NaN is reported as NaN and not as "should be <= 10".
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{v} is not a finite number")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _network(cls, v: str) -> str:
+        if v not in network_names():
+            raise ValueError(f"{v!r} is not a network; allowed: {', '.join(network_names())}")
         return v
 
     @model_validator(mode="after")

@@ -37,14 +37,21 @@ def _tiny_repo(root: Path) -> None:
     (root / "pipelines" / "sub" / "shipped.py").write_text("import json\n")
     (root / "pipelines" / "c.py").write_text("")
     (root / "pipelines" / "stale.py").write_text("")
+    (root / "pipelines" / "plug").mkdir()
+    (root / "pipelines" / "plug" / "__init__.py").write_text("")
+    for name in ("one", "two"):   # imported by name, as pipelines/models.py imports the networks
+        (root / "pipelines" / "plug" / f"{name}.py").write_text("")
+    (root / "stages" / "load.py").write_text("import importlib\nPLUGS = 'pipelines.plug.*'\n")
 
 
-def test_the_closure_follows_lazy_imports_packages_and_files_used_by_path_not_type_checking(tmp_path):
+def test_the_closure_follows_lazy_imports_packages_and_files_or_modules_used_by_name_not_type_checking(tmp_path):
     _tiny_repo(tmp_path)
     closure = deps.import_closure("stages.go", tmp_path)
     assert set(closure) == {"stages/go.py", "pipelines/a.py", "pipelines/sub/__init__.py", "pipelines/sub/b.py",
                             "pipelines/sub/shipped.py"}
     assert closure["pipelines/sub/b.py"] == "pipelines.a"
+    assert set(deps.import_closure("stages.load", tmp_path)) == {"stages/load.py", "pipelines/plug/one.py",
+                                                                 "pipelines/plug/two.py"}
 
 
 def test_render_rewrites_only_the_code_dep_lines(tmp_path):

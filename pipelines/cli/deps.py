@@ -10,7 +10,9 @@ stages/. Every import statement counts, also those inside functions (a lazy impo
 function does), except those under `if TYPE_CHECKING:`. Importing `pipelines.data.x` runs
 pipelines/data/__init__.py too, so a package's __init__.py is in the closure when it holds code.
 A module that names a sibling source file in a string ("model.py": code it ships or runs by path,
-as a logged MLflow model's code) depends on that file as if it imported it.
+as a logged MLflow model's code) depends on that file as if it imported it; one that names a
+project package's modules as "<package>.*" (pipelines/models.py imports every network that way)
+depends on every module of that package.
 
 Only the code-dep lines change (`- pipelines/...py`, `- stages/...py` in a stage's `deps:`): the entry
 module first, then the rest in path order. Every other line of dvc.yaml, comments included, is kept.
@@ -53,7 +55,14 @@ def _is_type_checking(test: ast.expr) -> bool:
         (isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
 
 
-def _imported_names(f: Path, module: str) -> list[str]:
+def _package_modules(pattern: str, repo: Path) -> list[str]:
+    """The modules "<package>.*" names: every .py file of that project package, __init__ aside."""
+    package = pattern[:-2]
+    folder = repo.joinpath(*package.split("."))
+    return [f"{package}.{p.stem}" for p in sorted(folder.glob("*.py")) if p.name != "__init__.py"]
+
+
+def _imported_names(f: Path, module: str, repo: Path) -> list[str]:
     """Dotted names of every module an import statement of file f may run (packages first)."""
     package = module if f.name == "__init__.py" else module.rpartition(".")[0]
     names: list[str] = []
@@ -77,6 +86,9 @@ def _imported_names(f: Path, module: str) -> list[str]:
         elif isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value.endswith(".py") \
                 and "/" not in node.value and (f.parent / node.value).is_file():
             names.append(f"{package}.{node.value[:-3]}")  # a sibling file used by path
+        elif isinstance(node, ast.Constant) and isinstance(node.value, str) \
+                and re.fullmatch(r"(pipelines|stages)(\.\w+)*\.\*", node.value):
+            names.extend(_package_modules(node.value, repo))  # every module of a package, imported by name
         for child in ast.iter_child_nodes(node):
             visit(child)
 
@@ -103,7 +115,7 @@ def import_closure(entry: str, repo: Path = REPO) -> dict[str, str]:
         if f is None or f in seen:
             continue
         seen[f] = parent
-        for dep in _imported_names(f, name):
+        for dep in _imported_names(f, name, repo):
             g = _module_file(dep, repo)
             if g is not None and g not in seen:
                 todo.append((dep, g, name))

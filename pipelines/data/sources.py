@@ -17,8 +17,8 @@ from pipelines.config import Params
 from pipelines.data.download import fetch_from
 from pipelines.data.folder import scan
 from pipelines.errors import DataError
+from pipelines.imagenet import BACKBONES
 from pipelines.io import atomic_path, digest_mismatch, md5_file, read_json, sha256_file, verify_digest, write_json
-from pipelines.networks.backbones import BACKBONES
 
 SOURCE_FILE = "SOURCE.json"
 WEIGHTS_DIR = "weights"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from pipelines.config import Params
-from pipelines.networks.backbones import BACKBONES
+from pipelines.imagenet import BACKBONES
 from pipelines.report.doc import Document, Inputs
 from pipelines.report.lab import SOURCE_TITLES
 from pipelines.report.load import Data, Results, is_kind
