@@ -2,6 +2,7 @@
 # Both install what they need first, so they work on a fresh machine of this kind: `make run` only
 # what running needs (.ci/setup), `make test` that plus PostgreSQL and Chromium (.ci/setup-test).
 PY ?= python3
+# auto (lab when the lab's published data can be had, else offline) | lab | offline
 PROTOCOL ?= auto
 
 .PHONY: setup setup-test run test ui benchmark gpu-check gpu-wheels

@@ -21,7 +21,7 @@ from pipelines.yamlfile import Strict
 
 PARAMS_FILE = Path("params.yaml")
 
-Protocol = Literal["seed", "offline"]
+Protocol = Literal["lab", "offline"]   # lab: the lab's published data; offline: packaged data
 SourceName = Literal["mnist", "fashion_mnist", "cifar10", "hymenoptera"]
 BackboneName = Literal["resnet18", "efficientnet_lite0"]
 BUILTIN_SOURCES = "pipelines/data/sources.py"   # a dataset's `folder` when it reads no folder of its own
@@ -58,8 +58,8 @@ class Sources(Strict):
 
 
 class Dataset(Strict):
-    seed: SourceName
-    offline: SourceName
+    lab: SourceName       # the source under protocol `lab` (the lab's published data)
+    offline: SourceName   # the source under protocol `offline` (packaged data)
     image_size: int = Field(ge=8, le=512)
     channels: Literal[1, 3]
     train_limit: int = Field(ge=0)
@@ -69,7 +69,7 @@ class Dataset(Strict):
     test_limit: Optional[int] = Field(default=None, ge=0)
     # Two distinct Fashion-MNIST class indices (the offline source of the two-class set).
     offline_classes: Optional[list[Annotated[int, Field(ge=0, le=9)]]] = Field(default=None, min_length=2, max_length=2)
-    backbone_seed: Optional[BackboneName] = None
+    backbone_lab: Optional[BackboneName] = None
     backbone_offline: Optional[BackboneName] = None
     # Your own images instead of the sources above, under either protocol: a folder of <class>/<image>
     # or {train,val[,test]}/<class>/<image> (pipelines/data/folder.py). BUILTIN_SOURCES (the default)
@@ -91,10 +91,10 @@ class Dataset(Strict):
     def source(self, protocol: str) -> str:
         if self.own_folder:
             return "image_folder"
-        return self.seed if protocol == "seed" else self.offline
+        return self.lab if protocol == "lab" else self.offline
 
     def backbone(self, protocol: str) -> Optional[str]:
-        return self.backbone_seed if protocol == "seed" else self.backbone_offline
+        return self.backbone_lab if protocol == "lab" else self.backbone_offline
 
 
 class Layers(Strict):
@@ -298,6 +298,19 @@ def _one_line_at(e: dict, loc: str) -> str:
 REFERENCE_KEYS = tuple(Reference.model_fields)
 
 
+def _refuse_old_names(raw: dict) -> None:
+    """The protocol `seed` and its dataset keys are now `lab`: a params.yaml that still uses the old
+    names is told what to write instead, in one line."""
+    if raw.get("protocol") == "seed":
+        raise ParamsError("params.yaml: protocol 'seed' is now called 'lab' (the lab's published data); "
+                          "write `protocol: lab`")
+    for name, ds in (raw.get("datasets") or {}).items() if isinstance(raw.get("datasets"), dict) else ():
+        for old, new in (("seed", "lab"), ("backbone_seed", "backbone_lab")):
+            if isinstance(ds, dict) and old in ds:
+                raise ParamsError(f"params.yaml: datasets.{name}.{old} is now datasets.{name}.{new} "
+                                  f"(protocol 'seed' is now 'lab'); rename the key")
+
+
 def parse(raw: object, reference_raw: object = None) -> Params:
     """Validate a params mapping (as read from YAML) into a Params object, with the reference
     mapping (reference.yaml's; None: no reference data) checked against it."""
@@ -306,6 +319,7 @@ def parse(raw: object, reference_raw: object = None) -> Params:
     for key in REFERENCE_KEYS:
         if key in raw:
             raise ParamsError(f"params.yaml: {key!r} is reference data, not a setting; it belongs in {reference.NAME}")
+    _refuse_old_names(raw)
     raw = dict(raw)
     defaults = raw.pop("defaults", {}) or {}
     if not isinstance(defaults, dict):

@@ -28,7 +28,7 @@ import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 
-ANTS = {"seed": "hymenoptera", "offline": "fashion_mnist", "image_size": 32, "channels": 3,
+ANTS = {"lab": "hymenoptera", "offline": "fashion_mnist", "image_size": 32, "channels": 3,
         "train_limit": 0, "val_limit": 0}
 
 
@@ -62,7 +62,7 @@ def check_contract(out, meta):
 
 def test_mnist_over_http(fake_idx, tmp_path, make_params, http_server):
     base = http_server.serve_dir("mnist", fake_idx)
-    params = make_params({"protocol": "seed", "sources": {"mnist_urls": [base]}})
+    params = make_params({"protocol": "lab", "sources": {"mnist_urls": [base]}})
     record, meta, out = run("mnist", params, tmp_path)
     assert all(f["origin"].startswith("url:") for f in record["files"].values())
     train, val = check_contract(out, meta)
@@ -70,7 +70,7 @@ def test_mnist_over_http(fake_idx, tmp_path, make_params, http_server):
     assert np.array_equal(train["x"][..., 0], fake["x_train"]) and np.array_equal(train["y"], fake["y_train"])
     assert np.array_equal(val["x"][..., 0], fake["x_t10k"]) and np.array_equal(val["y"], fake["y_t10k"])
     assert meta["classes"] == [str(i) for i in range(10)]
-    assert (meta["source"], meta["protocol"], meta["backbone"]) == ("mnist", "seed", None)
+    assert (meta["source"], meta["protocol"], meta["backbone"]) == ("mnist", "lab", None)
     # Deterministic, and a rerun replaces the folder as a whole.
     (out / "stale.txt").write_text("from an older run")
     again = prepare("mnist", params, tmp_path / "raw" / "mnist", out)
@@ -97,7 +97,7 @@ def test_cifar10_over_http(tmp_path, make_params, http_server, monkeypatch):
     name = next(iter(sources.CHECKSUMS["cifar10"]))
     fake = fakedata.write_cifar_tar(folder / name)
     monkeypatch.setitem(sources.CHECKSUMS["cifar10"], name, {"md5": fakedata.md5(folder / name)})
-    params = make_params({"protocol": "seed", "sources": {"cifar10_urls": [http_server.serve_dir("c", folder)]}})
+    params = make_params({"protocol": "lab", "sources": {"cifar10_urls": [http_server.serve_dir("c", folder)]}})
     record, meta, out = run("cifar10", params, tmp_path)
     assert record["files"][name]["verified"] == "md5 from torchvision"
     train, val = check_contract(out, meta)
@@ -116,7 +116,7 @@ def _serve_zip(tmp_path, http_server, prefix="h"):
 
 def test_hymenoptera_trust_on_first_use(tmp_path, make_params, http_server):
     info, zpath, base = _serve_zip(tmp_path, http_server)
-    params = make_params({"protocol": "seed", "datasets": {"ants": ANTS},
+    params = make_params({"protocol": "lab", "datasets": {"ants": ANTS},
                           "sources": {"hymenoptera_urls": [base], "hymenoptera_sha256": None}})
     record, meta, out = run("ants", params, tmp_path)
     entry = record["files"][sources.HYMENOPTERA_ZIP]
@@ -135,7 +135,7 @@ def test_hymenoptera_trust_on_first_use(tmp_path, make_params, http_server):
 
 def test_hymenoptera_with_given_sha256(tmp_path, make_params, http_server):
     _, zpath, base = _serve_zip(tmp_path, http_server)
-    over = {"protocol": "seed", "datasets": {"ants": ANTS}, "sources": {"hymenoptera_urls": [base]}}
+    over = {"protocol": "lab", "datasets": {"ants": ANTS}, "sources": {"hymenoptera_urls": [base]}}
     good = make_params(_with_sha(over, fakedata.sha256(zpath)))
     record, meta, out = run("ants", good, tmp_path)
     assert record["files"][sources.HYMENOPTERA_ZIP]["verified"] == "sha256 recorded"
@@ -159,7 +159,7 @@ def test_transfer_seed_resnet18(tmp_path, make_params, http_server, monkeypatch)
     torch.save(torchvision.models.resnet18().state_dict(), wdir / sources.RESNET18_FILE)
     monkeypatch.setitem(sources.CHECKSUMS["resnet18"], sources.RESNET18_FILE,
                         {"sha256_prefix": fakedata.sha256(wdir / sources.RESNET18_FILE)[:8]})
-    params = make_params({"protocol": "seed", "datasets": {"transfer": {"train_limit": 2, "val_limit": 1}},
+    params = make_params({"protocol": "lab", "datasets": {"transfer": {"train_limit": 2, "val_limit": 1}},
                           "sources": {"hymenoptera_urls": [base],
                                       "torchvision_weights_urls": [http_server.serve_dir("w", wdir)]}})
     record, meta, out = run("transfer", params, tmp_path)
@@ -236,7 +236,7 @@ def test_raw_changed_after_download_is_refused(fake_idx, tmp_path, make_params):
     raw = tmp_path / "raw"
     sources.acquire("mnist", params, raw)
     with pytest.raises(DataError, match="protocol"):
-        prepare("mnist", make_params({"protocol": "seed"}), raw, tmp_path / "out")
+        prepare("mnist", make_params({"protocol": "lab"}), raw, tmp_path / "out")
     name = next(iter(sources.CHECKSUMS["fashion_mnist"]))
     (raw / name).write_bytes(b"swapped")
     with pytest.raises(IntegrityError, match=name):

