@@ -14,7 +14,7 @@ setup-test:
 	bash .ci/setup-test
 
 run: setup
-	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.cli.run --protocol $(PROTOCOL)
+	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.cli.repro --protocol $(PROTOCOL)
 
 test: setup-test
 	DVC_NO_ANALYTICS=1 $(PY) -m pytest -q

@@ -15,8 +15,9 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pipelines import reference, yamlfile
+from pipelines.errors import ParamsError  # also re-exported: config.ParamsError
 from pipelines.networks import network_names
-from pipelines.reference import Check, LabNumbers, Recipe, Reference
+from pipelines.reference import Check, LabNumbers, RecipeGoal, Reference
 from pipelines.yamlfile import Strict
 
 PARAMS_FILE = Path("params.yaml")
@@ -28,9 +29,6 @@ BackboneName = Literal["resnet18", "efficientnet_lite0"]
 # its own" and "from scratch" are written as a file those stages depend on anyway.
 BUILTIN_SOURCES = "pipelines/data/sources.py"   # datasets.<d>.folder: the built-in sources, no folder of its own
 SCRATCH = "pipelines/models.py"   # variants.<v>.start: from scratch (the model code's seeded initialisation)
-
-
-from pipelines.errors import ParamsError  # noqa: E402  (re-exported: config.ParamsError)
 
 
 class Tracking(Strict):
@@ -262,7 +260,7 @@ class Params(Strict):
         return self._reference.lab
 
     @property
-    def recipes(self) -> dict[str, Recipe]:
+    def recipes(self) -> dict[str, RecipeGoal]:
         return self._reference.recipes
 
     @property
@@ -301,16 +299,13 @@ REFERENCE_KEYS = tuple(Reference.model_fields)
 
 
 def _refuse_old_names(raw: dict) -> None:
-    """The protocol `seed` and its dataset keys are now `lab`: a params.yaml that still uses the old
-    names is told what to write instead, in one line."""
+    """Protocol `seed` and its dataset keys are now `lab`: the old names get one line saying what to write."""
     if raw.get("protocol") == "seed":
-        raise ParamsError("params.yaml: protocol 'seed' is now called 'lab' (the lab's published data); "
-                          "write `protocol: lab`")
+        raise ParamsError("params.yaml: protocol 'seed' is now called 'lab' (the lab's published data); write `protocol: lab`")
     for name, ds in (raw.get("datasets") or {}).items() if isinstance(raw.get("datasets"), dict) else ():
-        for old, new in (("seed", "lab"), ("backbone_seed", "backbone_lab")):
-            if isinstance(ds, dict) and old in ds:
-                raise ParamsError(f"params.yaml: datasets.{name}.{old} is now datasets.{name}.{new} "
-                                  f"(protocol 'seed' is now 'lab'); rename the key")
+        for old in [k for k in ("seed", "backbone_seed") if isinstance(ds, dict) and k in ds]:
+            raise ParamsError(f"params.yaml: datasets.{name}.{old} is now datasets.{name}.{old.replace('seed', 'lab')} "
+                              "(protocol 'seed' is now 'lab'); rename the key")
 
 
 def parse(raw: object, reference_raw: object = None) -> Params:

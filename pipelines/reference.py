@@ -37,7 +37,7 @@ class LabNumbers(Strict):
     val_acc: Optional[float] = None
 
 
-class Recipe(Strict):
+class RecipeGoal(Strict):
     """A stronger recipe judged against the lab's: same model and epoch budget as `baseline`,
     and the best-validation-accuracy goal it is meant to reach under each protocol."""
 
@@ -48,7 +48,7 @@ class Recipe(Strict):
 
 class Reference(Strict):
     lab: dict[str, LabNumbers] = {}
-    recipes: dict[str, Recipe] = {}
+    recipes: dict[str, RecipeGoal] = {}
     check: Optional[Check] = None
 
     def check_against(self, variants: Mapping[str, object]) -> None:

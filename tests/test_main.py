@@ -1,4 +1,4 @@
-"""The main command (pipelines.cli.run): its protocol choice, against a real HTTP server on 127.0.0.1,
+"""The main command (pipelines.cli.repro): its protocol choice, against a real HTTP server on 127.0.0.1,
 and its exit status on bad input."""
 import re
 from pathlib import Path
@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import run as main
+from pipelines.cli import repro as main
 from pipelines.data import sources
 from pipelines.errors import ParamsError
 

@@ -50,7 +50,7 @@ def ws(tmp_path_factory):
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "add", "-A"], ws)
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "tiny"], ws)
     t0 = time.perf_counter()
-    log = _sh([sys.executable, "-m", "pipelines.cli.run", "--protocol", "offline"], ws, timeout=2400)
+    log = _sh([sys.executable, "-m", "pipelines.cli.repro", "--protocol", "offline"], ws, timeout=2400)
     print(f"tiny-profile dvc repro of the whole DAG: {time.perf_counter() - t0:.0f} s")
     return ws, log
 

