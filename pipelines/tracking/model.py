@@ -31,7 +31,9 @@ class ImageClassifier(PythonModel):
         self.precision = options.get("precision", "fp32")
         self.batch_size = int(options.get("eval_batch_size", 256))
 
-    def predict(self, context, model_input, params=None):
+    # The type hint is MLflow's: a np.ndarray input is one it checks against the logged signature (a
+    # uint8 tensor of images) rather than one it infers a schema from, so it asks for no other hint.
+    def predict(self, context, model_input: np.ndarray, params=None):
         import pandas as pd
         import torch
 
