@@ -32,7 +32,6 @@ from benchmarks.studies import compare_compile, compare_forms, compare_precision
 from pipelines import compute, inference, io
 from pipelines.errors import LabError, one_line
 from pipelines.train import engine
-from pipelines.train.recipes import recipe_for
 
 
 # ---------------------------------------------------------------------------- run & report
@@ -189,7 +188,7 @@ def recipes_from_params(epochs: int) -> dict[str, engine.Recipe]:
     params = config.load()
     out = {}
     for key, variant, _ds, _m in MODELS:
-        out[key] = recipe_for(params.variant(variant), epochs=epochs)
+        out[key] = engine.recipe_for(params.variant(variant), epochs=epochs)
     return out
 
 

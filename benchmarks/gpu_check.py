@@ -32,7 +32,6 @@ import yaml
 from pipelines import compute, config, hardware, inference, io, models, runtime
 from pipelines.errors import DataError, LabError, ParamsError, one_line
 from pipelines.train import engine
-from pipelines.train.recipes import recipe_for
 from pipelines.train.stage import flops_per_image
 
 # The lab's variants that train on the packaged data of the offline protocol (the transfer-learning
@@ -99,7 +98,7 @@ def run_variant(params: config.Params, name: str, data_root: Path, device, preci
     if source and resume is None:
         raise RuntimeError(f"{name} continues {source}, which this check has not trained first")
     last: dict = {}
-    res = engine.fit(model, train_d, val_d, recipe_for(v), device, precision, params.seed, desc=name,
+    res = engine.fit(model, train_d, val_d, engine.recipe_for(v), device, precision, params.seed, desc=name,
                      resume=resume, checkpoint=lambda st: last.update(st))
     _sync(device)
     train_wall = time.perf_counter() - t_stage
@@ -136,7 +135,7 @@ def determinism_cost(params: config.Params, data_root: Path, device, precision: 
         model = models.build(cfg).to(device, memory_format=torch.channels_last)
         d = runtime.on_device(prep.train, cfg, device)
         val = runtime.on_device(prep.val, cfg, device)
-        res = engine.fit(model, d, val, recipe_for(v, epochs=1), device, precision,
+        res = engine.fit(model, d, val, engine.recipe_for(v, epochs=1), device, precision,
                          params.seed, desc=f"deterministic={mode}")
         key = "deterministic_seconds" if mode else "nondeterministic_seconds"
         out[key] = min(out.get(key, float("inf")), res.train_seconds)

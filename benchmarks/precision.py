@@ -28,7 +28,6 @@ import torch
 from pipelines import compute, config, hardware, io, models, stats
 from pipelines.errors import LabError, one_line
 from pipelines.train import engine
-from pipelines.train.recipes import recipe_for
 from pipelines.runtime import Prepared, load_prepared, model_config, on_device
 
 PRECISIONS = ("fp32", "bf16")
@@ -42,7 +41,7 @@ def train_once(params: config.Params, name: str, prep: Prepared, seed: int, prec
     device = torch.device("cpu")
     cfg = model_config(params, name, v, prep.meta)
     model = models.build(cfg).to(device, memory_format=torch.channels_last)
-    r = recipe_for(v, **({"epochs": epochs} if epochs else {}))
+    r = engine.recipe_for(v, **({"epochs": epochs} if epochs else {}))
     res = engine.fit(model, on_device(prep.train, cfg, device), on_device(prep.val, cfg, device), r,
                      device, precision, seed, desc=f"{name} {precision} seed {seed}")
     return {"seed": seed, "precision": precision, "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,

@@ -213,7 +213,7 @@ def test_checkpoint_is_a_plain_dict_and_resuming_from_it_repeats_the_straight_ru
 
 
 def test_recipe_for_reads_every_recipe_field_from_the_variant(make_params):
-    from pipelines.train.recipes import recipe_for
+    from pipelines.train.engine import recipe_for
 
     p = make_params({"variants": {"mnist_cnn_small": {
         "batch_size": 48, "lr": 0.0123, "optimizer": "sgd", "momentum": 0.8, "schedule": "cosine", "augment": "crop",

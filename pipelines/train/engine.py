@@ -1,5 +1,6 @@
-"""The one training loop every variant uses: on-device augmentation, the epoch, and `fit` with its
-checkpoint and resume.
+"""The one training loop every variant uses: the recipe it trains with (the one place a Recipe is
+built from a params variant, recipe_for), its optimiser and schedule, on-device augmentation, the
+epoch, and `fit` with its checkpoint and resume.
 
 Each batch is indexed, augmented and normalised on the device its split lives on (pipelines/compute.py
 puts it there); the validation pass after each epoch predicts as the evaluate stage does
@@ -11,8 +12,8 @@ import copy
 import math
 import sys
 import time
-from dataclasses import dataclass, field, fields
-from typing import Callable, Optional
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,55 @@ from tqdm import tqdm
 from pipelines.compute import DeviceData, autocast, batch_indices, dist_info
 from pipelines.inference import evaluate
 from pipelines.models import logits_of
-from pipelines.train.recipes import Recipe, make_optimizer, make_schedule
+
+if TYPE_CHECKING:
+    from pipelines.config import Variant
+
+
+# ---------------------------------------------------------------------------- recipe
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    label_smoothing: float
+    augment: str
+
+
+def make_optimizer(params, r: Recipe) -> torch.optim.Optimizer:
+    if r.optimizer == "adam":
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=True)
+    raise RuntimeError(f"unknown optimizer {r.optimizer!r}; supported: adam, adamw, sgd")
+
+
+def make_schedule(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
+    total = r.epochs * steps_per_epoch
+    if r.schedule == "constant":
+        return None
+    if r.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if r.schedule == "onecycle":
+        # OneCycleLR divides by zero unless each of its two phases spans more than a step: a run of a
+        # few batches (tiny data, one epoch) warms up for 1.5 steps instead of a quarter of the run.
+        total = max(total, 4)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
+                                                   pct_start=max(0.25, 1.5 / total))
+    raise RuntimeError(f"unknown schedule {r.schedule!r}; supported: constant, cosine, onecycle")
+
+
+def recipe_for(v: "Variant", **changes) -> Recipe:
+    """The recipe a variant trains with: each Recipe field read from the variant's params field of the
+    same name, then `changes` (e.g. epochs=1 for a benchmark) applied on top."""
+    return replace(Recipe(**{f.name: getattr(v, f.name) for f in fields(Recipe)}), **changes)
 
 
 # ---------------------------------------------------------------------------- augmentation on device

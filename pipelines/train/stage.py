@@ -22,7 +22,6 @@ from pipelines.outputs import HistoryRow, ParamsRow, RunRecord, TrainMetrics
 from pipelines.runtime import Runtime, StagePaths
 from pipelines.tracking import Run, flat_params
 from pipelines.train import diagnosis, engine
-from pipelines.train.recipes import recipe_for
 from pipelines.train.svm import fit_svm_head
 
 CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")   # logged per epoch to MLflow
@@ -36,7 +35,7 @@ def train(params: Params, name: str, paths: StagePaths, seed: Optional[int] = No
     job = _Training.start(rt, checkpoint, resume)
     if rt.rank != 0:
         # Other ranks train in lockstep; only rank 0 logs and writes outputs.
-        engine.fit(job.net, job.train, job.val, recipe_for(rt.variant), rt.device, rt.precision, rt.seed,
+        engine.fit(job.net, job.train, job.val, engine.recipe_for(rt.variant), rt.device, rt.precision, rt.seed,
                    desc=f"{name} rank {rt.rank}", resume=job.state)
         rt.close()
         return {}
@@ -176,7 +175,7 @@ class _Training:
             # The continued variant's epochs, logged under this run too, so its curves are whole.
             run.log_metrics({k: row[k] for k in CURVE_KEYS}, step=row["epoch"])
         rt = self.rt
-        return engine.fit(self.net, self.train, self.val, recipe_for(rt.variant), rt.device, rt.precision, rt.seed,
+        return engine.fit(self.net, self.train, self.val, engine.recipe_for(rt.variant), rt.device, rt.precision, rt.seed,
                           on_epoch, rt.name, resume=self.state, checkpoint=self.save_checkpoint)
 
     def write_state(self) -> None:
