@@ -175,8 +175,8 @@ class _Training:
             # The continued variant's epochs, logged under this run too, so its curves are whole.
             run.log_metrics({k: row[k] for k in CURVE_KEYS}, step=row["epoch"])
         rt = self.rt
-        return engine.fit(self.net, self.train, self.val, engine.recipe_for(rt.variant), rt.device, rt.precision, rt.seed,
-                          on_epoch, rt.name, resume=self.state, checkpoint=self.save_checkpoint)
+        return engine.fit(self.net, self.train, self.val, engine.recipe_for(rt.variant), rt.device, rt.precision,
+                          rt.seed, on_epoch, rt.name, resume=self.state, checkpoint=self.save_checkpoint)
 
     def write_state(self) -> None:
         """models/<v>/state.pt, the last epoch's state a longer variant continues (params save_state)."""
@@ -244,7 +244,8 @@ def _run_tags(rt: Runtime) -> dict:
     return tags
 
 
-def _arithmetic(classifier: str, flops: int, sizes: tuple[int, int], epochs_here: int, test_n: int) -> tuple[int, float]:
+def _arithmetic(classifier: str, flops: int, sizes: tuple[int, int], epochs_here: int,
+                test_n: int) -> tuple[int, float]:
     """(FLOPs of one training image, FLOPs this stage computed). A gradient step costs about three
     forward passes (the backward pass about two); the SVM option only runs the frozen backbone
     forward. Each epoch adds a forward pass over the validation split; the test split one more."""
