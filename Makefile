@@ -2,6 +2,7 @@
 # Both install what they need first, so they work on a fresh machine of this kind: `make run` only
 # what running needs (.ci/setup), `make test` that plus PostgreSQL and Chromium (.ci/setup-test).
 PY ?= python3
+# auto (lab when the lab's published data can be had, else offline) | lab | offline
 PROTOCOL ?= auto
 
 .PHONY: setup setup-test run test ui benchmark gpu-check gpu-wheels
@@ -13,7 +14,7 @@ setup-test:
 	bash .ci/setup-test
 
 run: setup
-	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.cli.run --protocol $(PROTOCOL)
+	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.cli.repro --protocol $(PROTOCOL)
 
 test: setup-test
 	DVC_NO_ANALYTICS=1 $(PY) -m pytest -q
@@ -54,6 +55,12 @@ gpu-wheels:
 	$(PY) -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
 	  $$($(PY) -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('pydantic', 'pydantic-core', 'annotated-types', 'typing-inspection')))")
+
+# dvc.yaml's code deps: every stage's import closure, written in place (tests/test_stage_deps.py checks
+# they are current). Run it after adding, moving or removing an import.
+.PHONY: deps
+deps:
+	$(PY) -m pipelines.cli.deps
 
 # docs/outputs.md is generated from the output contract's models (tests/test_outputs.py checks it).
 .PHONY: outputs-doc docs

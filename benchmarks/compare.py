@@ -5,7 +5,7 @@
 For the Simple CNN (prepared `mnist` arrays, 28x28x1) and the AlexNet (prepared `cifar10`
 arrays, 32x32x3), each trained from the same seeded initialisation with the lab variants' recipe
 from params.yaml:
-  ours   engine.fit + engine.evaluate: uint8 NHWC tensors, batched augmentation, channels-last,
+  ours   engine.fit + inference.evaluate: uint8 NHWC tensors, batched augmentation, channels-last,
          precision `auto` (bf16 only where the CPU/GPU runs it natively);
   usual  a torchvision-style Dataset returning PIL images, per-sample ToTensor/Normalize
          (+ RandomCrop/RandomHorizontalFlip for the AlexNet), DataLoader(shuffle=True,
@@ -29,10 +29,9 @@ from typing import Optional
 
 from benchmarks.paths import FIT_VAL_SLICE, MODELS, Arrays, compare_model, load_arrays, machine_info, ru_maxrss_mib
 from benchmarks.studies import compare_compile, compare_forms, compare_precision, compare_roofline, compare_tsne
-from pipelines import io
+from pipelines import compute, inference, io
 from pipelines.errors import LabError, one_line
 from pipelines.train import engine
-from pipelines.train.recipes import recipe_for
 
 
 # ---------------------------------------------------------------------------- run & report
@@ -41,9 +40,9 @@ def run(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], *, seed:
         log=print, progress=lambda result: None, quick: bool = False, tsne: bool = True) -> dict:
     """Every measurement; datasets and recipes are keyed by the MODELS' benchmark key. progress(result)
     is called after each section, so a long run stopped part-way still leaves its figures."""
-    engine.seed_everything(seed)
-    device = engine.pick_device(device_name)
-    precision = engine.pick_precision("auto", device)
+    compute.seed_everything(seed)
+    device = compute.pick_device(device_name)
+    precision = compute.pick_precision("auto", device)
     result = {"date": dt.date.today().isoformat(), "device": str(device), "machine": machine_info(),
               "seed": seed, "models": {}}
     trained = {}
@@ -81,7 +80,7 @@ def run(datasets: dict[str, Arrays], recipes: dict[str, engine.Recipe], *, seed:
     result["notes"] = [
         "usual path: DataLoader(batch_size as the recipe, shuffle=True, num_workers=0); PIL image per sample, "
         "ToTensor + Normalize (+ RandomCrop with padding size//8 and RandomHorizontalFlip for crop_flip); fp32, NCHW",
-        f"ours: engine.fit + engine.evaluate, precision auto -> {precision}, channels-last; fit's own per-epoch "
+        f"ours: engine.fit + inference.evaluate, precision auto -> {precision}, channels-last; fit's own per-epoch "
         f"validation runs on the first {FIT_VAL_SLICE} validation images, the timed evaluation on all of them",
         "both paths start from identical weights (same seed) and run in this one process, ours first; "
         "peak RSS is sampled every 20 ms during each path (increase = over the RSS at the path's start)",
@@ -189,7 +188,7 @@ def recipes_from_params(epochs: int) -> dict[str, engine.Recipe]:
     params = config.load()
     out = {}
     for key, variant, _ds, _m in MODELS:
-        out[key] = recipe_for(params.variant(variant), epochs=epochs)
+        out[key] = engine.recipe_for(params.variant(variant), epochs=epochs)
     return out
 
 
@@ -219,7 +218,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except LabError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
-    device = engine.pick_device(a.device)
+    device = compute.pick_device(a.device)
     out = a.json or Path(f"benchmarks/results-{dt.date.today().isoformat()}-{device.type}.json")
     data_info = {key: {"folder": str(a.data / ds), "source": datasets[key].source, "train": len(datasets[key].train_y),
                        "val": len(datasets[key].val_y)} for key, _v, ds, _m in MODELS}

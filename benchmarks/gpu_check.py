@@ -29,10 +29,9 @@ from typing import Optional
 import torch
 import yaml
 
-from pipelines import config, hardware, io, models
+from pipelines import compute, config, hardware, inference, io, models, runtime
 from pipelines.errors import DataError, LabError, ParamsError, one_line
-from pipelines.train import engine, setup
-from pipelines.train.recipes import recipe_for
+from pipelines.train import engine
 from pipelines.train.stage import flops_per_image
 
 # The lab's variants that train on the packaged data of the offline protocol (the transfer-learning
@@ -83,15 +82,15 @@ def _sync(device: torch.device) -> None:
 def run_variant(params: config.Params, name: str, data_root: Path, device, precision: str, eval_batch: int,
                 states: dict, peak: float) -> dict:
     v = params.variant(name)
-    prep = setup.load_prepared(data_root / v.dataset)
-    cfg = setup.model_config(params, name, v, prep.meta)
+    prep = runtime.load_prepared(data_root / v.dataset)
+    cfg = runtime.model_config(params, name, v, prep.meta)
     t_stage = time.perf_counter()
-    engine.seed_everything(params.seed, params.threads)
+    compute.seed_everything(params.seed, params.threads)
     model = models.build(cfg)
     flops = flops_per_image(model, cfg)
     model = model.to(device, memory_format=torch.channels_last)
-    train_d = setup.device_split(prep.train, cfg, device)
-    val_d = setup.device_split(prep.val, cfg, device)
+    train_d = runtime.on_device(prep.train, cfg, device)
+    val_d = runtime.on_device(prep.val, cfg, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     source = config.start_variant(v.start)
@@ -99,7 +98,7 @@ def run_variant(params: config.Params, name: str, data_root: Path, device, preci
     if source and resume is None:
         raise RuntimeError(f"{name} continues {source}, which this check has not trained first")
     last: dict = {}
-    res = engine.fit(model, train_d, val_d, recipe_for(v), device, precision, params.seed, desc=name,
+    res = engine.fit(model, train_d, val_d, engine.recipe_for(v), device, precision, params.seed, desc=name,
                      resume=resume, checkpoint=lambda st: last.update(st))
     _sync(device)
     train_wall = time.perf_counter() - t_stage
@@ -109,7 +108,7 @@ def run_variant(params: config.Params, name: str, data_root: Path, device, preci
     images_here = len(train_d) * (len(res.history) - reused)
     model.load_state_dict(res.best_state)
     t0 = time.perf_counter()
-    _, acc, _ = engine.evaluate(model, val_d, eval_batch, device, precision)
+    _, acc, _ = inference.evaluate(model, val_d, eval_batch, device, precision)
     _sync(device)
     eval_s = time.perf_counter() - t0
     img_s = images_here / seconds_here if seconds_here else 0.0
@@ -127,16 +126,16 @@ def run_variant(params: config.Params, name: str, data_root: Path, device, preci
 def determinism_cost(params: config.Params, data_root: Path, device, precision: str) -> dict:
     """One epoch of mnist_cnn with torch's deterministic algorithms (the pipeline's setting) and without."""
     v = params.variant("mnist_cnn")
-    prep = setup.load_prepared(data_root / v.dataset)
-    cfg = setup.model_config(params, "mnist_cnn", v, prep.meta)
+    prep = runtime.load_prepared(data_root / v.dataset)
+    cfg = runtime.model_config(params, "mnist_cnn", v, prep.meta)
     out = {}
     for mode in (True, False, True):  # deterministic first and last: warm-up effects fall on both sides
-        engine.seed_everything(params.seed, params.threads)
+        compute.seed_everything(params.seed, params.threads)
         torch.use_deterministic_algorithms(mode, warn_only=True)
         model = models.build(cfg).to(device, memory_format=torch.channels_last)
-        d = setup.device_split(prep.train, cfg, device)
-        val = setup.device_split(prep.val, cfg, device)
-        res = engine.fit(model, d, val, recipe_for(v, epochs=1), device, precision,
+        d = runtime.on_device(prep.train, cfg, device)
+        val = runtime.on_device(prep.val, cfg, device)
+        res = engine.fit(model, d, val, engine.recipe_for(v, epochs=1), device, precision,
                          params.seed, desc=f"deterministic={mode}")
         key = "deterministic_seconds" if mode else "nondeterministic_seconds"
         out[key] = min(out.get(key, float("inf")), res.train_seconds)
@@ -211,7 +210,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     except LabError as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return e.exit_code
-    precision = engine.pick_precision(params.precision, device)
+    precision = compute.pick_precision(params.precision, device)
     tmp = Path(tempfile.mkdtemp(prefix="gpu-check-"))
     try:
         prep_s = prepare_all(params, a.raw, tmp, log)

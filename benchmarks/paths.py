@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipelines import hardware, models
+from pipelines import compute, hardware, inference, models
 from pipelines.train import engine
 
 
@@ -170,8 +170,8 @@ def usual_path(model: torch.nn.Module, data: Arrays, r: engine.Recipe, seed: int
 
 
 # ---------------------------------------------------------------------------- our loop
-def device_data(x, y, data: Arrays, device) -> engine.DeviceData:
-    return engine.DeviceData.from_arrays(x, y, data.mean, data.std, device)
+def device_data(x, y, data: Arrays, device) -> compute.DeviceData:
+    return compute.DeviceData.from_arrays(x, y, data.mean, data.std, device)
 
 
 def ours_path(model: torch.nn.Module, data: Arrays, r: engine.Recipe, seed: int, device: torch.device,
@@ -182,7 +182,7 @@ def ours_path(model: torch.nn.Module, data: Arrays, r: engine.Recipe, seed: int,
     model = model.to(device, memory_format=torch.channels_last)
     res = engine.fit(model, train_d, fit_val, r, device, precision, seed, desc="bench")
     t0 = time.perf_counter()
-    val_loss, val_acc, _ = engine.evaluate(model, val_d, r.eval_batch_size, device, precision)
+    val_loss, val_acc, _ = inference.evaluate(model, val_d, r.eval_batch_size, device, precision)
     if device.type == "cuda":
         torch.cuda.synchronize()
     eval_s = time.perf_counter() - t0
@@ -233,7 +233,7 @@ def compare_model(key: str, model_name: str, data: Arrays, r: engine.Recipe, see
 
 
 def load_arrays(folder: Path, train_limit: int, val_limit: int, seed: int) -> Arrays:
-    from pipelines.train.setup import load_prepared
+    from pipelines.runtime import load_prepared
 
     prep = load_prepared(folder)
 

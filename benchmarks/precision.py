@@ -25,11 +25,10 @@ from typing import Callable, Optional, Sequence
 
 import torch
 
-from pipelines import config, hardware, io, models, stats
+from pipelines import compute, config, hardware, io, models, stats
 from pipelines.errors import LabError, one_line
 from pipelines.train import engine
-from pipelines.train.recipes import recipe_for
-from pipelines.train.setup import Prepared, device_split, load_prepared, model_config
+from pipelines.runtime import Prepared, load_prepared, model_config, on_device
 
 PRECISIONS = ("fp32", "bf16")
 
@@ -38,12 +37,12 @@ def train_once(params: config.Params, name: str, prep: Prepared, seed: int, prec
                epochs: Optional[int] = None) -> dict:
     """One training run of variant `name` as its train stage does it, in `precision`, from `seed`."""
     v = params.variant(name)
-    engine.seed_everything(seed, params.threads)
+    compute.seed_everything(seed, params.threads)
     device = torch.device("cpu")
     cfg = model_config(params, name, v, prep.meta)
     model = models.build(cfg).to(device, memory_format=torch.channels_last)
-    r = recipe_for(v, **({"epochs": epochs} if epochs else {}))
-    res = engine.fit(model, device_split(prep.train, cfg, device), device_split(prep.val, cfg, device), r,
+    r = engine.recipe_for(v, **({"epochs": epochs} if epochs else {}))
+    res = engine.fit(model, on_device(prep.train, cfg, device), on_device(prep.val, cfg, device), r,
                      device, precision, seed, desc=f"{name} {precision} seed {seed}")
     return {"seed": seed, "precision": precision, "best_val_acc": res.best_val_acc, "best_epoch": res.best_epoch,
             "epochs": r.epochs, "train_seconds": res.train_seconds,

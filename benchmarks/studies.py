@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks.paths import FIT_VAL_SLICE, MODELS, Arrays, build_model, device_data
-from pipelines import hardware, models
+from pipelines import compute, hardware, inference, models
 from pipelines.embed import tsne as features
 from pipelines.train import engine
 
@@ -27,7 +27,7 @@ def compare_tsne(model: torch.nn.Module, data: Arrays, seed: int, device, precis
     from openTSNE import TSNE
 
     val_d = device_data(data.val_x, data.val_y, data, device)
-    feats = engine.extract(model, {"fc1": model.fc1}, val_d, 1000, device, precision)["fc1"]
+    feats = inference.extract(model, {"fc1": model.fc1}, val_d, 1000, device, precision)["fc1"]
     y = data.val_y
     perp = min(perplexity, max(2.0, (len(feats) - 1) / 3))
     keep = ("knn_acc_tsne", "trustworthiness", "silhouette_tsne")
@@ -53,7 +53,7 @@ def compare_precision(model_name: str, data: Arrays, r: engine.Recipe, batches: 
     sub = device_data(data.train_x[:n], data.train_y[:n], data, device)
     tiny_val = device_data(data.val_x[:FIT_VAL_SLICE], data.val_y[:FIT_VAL_SLICE], data, device)
     out = {"model": model_name, "batches": -(-n // r.batch_size), "batch_size": r.batch_size, "images": n,
-           "auto_picks": engine.pick_precision("auto", device), "native_bf16": hardware.native_bf16()}
+           "auto_picks": compute.pick_precision("auto", device), "native_bf16": hardware.native_bf16()}
     for prec in ("fp32", "bf16"):
         m = build_model(model_name, data, seed).to(device, memory_format=torch.channels_last)
         res = engine.fit(m, sub, tiny_val, replace(r, epochs=1), device, prec, seed, desc=f"bench {prec}")
@@ -95,7 +95,7 @@ def compare_forms(model_name: str, data: Arrays, r: engine.Recipe, seed: int, st
             m.train()
             t0 = time.perf_counter()
             for _ in range(steps):
-                with engine.autocast(dev, prec):
+                with compute.autocast(dev, prec):
                     loss = F.cross_entropy(models.logits_of(m(x)).float(), yb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -103,7 +103,7 @@ def compare_forms(model_name: str, data: Arrays, r: engine.Recipe, seed: int, st
             best[name]["train"] = max(best[name]["train"], steps * len(yb) / (time.perf_counter() - t0))
             losses[name] = float(loss.detach())
             m.eval()
-            with torch.no_grad(), engine.autocast(dev, prec):
+            with torch.no_grad(), compute.autocast(dev, prec):
                 t0 = time.perf_counter()
                 m(x_eval)
                 best[name]["eval"] = max(best[name]["eval"], len(x_eval) / (time.perf_counter() - t0))
@@ -160,15 +160,15 @@ def _compile_child(q, cfg: dict, state: dict, x, y, mean, std, batch: int, threa
         model = models.build(cfg)
         model.load_state_dict(state)
         model = model.to(memory_format=torch.channels_last).eval()
-        d = engine.DeviceData.from_arrays(x, y, mean, std, device)
+        d = compute.DeviceData.from_arrays(x, y, mean, std, device)
         # Every batch shape the timed evaluation will meet (a full batch and the remainder), so
         # the warm-up compiles them all and the timed pass compiles nothing.
         n_warm = min(len(y), batch + (len(y) % batch if len(y) > batch else 0))
-        warm = engine.DeviceData(d.x[:n_warm], d.y[:n_warm], d.mean, d.std)
+        warm = compute.DeviceData(d.x[:n_warm], d.y[:n_warm], d.mean, d.std)
 
         def timed(m, data):
             t0 = time.perf_counter()
-            _, acc, logits = engine.evaluate(m, data, batch, device, precision)
+            _, acc, logits = inference.evaluate(m, data, batch, device, precision)
             return time.perf_counter() - t0, acc, logits
 
         eager_s, eager_acc, eager_logits = timed(model, d)

@@ -15,20 +15,20 @@ from typing import Annotated, Literal, Optional
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from pipelines import reference, yamlfile
-from pipelines.reference import Check, LabNumbers, Recipe, Reference
+from pipelines.errors import ParamsError  # also re-exported: config.ParamsError
+from pipelines.networks import network_names
+from pipelines.reference import Check, LabNumbers, RecipeGoal, Reference
 from pipelines.yamlfile import Strict
 
 PARAMS_FILE = Path("params.yaml")
 
-Protocol = Literal["seed", "offline"]
+Protocol = Literal["lab", "offline"]   # lab: the lab's published data; offline: packaged data
 SourceName = Literal["mnist", "fashion_mnist", "cifar10", "hymenoptera"]
 BackboneName = Literal["resnet18", "efficientnet_lite0"]
-BUILTIN_SOURCES = "pipelines/data/sources.py"   # a dataset's `folder` when it reads no folder of its own
-ModelName = Literal["simple_cnn", "alexnet_cifar", "backbone"]
-SCRATCH = "pipelines/models.py"   # variants.<v>.start of a run from the seeded initialisation
-
-
-from pipelines.errors import ParamsError  # noqa: E402  (re-exported: config.ParamsError)
+# Marker values: `folder` and `start` are paths because dvc.yaml lists them as deps, so "no folder of
+# its own" and "from scratch" are written as a file those stages depend on anyway.
+BUILTIN_SOURCES = "pipelines/data/sources.py"   # datasets.<d>.folder: the built-in sources, no folder of its own
+SCRATCH = "pipelines/models.py"   # variants.<v>.start: from scratch (the model code's seeded initialisation)
 
 
 class Tracking(Strict):
@@ -58,8 +58,8 @@ class Sources(Strict):
 
 
 class Dataset(Strict):
-    seed: SourceName
-    offline: SourceName
+    lab: SourceName       # the source under protocol `lab` (the lab's published data)
+    offline: SourceName   # the source under protocol `offline` (packaged data)
     image_size: int = Field(ge=8, le=512)
     channels: Literal[1, 3]
     train_limit: int = Field(ge=0)
@@ -69,7 +69,7 @@ class Dataset(Strict):
     test_limit: Optional[int] = Field(default=None, ge=0)
     # Two distinct Fashion-MNIST class indices (the offline source of the two-class set).
     offline_classes: Optional[list[Annotated[int, Field(ge=0, le=9)]]] = Field(default=None, min_length=2, max_length=2)
-    backbone_seed: Optional[BackboneName] = None
+    backbone_lab: Optional[BackboneName] = None
     backbone_offline: Optional[BackboneName] = None
     # Your own images instead of the sources above, under either protocol: a folder of <class>/<image>
     # or {train,val[,test]}/<class>/<image> (pipelines/data/folder.py). BUILTIN_SOURCES (the default)
@@ -92,10 +92,10 @@ class Dataset(Strict):
     def source(self, protocol: str) -> str:
         if self.own_folder:
             return "image_folder"
-        return self.seed if protocol == "seed" else self.offline
+        return self.lab if protocol == "lab" else self.offline
 
     def backbone(self, protocol: str) -> Optional[str]:
-        return self.backbone_seed if protocol == "seed" else self.backbone_offline
+        return self.backbone_lab if protocol == "lab" else self.backbone_offline
 
 
 class Layers(Strict):
@@ -105,7 +105,7 @@ class Layers(Strict):
 
 class Variant(Strict):
     dataset: str
-    model: ModelName
+    model: str
     layers: Layers
     epochs: int = Field(ge=1, le=1000)
     batch_size: int = Field(ge=1, le=65536)
@@ -136,6 +136,13 @@ class Variant(Strict):
         # Before the bounds check, so NaN is reported as NaN and not as "should be <= 10".
         if isinstance(v, float) and not math.isfinite(v):
             raise ValueError(f"{v} is not a finite number")
+        return v
+
+    @field_validator("model")
+    @classmethod
+    def _network(cls, v: str) -> str:
+        if v not in network_names():
+            raise ValueError(f"{v!r} is not a network; allowed: {', '.join(network_names())}")
         return v
 
     @model_validator(mode="after")
@@ -254,7 +261,7 @@ class Params(Strict):
         return self._reference.lab
 
     @property
-    def recipes(self) -> dict[str, Recipe]:
+    def recipes(self) -> dict[str, RecipeGoal]:
         return self._reference.recipes
 
     @property
@@ -292,6 +299,16 @@ def _one_line_at(e: dict, loc: str) -> str:
 REFERENCE_KEYS = tuple(Reference.model_fields)
 
 
+def _refuse_old_names(raw: dict) -> None:
+    """Protocol `seed` and its dataset keys are now `lab`: the old names get one line saying what to write."""
+    if raw.get("protocol") == "seed":
+        raise ParamsError("params.yaml: protocol 'seed' is now called 'lab' (the lab's published data); write `protocol: lab`")
+    for name, ds in (raw.get("datasets") or {}).items() if isinstance(raw.get("datasets"), dict) else ():
+        for old in [k for k in ("seed", "backbone_seed") if isinstance(ds, dict) and k in ds]:
+            raise ParamsError(f"params.yaml: datasets.{name}.{old} is now datasets.{name}.{old.replace('seed', 'lab')} "
+                              "(protocol 'seed' is now 'lab'); rename the key")
+
+
 def parse(raw: object, reference_raw: object = None) -> Params:
     """Validate a params mapping (as read from YAML) into a Params object, with the reference
     mapping (reference.yaml's; None: no reference data) checked against it."""
@@ -300,6 +317,7 @@ def parse(raw: object, reference_raw: object = None) -> Params:
     for key in REFERENCE_KEYS:
         if key in raw:
             raise ParamsError(f"params.yaml: {key!r} is reference data, not a setting; it belongs in {reference.NAME}")
+    _refuse_old_names(raw)
     raw = dict(raw)
     defaults = raw.pop("defaults", {}) or {}
     if not isinstance(defaults, dict):

@@ -1,22 +1,24 @@
 """The model registry: network name -> builder, and what every caller needs of a model.
 
 One module per network sits in pipelines/networks/ (the lab's two CNNs and an ImageNet backbone
-with a new head); NETWORKS below registers them. Every model is rebuilt from a plain config dict,
+with a new head), named by its file; NETWORKS below imports each. Every model is rebuilt from a plain config dict,
 which the checkpoint carries beside its state dict, so a checkpoint loads with `weights_only=True`
 and no pickled classes.
 
-This file's path is also the `start` of a run from the seeded initialisation (config.SCRATCH).
+This file's path is also the value of params `start` that means from scratch (config.SCRATCH): a
+path, because train's DVC stage depends on `start`.
 """
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import torch
 from torch import nn
 
-from pipelines import io
+from pipelines import imagenet, io
 from pipelines.errors import ParamsError
-from pipelines.networks import alexnet_cifar, backbone, backbones, simple_cnn
+from pipelines.networks import network_names
 from pipelines.networks.alexnet_cifar import AlexNetCifar
 from pipelines.networks.backbone import BackboneClassifier
 from pipelines.networks.simple_cnn import SimpleCNN
@@ -24,11 +26,13 @@ from pipelines.networks.simple_cnn import SimpleCNN
 __all__ = ["NETWORKS", "BACKBONE_NORM", "SimpleCNN", "AlexNetCifar", "BackboneClassifier", "build", "layer_aliases",
            "resolve_layer", "parameter_table", "logits_of", "save_checkpoint", "load_checkpoint"]
 
-# name -> network module (NAME, build(config)); a new network is a new module here.
-NETWORKS = {m.NAME: m for m in (simple_cnn, alexnet_cifar, backbone)}
+# Every module of this package is a network (its file name is its name). The string below is how
+# pipelines/cli/deps.py sees that this module imports each of them, so dvc.yaml lists them all.
+NETWORK_MODULES = "pipelines.networks.*"
+NETWORKS = {name: importlib.import_module(f"{NETWORK_MODULES[:-2]}.{name}") for name in network_names()}
 
 # Normalisation each pretrained backbone was trained with (and is therefore fed with).
-BACKBONE_NORM = {b.name: (b.mean, b.std) for b in backbones.BACKBONES.values()}
+BACKBONE_NORM = {b.name: (b.mean, b.std) for b in imagenet.BACKBONES.values()}
 
 
 def build(config: dict) -> nn.Module:

@@ -37,18 +37,18 @@ class LabNumbers(Strict):
     val_acc: Optional[float] = None
 
 
-class Recipe(Strict):
+class RecipeGoal(Strict):
     """A stronger recipe judged against the lab's: same model and epoch budget as `baseline`,
     and the best-validation-accuracy goal it is meant to reach under each protocol."""
 
     baseline: str
     # Keyed by params.yaml's protocols (config.Protocol; this module sits below config).
-    target: dict[Literal["seed", "offline"], Annotated[float, Field(gt=0, le=100)]] = {}
+    target: dict[Literal["lab", "offline"], Annotated[float, Field(gt=0, le=100)]] = {}
 
 
 class Reference(Strict):
     lab: dict[str, LabNumbers] = {}
-    recipes: dict[str, Recipe] = {}
+    recipes: dict[str, RecipeGoal] = {}
     check: Optional[Check] = None
 
     def check_against(self, variants: Mapping[str, object]) -> None:
@@ -79,6 +79,10 @@ def parse(raw: object) -> Reference:
     against the params."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{NAME}: the top level must be a mapping, got {type(raw).__name__}")
+    for name, rc in (raw.get("recipes") or {}).items() if isinstance(raw.get("recipes"), dict) else ():
+        if isinstance(rc, dict) and isinstance(rc.get("target"), dict) and "seed" in rc["target"]:
+            raise ParamsError(f"{NAME}: recipes.{name}.target.seed: protocol 'seed' is now called 'lab'; "
+                              f"rename the key to `lab`")
     try:
         return Reference.model_validate(raw)
     except ValidationError as err:

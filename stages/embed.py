@@ -5,8 +5,8 @@
 """
 import sys
 
-from pipelines.cli import edge
+from pipelines.cli.variant_stage import variant_stage
 from pipelines.embed.stage import embed
 
 if __name__ == "__main__":
-    sys.exit(edge.variant_stage("embed", embed))
+    sys.exit(variant_stage("embed", embed))

@@ -5,8 +5,8 @@
 """
 import sys
 
-from pipelines.cli import edge
+from pipelines.cli.variant_stage import variant_stage
 from pipelines.evaluate.stage import evaluate
 
 if __name__ == "__main__":
-    sys.exit(edge.variant_stage("evaluate", evaluate))
+    sys.exit(variant_stage("evaluate", evaluate))

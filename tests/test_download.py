@@ -140,7 +140,7 @@ def test_acquire_mirror_before_network(fake_idx, tmp_path, make_params, http_ser
     mirror.mkdir()
     shutil.copy(fake_idx / names[2], mirror)
     base = http_server.serve_dir("m", fake_idx)
-    params = make_params({"protocol": "seed", "sources": {"mirrors": [str(mirror)], "mnist_urls": [base]}})
+    params = make_params({"protocol": "lab", "sources": {"mirrors": [str(mirror)], "mnist_urls": [base]}})
     rec = sources.acquire("mnist", params, tmp_path / "raw")
     assert rec["files"][names[2]]["origin"].startswith("mirror:")
     assert http_server.hits[f"m/{names[2]}"] == 0
@@ -154,7 +154,7 @@ def test_present_but_corrupt_is_replaced(fake_idx, tmp_path, make_params, http_s
     raw.mkdir()
     (raw / names[0]).write_bytes(b"not the file")
     base = http_server.serve_dir("m", fake_idx)
-    params = make_params({"protocol": "seed", "sources": {"mnist_urls": [base]}})
+    params = make_params({"protocol": "lab", "sources": {"mnist_urls": [base]}})
     rec = sources.acquire("mnist", params, raw)
     assert rec["files"][names[0]]["origin"].startswith("url:")
     assert (raw / names[0]).read_bytes() == (fake_idx / names[0]).read_bytes()
@@ -177,11 +177,11 @@ def test_fashion_without_system_copy_says_how_to_install(tmp_path, make_params):
     with pytest.raises(DataError) as err:
         sources.acquire("mnist", params, tmp_path / "raw")
     msg = str(err.value)
-    assert "apt-get install dataset-fashion-mnist" in msg and "seed protocol" in msg and "\n" not in msg
+    assert "apt-get install dataset-fashion-mnist" in msg and "lab protocol" in msg and "\n" not in msg
 
 
 def test_network_failure_names_offline_remedy(tmp_path, make_params, http_server):
-    params = make_params({"protocol": "seed", "sources": {"mnist_urls": [http_server.base("gone")],
+    params = make_params({"protocol": "lab", "sources": {"mnist_urls": [http_server.base("gone")],
                                                           "retries": 1}})
     with pytest.raises(DownloadError) as err:
         sources.acquire("mnist", params, tmp_path / "raw")

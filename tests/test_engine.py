@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines import hardware, models
+from pipelines import compute, hardware, inference, models
 from pipelines.embed import tsne
 from pipelines.train import engine
 from pipelines.train.svm import fit_linear_svm
@@ -13,7 +13,7 @@ def _data(n=96, size=28, c=1, k=10, seed=0):
     rng = np.random.default_rng(seed)
     x = rng.integers(0, 256, (n, size, size, c), dtype=np.uint8)
     y = rng.integers(0, k, n)
-    return engine.DeviceData.from_arrays(x, y, [0.5] * c, [0.25] * c, torch.device("cpu"))
+    return compute.DeviceData.from_arrays(x, y, [0.5] * c, [0.25] * c, torch.device("cpu"))
 
 
 @pytest.mark.parametrize("name", list(engine.AUGMENTS))
@@ -50,7 +50,7 @@ def test_normalise_gives_channels_last_float():
 
 
 def _fit(seed):
-    engine.seed_everything(seed)
+    compute.seed_everything(seed)
     m = models.build(dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10, hidden=8))
     r = engine.Recipe(2, 32, 64, "adam", 1e-3, 0.9, 0.0, "onecycle", 0.1, "crop_flip")
     return engine.fit(m, _data(), _data(seed=1), r, torch.device("cpu"), "fp32", seed)
@@ -69,8 +69,8 @@ def test_training_reduces_loss_on_learnable_data():
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 256)
     x = (rng.integers(0, 100, (256, 8, 8, 1)) + 150 * y[:, None, None, None]).astype(np.uint8)
-    d = engine.DeviceData.from_arrays(x, y, [0.5], [0.3], torch.device("cpu"))
-    engine.seed_everything(0)
+    d = compute.DeviceData.from_arrays(x, y, [0.5], [0.3], torch.device("cpu"))
+    compute.seed_everything(0)
     m = models.build(dict(model="simple_cnn", in_channels=1, image_size=8, n_classes=2, hidden=8))
     r = engine.Recipe(4, 32, 128, "adam", 3e-3, 0.9, 0.0, "constant", 0.0, "none")
     res = engine.fit(m, d, d, r, torch.device("cpu"), "fp32", 0)
@@ -81,17 +81,17 @@ def test_training_reduces_loss_on_learnable_data():
 def test_extract_reads_named_layers_by_hooks():
     d = _data(10)
     m = models.build(dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10))
-    feats = engine.extract(m, {"fc1": m.fc1, "out": m.fc2}, d, 4, torch.device("cpu"), "fp32")
+    feats = inference.extract(m, {"fc1": m.fc1, "out": m.fc2}, d, 4, torch.device("cpu"), "fp32")
     assert feats["fc1"].shape == (10, 128) and feats["out"].shape == (10, 10)
     assert not m.fc1._forward_hooks  # hooks removed
 
 
 def test_precision_auto_is_fp32_without_native_bf16(monkeypatch):
     monkeypatch.setattr(hardware, "native_bf16", lambda: False)
-    assert engine.pick_precision("auto", torch.device("cpu")) == "fp32"
+    assert compute.pick_precision("auto", torch.device("cpu")) == "fp32"
     monkeypatch.setattr(hardware, "native_bf16", lambda: True)
-    assert engine.pick_precision("auto", torch.device("cpu")) == "bf16"
-    assert engine.pick_precision("fp32", torch.device("cpu")) == "fp32"
+    assert compute.pick_precision("auto", torch.device("cpu")) == "bf16"
+    assert compute.pick_precision("fp32", torch.device("cpu")) == "fp32"
 
 
 def test_linear_svm_folds_into_a_head_with_the_same_decisions():
@@ -195,7 +195,7 @@ def test_checkpoint_is_a_plain_dict_and_resuming_from_it_repeats_the_straight_ru
     r = engine.Recipe(3, 32, 64, "sgd", 0.05, 0.9, 1e-4, "cosine", 0.0, "crop_flip")
 
     def run(resume=None, checkpoint=None):
-        engine.seed_everything(5)
+        compute.seed_everything(5)
         m = models.build(dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10, hidden=8))
         return engine.fit(m, _data(), _data(seed=1), r, torch.device("cpu"), "fp32", 5,
                           resume=resume, checkpoint=checkpoint)
@@ -213,7 +213,7 @@ def test_checkpoint_is_a_plain_dict_and_resuming_from_it_repeats_the_straight_ru
 
 
 def test_recipe_for_reads_every_recipe_field_from_the_variant(make_params):
-    from pipelines.train.recipes import recipe_for
+    from pipelines.train.engine import recipe_for
 
     p = make_params({"variants": {"mnist_cnn_small": {
         "batch_size": 48, "lr": 0.0123, "optimizer": "sgd", "momentum": 0.8, "schedule": "cosine", "augment": "crop",

@@ -121,7 +121,7 @@ def test_a_second_concurrent_repro_is_refused_and_the_first_completes(tmp_path):
     isolation.copy_checkout(tmp_path)
     # The offline transfer set is built from Debian's Fashion-MNIST: no network under either protocol.
     (tmp_path / "params.yaml").write_text(
-        isolation.committed_params_text().replace("\nprotocol: seed", "\nprotocol: offline"))
+        isolation.committed_params_text().replace("\nprotocol: lab", "\nprotocol: offline"))
     env = {**os.environ, "DVC_NO_ANALYTICS": "1"}
     git = ["git", "-c", "user.email=t@localhost", "-c", "user.name=t"]
     for cmd in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "x"]):

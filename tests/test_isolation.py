@@ -1,6 +1,6 @@
 """The tests are isolated from the checkout they run in: the network guard refuses and reports
 connections beyond loopback (in this process and in the processes it starts), and the key
-fixtures give the same verdicts in a checkout whose params.yaml says `protocol: seed` (and whose
+fixtures give the same verdicts in a checkout whose params.yaml says `protocol: lab` (and whose
 reference.yaml holds other numbers than committed), whose workspace holds mlflow.db, data/ and reports/, and whose shell sets MLFLOW_* and DVC_* variables."""
 from __future__ import annotations
 
@@ -73,16 +73,16 @@ KEY_TESTS = ["tests/test_report.py", "tests/test_main.py", "tests/test_download.
 
 
 @pytest.mark.slow
-def test_fast_tests_pass_in_a_polluted_checkout_under_the_seed_protocol(tmp_path):
+def test_fast_tests_pass_in_a_polluted_checkout_under_the_lab_protocol(tmp_path):
     clone = tmp_path / "clone"
     isolation.copy_checkout(clone)
     p = isolation.committed_params()
-    p["protocol"] = "seed"
+    p["protocol"] = "lab"
     p["seed"] = 7
     p["variants"]["tl_svm"]["tsne_perplexity"] = 12.0
     (clone / "params.yaml").write_text(yaml.safe_dump(p, sort_keys=False))
     git = ["git", "-c", "user.email=t@localhost", "-c", "user.name=t"]
-    for cmd in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "seed protocol"]):
+    for cmd in (["git", "init", "-q"], git + ["add", "-A"], git + ["commit", "-qm", "lab protocol"]):
         subprocess.run(cmd, cwd=clone, check=True, capture_output=True)
     # After `make run`: a working params.yaml edited again, and the workspace's outputs.
     p["variants"]["tl_svm"]["svm_c"] = 0.25

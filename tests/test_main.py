@@ -1,4 +1,4 @@
-"""The main command (pipelines.cli.run): its protocol choice, against a real HTTP server on 127.0.0.1,
+"""The main command (pipelines.cli.repro): its protocol choice, against a real HTTP server on 127.0.0.1,
 and its exit status on bad input."""
 import os
 import re
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipelines.cli import run as main
+from pipelines.cli import repro as main
 from pipelines.data import sources
 from pipelines.errors import ParamsError
 import isolation
@@ -16,25 +16,25 @@ import isolation
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _seed_files(params):
-    seed = params.model_copy(update={"protocol": "seed"})
-    return [(name, key, rel) for name in params.datasets for key, rel in sources.files_for(name, seed)]
+def _lab_files(params):
+    lab = params.model_copy(update={"protocol": "lab"})
+    return [(name, key, rel) for name in params.datasets for key, rel in sources.files_for(name, lab)]
 
 
 def _serve_all(server, params):
-    for _, _, rel in _seed_files(params):
+    for _, _, rel in _lab_files(params):
         server.add(f"m/{Path(rel).name}", ("ok", b"x"))
     return server.base("m")
 
 
-def test_seed_when_every_source_answers(http_server, make_params, monkeypatch, tmp_path):
+def test_lab_when_every_source_answers(http_server, make_params, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)
     base = None
     params = make_params()
     base = _serve_all(http_server, params)
     urls = {k: [base] for k in ("mnist_urls", "cifar10_urls", "hymenoptera_urls", "torchvision_weights_urls")}
     protocol, reason = main.choose_protocol(make_params({"sources": urls}))
-    assert protocol == "seed", reason
+    assert protocol == "lab", reason
 
 
 def test_offline_names_the_file_that_cannot_be_had(http_server, make_params, monkeypatch, tmp_path):
@@ -48,7 +48,7 @@ def test_offline_names_the_file_that_cannot_be_had(http_server, make_params, mon
     assert "cifar-10-python.tar.gz" in reason and "404" in reason
 
 
-def test_offline_data_already_downloaded_does_not_count_as_seed(http_server, make_params, monkeypatch, tmp_path):
+def test_offline_data_already_downloaded_does_not_count_as_lab(http_server, make_params, monkeypatch, tmp_path):
     # data/raw/mnist holds Fashion-MNIST under MNIST's file names after an offline run.
     monkeypatch.chdir(tmp_path)
     raw = tmp_path / "data/raw/mnist"
@@ -64,9 +64,9 @@ def test_offline_data_already_downloaded_does_not_count_as_seed(http_server, mak
 def test_set_protocol_keeps_comments(tmp_path):
     p = tmp_path / "params.yaml"
     p.write_text("seed: 1\nprotocol: offline   # comment\n# more\n")
-    assert main.set_protocol(p, "seed")
-    assert p.read_text() == "seed: 1\nprotocol: seed   # comment\n# more\n"
-    assert not main.set_protocol(p, "seed")
+    assert main.set_protocol(p, "lab")
+    assert p.read_text() == "seed: 1\nprotocol: lab   # comment\n# more\n"
+    assert not main.set_protocol(p, "lab")
 
 
 def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
@@ -83,7 +83,7 @@ def test_data_option_writes_the_folder_into_params(tmp_path, params_raw):
     assert main.set_folder(params_file, "transfer", str(photos)) == str(photos.resolve())
     p = config.load(params_file)
     assert p.datasets["transfer"].own_folder == str(photos.resolve()) and p.datasets["mnist"].own_folder is None
-    assert p.datasets["transfer"].source("offline") == p.datasets["transfer"].source("seed") == "image_folder"
+    assert p.datasets["transfer"].source("offline") == p.datasets["transfer"].source("lab") == "image_folder"
     assert "# my params\n" in params_file.read_text() and "  transfer:   # my photos\n" in params_file.read_text()
     main.set_folder(params_file, "transfer", "builtin")
     assert params_file.read_text() == before

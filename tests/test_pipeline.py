@@ -50,7 +50,7 @@ def ws(tmp_path_factory):
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "add", "-A"], ws)
     _sh(["git", "-c", "user.email=t@localhost", "-c", "user.name=t", "commit", "-qm", "tiny"], ws)
     t0 = time.perf_counter()
-    log = _sh([sys.executable, "-m", "pipelines.cli.run", "--protocol", "offline"], ws, timeout=2400)
+    log = _sh([sys.executable, "-m", "pipelines.cli.repro", "--protocol", "offline"], ws, timeout=2400)
     print(f"tiny-profile dvc repro of the whole DAG: {time.perf_counter() - t0:.0f} s")
     return ws, log
 
@@ -148,9 +148,8 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
     import numpy as np
     import torch
 
-    from pipelines import models
-    from pipelines.train import engine
-    from pipelines.train.setup import device_split, load_prepared
+    from pipelines import inference, models
+    from pipelines.runtime import load_prepared, on_device
 
     for v in VARIANTS:
         train, ev, emb = _metrics(root, v)
@@ -178,8 +177,8 @@ def test_every_variant_learned_and_its_numbers_agree(ws):
         prep = load_prepared(data)
         model, cfg = models.load_checkpoint(root / f"models/{v}/model.pt")
         model = model.to(memory_format=torch.channels_last)
-        val = device_split(prep.val, cfg, torch.device("cpu"))
-        _, acc, _ = engine.evaluate(model, val, 128, torch.device("cpu"), train["precision"])
+        val = on_device(prep.val, cfg, torch.device("cpu"))
+        _, acc, _ = inference.evaluate(model, val, 128, torch.device("cpu"), train["precision"])
         assert acc == pytest.approx(train["best_val_acc"], abs=1e-4), (v, acc, train)
         assert acc == pytest.approx(ev["accuracy"], abs=1e-4), (v, acc, ev)
         # The arithmetic figures agree with each other: the stage's own FLOPs at the peak it measured
@@ -279,12 +278,13 @@ def check_report_numbers(root: Path, md: str, variants: list[str]) -> int:
 
 
 def test_an_edit_to_a_module_makes_exactly_its_importers_stale(ws):
-    """dvc status after an edit (a comment) to pipelines/train/engine.py lists every stage that imports
+    """dvc status after an edit (a comment) to pipelines/inference.py lists every stage that imports
     it and no other (the report's registry code reaches it through the MLflow model module); after
-    one to pipelines/io.py, every stage."""
+    one to pipelines/train/engine.py, only the training stages; after one to pipelines/io.py, every stage."""
     root, _ = ws
-    expected = {"train/engine.py": {s for s in _stage_names(root) if s.split("@")[0] in
-                              ("train", "replicate", "evaluate", "embed", "report")},
+    expected = {"inference.py": {s for s in _stage_names(root) if s.split("@")[0] in
+                                 ("train", "replicate", "evaluate", "embed", "report")},
+                "train/engine.py": {s for s in _stage_names(root) if s.split("@")[0] in ("train", "replicate")},
                 "io.py": _stage_names(root)}
     for module, stale in expected.items():
         f = root / "pipelines" / module

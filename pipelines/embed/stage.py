@@ -7,39 +7,34 @@ only those paths, each file atomically.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-from pipelines import io, models, plots
-from pipelines.train import engine
+from pipelines import inference, io, models, plots
 from pipelines.config import Params
-from pipelines.outputs import EmbedMetrics, TsneRow
 from pipelines.embed.tsne import quality, tsne_2d
+from pipelines.outputs import EmbedMetrics, TsneRow
+from pipelines.runtime import Runtime, StagePaths
 from pipelines.tracking import Run
-from pipelines.train.setup import device_split, load_model, load_prepared, seeded_device
 
 
-def embed(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
-    v = params.variant(name)
-    prep = load_prepared(data_dir)
-    device, precision = seeded_device(params)
-    model, cfg = load_model(model_dir, device)
+def embed(params: Params, name: str, paths: StagePaths) -> dict:
+    rt = Runtime.open(params, name, paths)
+    v, prep = rt.variant, rt.prep
+    model, cfg = rt.load_model()
     y_all = prep.val["y"]
     rng = np.random.default_rng(params.seed)
     idx = np.sort(rng.permutation(len(y_all))[: v.tsne_points])
     sub = {"x": prep.val["x"][idx], "y": y_all[idx]}
-    data = device_split(sub, cfg, device)
-    modules = {}
-    for role in ("intermediate", "final"):
-        path, mod = models.resolve_layer(model, getattr(v.layers, role))
-        modules[role] = (path, mod)
+    data = rt.on_device(sub, cfg)
+    modules = {role: models.resolve_layer(model, getattr(v.layers, role)) for role in ("intermediate", "final")}
     t0 = time.perf_counter()
-    feats = engine.extract(model, {r: m for r, (_, m) in modules.items()}, data, v.eval_batch_size, device, precision)
+    feats = inference.extract(model, {r: m for r, (_, m) in modules.items()}, data, v.eval_batch_size, rt.device,
+                              rt.precision)
     result = {"points": int(len(idx)), "layers": {}}
     rows = []
-    with Run(params, "embed", name, resume=model_dir / "run.json", system_metrics=False) as run:
+    with Run(params, "embed", name, resume=paths.model / "run.json", system_metrics=False) as run:
         panels = []
         for role, (path, _) in modules.items():
             f = feats[role]
@@ -55,12 +50,12 @@ def embed(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: P
             panels.append((f"{role}: {path} ({f.shape[1]}-d)", xy, sub["y"]))
             run.log_metrics({f"embed_{role}_{k}": val for k, val in q.items() if k != "seconds"})
         result["seconds"] = time.perf_counter() - t0
-        io.write_csv(out_dir / "tsne.csv", ["layer", "x", "y", "label"], rows)
+        io.write_csv(paths.out / "tsne.csv", ["layer", "x", "y", "label"], rows)
         plots.save_figure(plots.tsne(panels, prep.meta["classes"], f"{name}: t-SNE of {len(idx)} validation images"),
-                          out_dir / "tsne.png")
+                          paths.out / "tsne.png")
         result = EmbedMetrics.model_validate(result).dump()
-        io.write_json(metrics_path, result)
-        run.log_artifact(out_dir / "tsne.png", "embed")
+        io.write_json(paths.metrics, result)
+        run.log_artifact(paths.out / "tsne.png", "embed")
     print(f"embed {name}: {len(idx)} points, " + "; ".join(
         f"{r} {d['dim']}-d silhouette {d.get('silhouette_features', float('nan')):.3f}"
         for r, d in result["layers"].items()) + f" ({result['seconds']:.0f} s, {result['tsne_backend']})", flush=True)

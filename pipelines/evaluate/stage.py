@@ -8,35 +8,29 @@ writes only those paths, each file atomically.
 from __future__ import annotations
 
 import time
-from pathlib import Path
 
 import numpy as np
 
-from pipelines import io, plots
-from pipelines.train import engine
+from pipelines import inference, io, plots
 from pipelines.config import Params
 from pipelines.outputs import ConfusionMatrixRow, ConfusionRow, EvaluateMetrics, PerClassRow
+from pipelines.runtime import Runtime, StagePaths
 from pipelines.tracking import Run
-from pipelines.train.setup import (dataset_inputs, device_split, load_model, load_prepared, seeded_device,
-                                   write_test_predictions)
 
 
-def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir: Path, metrics_path: Path) -> dict:
+def evaluate(params: Params, name: str, paths: StagePaths) -> dict:
     from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
 
     t_start = time.perf_counter()
-    v = params.variant(name)
-    prep = load_prepared(data_dir)
-    device, precision = seeded_device(params)
-    model, cfg = load_model(model_dir, device)
-    val_d = device_split(prep.val, cfg, device)
-    classes = prep.meta["classes"]
-    with Run(params, "evaluate", name, resume=model_dir / "run.json", system_metrics=False) as run:
-        run.log_datasets(dataset_inputs(prep, {"val": "validation", "test": "test"}))
+    rt = Runtime.open(params, name, paths)
+    model, cfg = rt.load_model()
+    val_d = rt.on_device(rt.prep.val, cfg)
+    classes, y = rt.prep.meta["classes"], rt.prep.val["y"]
+    with Run(params, "evaluate", name, resume=paths.model / "run.json", system_metrics=False) as run:
+        run.log_datasets(rt.dataset_inputs({"val": "validation", "test": "test"}))
         t0 = time.perf_counter()
-        loss, acc, logits = engine.evaluate(model, val_d, v.eval_batch_size, device, precision)
+        loss, acc, logits = inference.evaluate(model, val_d, rt.variant.eval_batch_size, rt.device, rt.precision)
         infer_s = time.perf_counter() - t0
-        y = prep.val["y"]
         pred = logits.argmax(1).numpy()
         k = len(classes)
         cm = confusion_matrix(y, pred, labels=list(range(k)))
@@ -45,23 +39,23 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
         off.sort(key=lambda t: (-t[0], t[1], t[2]))
         top = [{"true": classes[i], "pred": classes[j], "count": c} for c, i, j in off[:5]]
         result = {"split": "val", "n": int(len(y)), "accuracy": acc, "loss": loss,
-                  "macro_f1": float(f1.mean() * 100), "top_confusions": top, "precision": precision,
+                  "macro_f1": float(f1.mean() * 100), "top_confusions": top, "precision": rt.precision,
                   "inference_seconds": infer_s, "img_per_s": len(y) / infer_s if infer_s else 0.0}
-        if prep.test is not None:
-            test = write_test_predictions(model, prep, cfg, v, device, precision, out_dir)
+        test = rt.write_test_predictions(model, cfg)
+        if test:
             result.update(test_accuracy=test["test_acc"], test_n=test["test_n"])
-        io.write_csv(out_dir / "per_class.csv", PerClassRow.columns(),
+        io.write_csv(paths.out / "per_class.csv", PerClassRow.columns(),
                      [PerClassRow(class_=classes[i], precision=p[i], recall=r[i], f1=f1[i], support=int(sup[i])).cells()
                       for i in range(k)])
-        _write_confusions(out_dir, name, classes, cm, y, pred, off, prep.val["x"])
+        _write_confusions(rt, cm, pred, off)
         result["seconds"] = time.perf_counter() - t_start   # the stage body up to its metrics
         result = EvaluateMetrics.model_validate(result).dump()
-        io.write_json(metrics_path, result)
+        io.write_json(paths.metrics, result)
         headline = {"val_accuracy": acc, "val_macro_f1": result["macro_f1"],
                     **({"test_accuracy": result["test_accuracy"]} if "test_accuracy" in result else {})}
         run.log_metrics({**headline, "val_loss": loss})
         run.log_variant_metrics(headline)
-        for f in sorted(out_dir.iterdir()):
+        for f in sorted(paths.out.iterdir()):
             if f.suffix in (".png", ".csv") and f.name != "confusion.csv":
                 run.log_artifact(f, "evaluate")
     print(f"evaluate {name}: accuracy {acc:.2f}% on {len(y)} validation images; top confusions "
@@ -69,10 +63,10 @@ def evaluate(params: Params, name: str, data_dir: Path, model_dir: Path, out_dir
     return result
 
 
-def _write_confusions(out_dir: Path, name: str, classes: list[str], cm: np.ndarray, y: np.ndarray,
-                      pred: np.ndarray, off: list[tuple[int, int, int]], images_x: np.ndarray) -> None:
+def _write_confusions(rt: Runtime, cm: np.ndarray, pred: np.ndarray, off: list[tuple[int, int, int]]) -> None:
     """confusion.csv (one row per image, DVC's confusion plot), the matrix as CSV and PNG, and the
-    images of the two most frequent confusions (`off`: (count, true, pred), most frequent first)."""
+    validation images of the two most frequent confusions (`off`: (count, true, pred), most frequent first)."""
+    out_dir, name, classes, y = rt.paths.out, rt.name, rt.prep.meta["classes"], rt.prep.val["y"]
     k = len(classes)
     io.write_csv(out_dir / "confusion.csv", ConfusionRow.columns(),
                  [ConfusionRow(actual=classes[a], predicted=classes[b]).cells() for a, b in zip(y, pred)])
@@ -83,7 +77,7 @@ def _write_confusions(out_dir: Path, name: str, classes: list[str], cm: np.ndarr
     images, captions = [], []
     for c, i, j in off[:2]:
         idx = np.flatnonzero((y == i) & (pred == j))[:8]
-        images += [images_x[t] for t in idx]
+        images += [rt.prep.val["x"][t] for t in idx]
         captions += [f"true {classes[i]}\npred {classes[j]}" for _ in idx]
     if images:
         fig = plots.examples(np.stack(images), captions, f"{name}: the two most frequent confusions", ncols=8)

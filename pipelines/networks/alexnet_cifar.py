@@ -6,9 +6,6 @@ from torch import nn
 
 from pipelines.errors import ParamsError
 
-NAME = "alexnet_cifar"
-
-
 class AlexNetCifar(nn.Module):
     """Part 1.2: the lab's reduced AlexNet for 32x32 inputs (6,199,498 parameters)."""
 

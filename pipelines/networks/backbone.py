@@ -1,4 +1,4 @@
-"""Part 1.3: an ImageNet backbone (pipelines/networks/backbones.py) with a new classification head."""
+"""Part 1.3: the `backbone` network, an ImageNet architecture (pipelines/imagenet.py) with a new classification head."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,19 +6,15 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pipelines import io
+from pipelines import imagenet, io
 from pipelines.errors import DataError
-from pipelines.networks import backbones
-
-NAME = "backbone"
-
 
 class BackboneClassifier(nn.Module):
     """Part 1.3: an ImageNet architecture whose 1000-way classifier is replaced by a new head."""
 
     def __init__(self, backbone: str, n_classes: int = 2):
         super().__init__()
-        spec = backbones.get(backbone)
+        spec = imagenet.get(backbone)
         self.body = spec.build()
         width = getattr(self.body, spec.head).in_features
         setattr(self.body, spec.head, nn.Identity())

@@ -4,9 +4,6 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-NAME = "simple_cnn"
-
-
 class SimpleCNN(nn.Module):
     """Part 1.1: two 3x3 convs, one max-pool, fc1 (hidden units) and fc2.
 

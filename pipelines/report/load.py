@@ -115,7 +115,7 @@ def read_checked_csv(path: Path, model: type[Row]) -> Optional[list[dict]]:
     return out
 
 
-PREDICTIONS_FILE = TEST_PREDICTIONS   # written by pipelines.train.setup.write_test_predictions
+PREDICTIONS_FILE = TEST_PREDICTIONS   # written by pipelines.runtime.Runtime.write_test_predictions
 
 
 @dataclass(frozen=True)

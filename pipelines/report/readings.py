@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Optional
 
 from pipelines.config import Params
-from pipelines.networks.backbones import BACKBONES
+from pipelines.imagenet import BACKBONES
 from pipelines.report.doc import Document, Inputs
 from pipelines.report.lab import SOURCE_TITLES
 from pipelines.report.load import Data, Results, is_kind
@@ -20,8 +20,8 @@ def backbone_title(name: str) -> str:
 def data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool]:
     """(what this run used, what the lab used, whether they are the same data)."""
     ds = params.dataset(dataset)
-    lab = SOURCE_TITLES.get(ds.seed, ds.seed)
-    lab_backbone = ds.backbone_seed
+    lab = SOURCE_TITLES.get(ds.lab, ds.lab)
+    lab_backbone = ds.backbone_lab
     if lab_backbone:
         lab += f"; backbone {backbone_title(lab_backbone)} (ImageNet)"
     if data.meta is None:
@@ -38,7 +38,7 @@ def data_used(params: Params, dataset: str, data: Data) -> tuple[str, str, bool]
     backbone = meta["backbone"].get("name") if isinstance(meta.get("backbone"), dict) else None
     if backbone:
         used += f"; backbone {backbone_title(backbone)} (ImageNet)"
-    same = meta["source"] == ds.seed and (lab_backbone is None or backbone == lab_backbone)
+    same = meta["source"] == ds.lab and (lab_backbone is None or backbone == lab_backbone)
     return used, lab, same
 
 
@@ -74,7 +74,7 @@ def on_data(src: Inputs, dataset: Optional[str]) -> str:
     meta = src.data[dataset].meta if dataset is not None else None
     if meta is None:
         return ""  # not prepared: the data line below says so; naming the lab's data here would mislead
-    lab = SOURCE_TITLES.get(src.params.datasets[dataset].seed, src.params.datasets[dataset].seed)
+    lab = SOURCE_TITLES.get(src.params.datasets[dataset].lab, src.params.datasets[dataset].lab)
     used = SOURCE_TITLES.get(meta["source"], meta["source"])
     return f" on {used}" if used == lab else f" on {used} (the lab: {lab})"
 

@@ -31,11 +31,13 @@ class ImageClassifier(PythonModel):
         self.precision = options.get("precision", "fp32")
         self.batch_size = int(options.get("eval_batch_size", 256))
 
-    def predict(self, context, model_input, params=None):
+    # The type hint is MLflow's: a np.ndarray input is one it checks against the logged signature (a
+    # uint8 tensor of images) rather than one it infers a schema from, so it asks for no other hint.
+    def predict(self, context, model_input: np.ndarray, params=None):
         import pandas as pd
         import torch
 
-        from pipelines.train import engine
+        from pipelines import compute, inference
 
         if isinstance(model_input, dict) and len(model_input) == 1:  # a named tensor
             model_input = next(iter(model_input.values()))
@@ -48,8 +50,8 @@ class ImageClassifier(PythonModel):
             raise ValueError(f"images of shape (n, {', '.join(map(str, shape))}) expected, got {x.shape}")
         x = x.astype(np.uint8, copy=False)
         device = torch.device("cpu")
-        data = engine.DeviceData.from_arrays(x, np.zeros(len(x), np.int64), c["mean"], c["std"], device)
-        logits = engine.predict_logits(self.model, data, self.batch_size, device, self.precision)
+        data = compute.DeviceData.from_arrays(x, np.zeros(len(x), np.int64), c["mean"], c["std"], device)
+        logits = inference.predict_logits(self.model, data, self.batch_size, device, self.precision)
         prob = torch.softmax(logits, 1)
         p, label = prob.max(1)
         label = label.numpy()

@@ -1,121 +1,80 @@
-"""The one training/evaluation loop every variant uses, and its on-device data path.
+"""The one training loop every variant uses: the recipe it trains with (the one place a Recipe is
+built from a params variant, recipe_for), its optimiser and schedule, on-device augmentation, the
+epoch, and `fit` with its checkpoint and resume.
 
-Prepared uint8 NHWC arrays are moved to the device once; each batch is indexed, augmented
-and normalised there. Permuting NHWC to NCHW gives a channels-last tensor for free, which is
-the fast layout for convolutions on both CPU (oneDNN) and GPU. No DataLoader, no PIL.
+Each batch is indexed, augmented and normalised on the device its split lives on (pipelines/compute.py
+puts it there); the validation pass after each epoch predicts as the evaluate stage does
+(pipelines/inference.py).
 """
 from __future__ import annotations
 
 import copy
 import math
-import os
 import sys
 import time
-from dataclasses import dataclass, field, fields
-from typing import Callable, Iterator, Optional
+from dataclasses import dataclass, field, fields, replace
+from typing import TYPE_CHECKING, Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from pipelines import hardware
-from pipelines.errors import ParamsError
+from pipelines.compute import DeviceData, autocast, batch_indices, dist_info
+from pipelines.inference import evaluate
 from pipelines.models import logits_of
-from pipelines.train.recipes import Recipe, make_optimizer, make_schedule
+
+if TYPE_CHECKING:
+    from pipelines.config import Variant
 
 
-# ---------------------------------------------------------------------------- device & precision
-def pick_device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ParamsError("device 'cuda' requested but torch sees no CUDA GPU; use device: auto or cpu")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and "LOCAL_RANK" in os.environ:  # torchrun: one GPU per process
-        return torch.device("cuda", int(os.environ["LOCAL_RANK"]))
-    return torch.device(name)
+# ---------------------------------------------------------------------------- recipe
+@dataclass(frozen=True)
+class Recipe:
+    epochs: int
+    batch_size: int
+    eval_batch_size: int
+    optimizer: str
+    lr: float
+    momentum: float
+    weight_decay: float
+    schedule: str
+    label_smoothing: float
+    augment: str
 
 
-def pick_precision(name: str, device: torch.device) -> str:
-    if name != "auto":
-        return name
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    return "bf16" if hardware.native_bf16() else "fp32"
+def make_optimizer(params, r: Recipe) -> torch.optim.Optimizer:
+    if r.optimizer == "adam":
+        return torch.optim.Adam(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=r.lr, weight_decay=r.weight_decay)
+    if r.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=r.lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=True)
+    raise RuntimeError(f"unknown optimizer {r.optimizer!r}; supported: adam, adamw, sgd")
 
 
-def autocast(device: torch.device, precision: str):
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+def make_schedule(opt: torch.optim.Optimizer, r: Recipe, steps_per_epoch: int):
+    total = r.epochs * steps_per_epoch
+    if r.schedule == "constant":
+        return None
+    if r.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total)
+    if r.schedule == "onecycle":
+        # OneCycleLR divides by zero unless each of its two phases spans more than a step: a run of a
+        # few batches (tiny data, one epoch) warms up for 1.5 steps instead of a quarter of the run.
+        total = max(total, 4)
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=r.lr, total_steps=total,
+                                                   pct_start=max(0.25, 1.5 / total))
+    raise RuntimeError(f"unknown schedule {r.schedule!r}; supported: constant, cosine, onecycle")
 
 
-def seed_everything(seed: int, threads: int = 0) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    if threads:
-        torch.set_num_threads(threads)
-    # Same seed, same CPU numbers: forbid nondeterministic kernels where torch has a choice.
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.backends.cudnn.benchmark = False
+def recipe_for(v: "Variant", **changes) -> Recipe:
+    """The recipe a variant trains with: each Recipe field read from the variant's params field of the
+    same name, then `changes` (e.g. epochs=1 for a benchmark) applied on top."""
+    return replace(Recipe(**{f.name: getattr(v, f.name) for f in fields(Recipe)}), **changes)
 
 
-def dist_info() -> tuple[int, int]:
-    """(rank, world size): (0, 1) unless running under torch.distributed (torchrun)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the process group torchrun describes in the environment (WORLD_SIZE > 1)."""
-    import torch.distributed as dist
-
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-        if device.type == "cuda":
-            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    return dist_info()
-
-
-def finish_distributed() -> None:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-        dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------------------- data on device
-@dataclass
-class DeviceData:
-    """A split held on the device: uint8 images NHWC and int64 labels."""
-
-    x: torch.Tensor
-    y: torch.Tensor
-    mean: torch.Tensor  # (C,) in 0..1 units
-    std: torch.Tensor
-
-    @classmethod
-    def from_arrays(cls, x: np.ndarray, y: np.ndarray, mean, std, device: torch.device) -> "DeviceData":
-        return cls(
-            torch.from_numpy(np.ascontiguousarray(x)).to(device),
-            torch.from_numpy(y.astype(np.int64)).to(device),
-            torch.tensor(mean, dtype=torch.float32, device=device),
-            torch.tensor(std, dtype=torch.float32, device=device),
-        )
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC -> float NCHW (channels-last memory), normalised."""
-        xf = xb.float().div_(255).sub_(self.mean).div_(self.std)
-        return xf.permute(0, 3, 1, 2)
-
-
+# ---------------------------------------------------------------------------- augmentation on device
 def _random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     n, h, w, _ = x.shape
     padded = F.pad(x, (0, 0, pad, pad, pad, pad))  # zero padding of H and W on NHWC
@@ -165,12 +124,6 @@ def augment(name: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return AUGMENTS[name](x, gen)
 
 
-def batch_indices(n: int, batch_size: int, gen: Optional[torch.Generator]) -> Iterator[torch.Tensor]:
-    order = torch.randperm(n, generator=gen) if gen is not None else torch.arange(n)
-    for i in range(0, n, batch_size):
-        yield order[i : i + batch_size]
-
-
 # ---------------------------------------------------------------------------- loop
 @dataclass
 class FitResult:
@@ -186,29 +139,6 @@ def _progress(iterable, total: int, desc: str):
     # A bar on a terminal; under DVC/CI (not a tty) a line every 30 s instead of thousands.
     return tqdm(iterable, total=total, desc=desc, leave=False, file=sys.stderr,
                 disable=None, mininterval=0.5 if sys.stderr.isatty() else 30)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, data: DeviceData, batch_size: int, device: torch.device,
-                   precision: str) -> torch.Tensor:
-    """float32 logits over a whole split, in order, batch by batch (on the data's device)."""
-    model.eval()
-    outs = []
-    for idx in batch_indices(len(data), batch_size, None):
-        idx = idx.to(data.x.device)
-        with autocast(device, precision):
-            outs.append(logits_of(model(data.normalise(data.x[idx]))).float())
-    return torch.cat(outs)
-
-
-@torch.no_grad()
-def evaluate(model: nn.Module, data: DeviceData, batch_size: int, device: torch.device, precision: str,
-             label_smoothing: float = 0.0) -> tuple[float, float, torch.Tensor]:
-    """Mean loss, accuracy (%) and the logits (float32, on CPU) over a whole split."""
-    logits = predict_logits(model, data, batch_size, device, precision)
-    loss = F.cross_entropy(logits, data.y, label_smoothing=label_smoothing).item()
-    acc = (logits.argmax(1) == data.y).float().mean().item() * 100
-    return loss, acc, logits.cpu()
 
 
 @dataclass
@@ -321,21 +251,3 @@ def fit(model: nn.Module, train: DeviceData, val: DeviceData, r: Recipe, device:
         if checkpoint is not None:
             checkpoint(TrainState.capture(epoch, core, opt, sched, res).to_dict())
     return res
-
-
-@torch.no_grad()
-def extract(model: nn.Module, modules: dict[str, nn.Module], data: DeviceData, batch_size: int,
-            device: torch.device, precision: str) -> dict[str, np.ndarray]:
-    """Outputs of the named modules over a split, read by forward hooks (4-D maps are flattened)."""
-    store: dict[str, list[torch.Tensor]] = {k: [] for k in modules}
-    hooks = [m.register_forward_hook(lambda _m, _i, out, k=k: store[k].append(logits_of(out).float().flatten(1).cpu()))
-             for k, m in modules.items()]
-    try:
-        model.eval()
-        for idx in batch_indices(len(data), batch_size, None):
-            with autocast(device, precision):
-                model(data.normalise(data.x[idx.to(data.x.device)]))
-    finally:
-        for h in hooks:
-            h.remove()
-    return {k: torch.cat(v).numpy() for k, v in store.items()}

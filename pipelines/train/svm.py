@@ -7,6 +7,7 @@ import time
 import numpy as np
 import torch
 
+from pipelines.inference import extract
 from pipelines.train import engine
 from pipelines.config import Variant
 
@@ -38,8 +39,8 @@ def fit_svm_head(model, train_d, val_d, v: Variant, device, precision, seed: int
     """Fit the SVM on the backbone's pooled features and copy it into `model.head`; one history row."""
     t0 = time.perf_counter()
     body = {"pooled": model.body}
-    f_tr = engine.extract(model, body, train_d, v.eval_batch_size, device, precision)["pooled"]
-    f_va = engine.extract(model, body, val_d, v.eval_batch_size, device, precision)["pooled"]
+    f_tr = extract(model, body, train_d, v.eval_batch_size, device, precision)["pooled"]
+    f_va = extract(model, body, val_d, v.eval_batch_size, device, precision)["pooled"]
     w, b, train_acc = fit_linear_svm(f_tr, train_d.y.cpu().numpy(), v.svm_c, seed)
     with torch.no_grad():
         model.head.weight.copy_(torch.from_numpy(w))

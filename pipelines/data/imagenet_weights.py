@@ -11,8 +11,8 @@ from pathlib import Path
 
 import torch
 
+from pipelines import imagenet
 from pipelines.errors import DataError, IntegrityError
-from pipelines.networks import backbones
 
 
 def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
@@ -31,9 +31,9 @@ def load_weights(path: Path | str) -> dict[str, torch.Tensor]:
 
 def convert(name: str, sd: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.Tensor]":
     """A state dict keyed like the model the training stage builds for `name`."""
-    if name not in backbones.BACKBONES:
+    if name not in imagenet.BACKBONES:
         raise DataError(f"unknown backbone {name!r}")
-    spec = backbones.BACKBONES[name]
+    spec = imagenet.BACKBONES[name]
     target = spec.build().state_dict()
     if spec.keys == "same":
         # Same code base, same keys: anything else means the wrong file, caught here rather
@@ -44,7 +44,7 @@ def convert(name: str, sd: dict[str, torch.Tensor]) -> "OrderedDict[str, torch.T
             raise DataError(f"{name} weights: missing keys {missing[:3]}, unexpected keys {extra[:3]}")
         triples = [(k, k, sd[k]) for k in target]
     else:
-        # Key names from another code base, tensors registered in the same order (backbones.py):
+        # Key names from another code base, tensors registered in the same order (pipelines/imagenet.py):
         # map by position and let the shape check catch any misalignment.
         if len(sd) != len(target):
             raise DataError(f"{name} weights: {len(sd)} tensors, timm's model has {len(target)}")

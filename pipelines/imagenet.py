@@ -1,4 +1,4 @@
-"""The backbone registry: everything the lab knows about each ImageNet architecture, in one row.
+"""The ImageNet architectures the `backbone` network can use: everything the lab knows about each, in one row.
 
 The model builder, the input normalisation its weights were trained with, the weight file the data
 stages fetch and convert, how that file's keys map onto the built model, the classifier replaced by a

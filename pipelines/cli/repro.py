@@ -1,8 +1,8 @@
 """The main job: choose the protocol, then `dvc repro` the whole lab.
 
-    python -m pipelines.cli.run                    # seed protocol if its sources can be had, else offline
-    python -m pipelines.cli.run --protocol offline # force one; extra arguments go to `dvc repro`
-    python -m pipelines.cli.run --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
+    python -m pipelines.cli.repro                    # lab protocol if its sources can be had, else offline
+    python -m pipelines.cli.repro --protocol offline # force one; extra arguments go to `dvc repro`
+    python -m pipelines.cli.repro --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
 
 Exit status: 0 when `dvc repro` succeeded, 1 when it failed (the failing stage's `error:` line says why),
 2 when an argument or params.yaml is bad (pipelines/errors.py).
@@ -28,8 +28,8 @@ from pipelines.errors import FAILURE, OK, LabError, ParamsError, one_line
 PROBE_TIMEOUT_S = 5
 
 
-def _seed_file_available(name: str, key: str, rel: str, params: config.Params) -> str | None:
-    """Why this seed-protocol file can be had, or None."""
+def _lab_file_available(name: str, key: str, rel: str, params: config.Params) -> str | None:
+    """Why this lab-protocol file can be had, or None."""
     from pipelines.data.sources import urls_for
 
     filename = Path(rel).name
@@ -59,17 +59,18 @@ def _seed_file_available(name: str, key: str, rel: str, params: config.Params) -
 
 
 def choose_protocol(params: config.Params) -> tuple[str, str]:
-    """('seed' | 'offline', reason): seed when every seed-protocol file is present or reachable."""
+    """('lab' | 'offline', reason): lab when every lab-protocol file (the lab's published data) is
+    present or reachable."""
     from pipelines.data.sources import files_for
 
-    seed_params = params.model_copy(update={"protocol": "seed"})
+    lab_params = params.model_copy(update={"protocol": "lab"})
     for name in params.datasets:
-        for key, rel in files_for(name, seed_params):
+        for key, rel in files_for(name, lab_params):
             try:
-                _seed_file_available(name, key, rel, params)
+                _lab_file_available(name, key, rel, params)
             except LookupError as e:
-                return "offline", f"seed-protocol file {Path(rel).name} ({name}) cannot be had: {e}"
-    return "seed", "every seed-protocol file is present, mirrored or reachable"
+                return "offline", f"lab-protocol file {Path(rel).name} ({name}) cannot be had: {e}"
+    return "lab", "every lab-protocol file is present, mirrored or reachable"
 
 
 def set_protocol(path: Path, protocol: str) -> bool:
@@ -147,9 +148,16 @@ def produced(repro_args: list[str], root: Path = Path(".")) -> str:
             + " and the stages it needs; no report was built (run without a stage name to build it)")
 
 
+def _protocol_flag(value: str) -> str:
+    if value == "seed":   # the protocol's former name
+        raise argparse.ArgumentTypeError("'seed' is now called 'lab' (the lab's published data); use --protocol lab")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m pipelines.cli.run", description=__doc__.splitlines()[0])
-    ap.add_argument("--protocol", choices=["auto", "seed", "offline"], default="auto")
+    ap = argparse.ArgumentParser(prog="python -m pipelines.cli.repro", description=__doc__.splitlines()[0])
+    ap.add_argument("--protocol", type=_protocol_flag, choices=["auto", "lab", "offline"], default="auto",
+                    help="lab: the lab's published data (MNIST, CIFAR-10, ants/bees, ResNet-18); offline: packaged data")
     ap.add_argument("--data", action="append", default=[], metavar="DATASET=FOLDER",
                     help="read DATASET (mnist, cifar10, transfer) from your own image folder; FOLDER 'builtin' "
                          "restores the built-in sources; written to params.yaml")
