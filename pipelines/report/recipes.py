@@ -3,8 +3,7 @@ here) at the same model, epochs and data, with the goal params.yaml names and th
 from __future__ import annotations
 
 from pipelines.config import Params
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import pct, pp
+from pipelines.report.doc import Document, Inputs, pct, pp
 from pipelines.report.load import Results, is_kind
 from pipelines.report.readings import accuracy, n_val
 from pipelines.stats import ALPHA, p_text, two_proportion_p
