@@ -332,6 +332,33 @@ def test_other_variants_are_listed(tmp_path):
     assert "| `cifar_alexnet_cosine` | `cifar10` | alexnet_cifar | not run |" in other
 
 
+def test_parts_follow_the_roles_reference_yaml_gives(tmp_path):
+    # Part 1.1's variant and Part 1.3's options come from reference.yaml `parts`, not from the code.
+    extra = {"mnist_cnn_wide": {"dataset": "mnist", "model": "simple_cnn", "hidden": 256,
+                                "layers": {"intermediate": "fc1", "final": "fc2"}}}
+    raw = isolation.committed_params()
+    raw["protocol"] = "offline"
+    raw["variants"].update(extra)
+    raw["replicates"]["seeds"] = list(REPLICATE_OFFSETS)
+    ref = isolation.committed_reference()
+    ref["parts"]["simple_cnn"] = "mnist_cnn_wide"
+    ref["parts"]["transfer"] = {"tl_finetune": "fine-tuned", "tl_scratch": "from scratch"}
+    root = populate(tmp_path / "root")
+    write_variant(root, "mnist_cnn_wide", "mnist", FASHION, 10)
+    md = report.build(config.parse(raw, ref), root, now=NOW).markdown
+    assert "## Part 1.1 — Simple CNN (`mnist_cnn_wide`)" in md
+    p13 = _section(md, "## Part 1.3")
+    assert "| fine-tuned | `tl_finetune` |" in p13 and "| from scratch | `tl_scratch` |" in p13
+    assert p13.index("| fine-tuned |") < p13.index("| from scratch |")   # the order reference.yaml gives
+    assert "`tl_svm`" not in p13 and "`tl_finetune_aug`" not in p13
+    # The lab's own variants no longer named by a part are "other variants" now.
+    other = _section(md, "## Other variants")
+    assert "| `mnist_cnn` |" in other and "| `tl_svm` |" in other and "`mnist_cnn_wide`" not in other
+    # No roles at all (no reference.yaml): each part says so instead of guessing a variant.
+    bare = report.build(config.parse(raw), root, now=NOW).markdown
+    assert "*Not run:* reference.yaml (`parts`) names no variant for this part." in _section(bare, "## Part 1.1")
+
+
 def test_stage_cli(tmp_path, capsys):
     root = populate(tmp_path / "root")
     params_file = tmp_path / "params.yaml"
@@ -588,6 +615,8 @@ def test_stage_logs_the_verdict_table_to_mlflow(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["replicates"]["seeds"] = list(REPLICATE_OFFSETS)
     params_file.write_text(yaml.safe_dump(raw))
+    # reference.yaml beside it names the transfer options (`parts`) whose verdicts the table holds
+    (tmp_path / "reference.yaml").write_text(isolation.committed_text("reference.yaml"))
     assert report_stage.main(["--root", str(root), "--out", str(tmp_path / "out"), "--params", str(params_file)]) == 0
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
