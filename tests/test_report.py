@@ -667,3 +667,14 @@ def test_where_the_time_went_sums_every_stage_the_metrics_timed(tmp_path):
     assert f"| `train@mnist_cnn` | 300.0 |" in part and f"{3 * flops * t['train_img_per_s'] / 1e9:,.1f} |" in part
     assert "| `evaluate@mnist_cnn` | 4.0 |" in part and "| 2,500 |" in part
     assert f"Sum of these stages: {sum(secs):,.0f} s" in part
+
+
+def test_a_list_after_a_lead_in_line_renders_as_a_list(tmp_path):
+    # Markdown needs a blank line between a line of text and a list; without it the items are one paragraph.
+    root = populate(tmp_path / "root")
+    write_predictions(root)
+    page = report.render_html(report.build(_params(), root, now=NOW))
+    for lead in ("<strong>Data that ran:</strong>", "<strong>Transfer-learning verdicts</strong>"):
+        after = page[page.index(lead):]
+        assert after.index("</p>") < after.index("<ul>") < after.index("<li>") < after.index("<table>")
+        assert "\n- " not in after[:after.index("</p>")]

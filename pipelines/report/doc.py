@@ -35,6 +35,11 @@ class Inputs:
     transfer: Optional[dict]
 
 
+def is_item(line: str) -> bool:
+    """Whether a Markdown line is a list item (at any depth)."""
+    return line.lstrip().startswith(("- ", "* "))
+
+
 def cell(x: object) -> str:
     """A table cell's text: a pipe would split the cell and '<' could start raw HTML in the rendered page."""
     return str(x).replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
@@ -53,7 +58,12 @@ class Document:
         self.contents_at = 0   # where the contents go, once every heading is known (set by the header)
 
     def add(self, *lines: str) -> None:
-        self.lines.extend(lines)
+        """Lines of one block, then a blank line. A list that follows a line of text (a bold lead-in)
+        gets the blank line before it that Markdown needs, or it renders as one run-on paragraph."""
+        for line in lines:
+            if is_item(line) and self.lines and self.lines[-1].strip() and not is_item(self.lines[-1]):
+                self.lines.append("")
+            self.lines.append(line)
         self.lines.append("")
 
     def heading(self, level: int, text: str, anchor: Optional[str] = None) -> None:
