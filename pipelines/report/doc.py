@@ -4,6 +4,7 @@ differences in percentage points, losses, counts; "—" wherever a number is abs
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,8 +42,9 @@ def is_item(line: str) -> bool:
 
 
 def cell(x: object) -> str:
-    """A table cell's text: a pipe would split the cell and '<' could start raw HTML in the rendered page."""
-    return str(x).replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+    """A table cell's text: a pipe would split the cell, and '<' before a letter, '/', '!' or '?' could
+    start raw HTML in the rendered page ("< 0.001" is left as it reads)."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", str(x).replace("|", "\\|")).replace("\n", " ")
 
 
 class Document:
@@ -107,11 +109,16 @@ class Document:
 
 # ---------------------------------------------------------------- how numbers are written
 
-MINUS = "−"  # a real minus sign: "-0.40 pp" reads as a dash in prose
+MINUS = "−"  # a real minus sign: "-0.40 pp" reads as a dash in prose, and in a column beside "+0.40 pp"
 
 
 def finite(x: object) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def minus(text: str) -> str:
+    """A formatted number with its minus sign written as one."""
+    return text.replace("-", MINUS)
 
 
 def pct(x: Optional[float]) -> str:
@@ -119,25 +126,39 @@ def pct(x: Optional[float]) -> str:
 
 
 def loss(x: Optional[float]) -> str:
-    return f"{x:.4f}" if finite(x) else "—"
+    return minus(f"{x:.4f}") if finite(x) else "—"
 
 
 def pp(ours: Optional[float], lab: Optional[float]) -> str:
-    return f"{ours - lab:+.2f} pp" if finite(ours) and finite(lab) else "—"
+    """A difference in percentage points, signed: "+1.20 pp", "−0.40 pp"."""
+    return signed(ours - lab, 2, " pp") if finite(ours) and finite(lab) else "—"
 
 
 def num(x: object) -> str:
+    """A count with thousands separators; a float to 4 significant digits, never in exponent notation."""
     if isinstance(x, bool) or x is None:
         return "—" if x is None else str(x)
     if isinstance(x, int):
-        return f"{x:,}"
+        return minus(f"{x:,}")
     if isinstance(x, float):
-        return f"{x:.4g}" if math.isfinite(x) else "—"
+        if not math.isfinite(x):
+            return "—"
+        return minus(f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:.4g}" if abs(x) >= 1e-4 or x == 0 else f"{x:.1e}")
     return str(x)
 
 
 def signed(x: float, digits: int = 2, unit: str = "") -> str:
-    return f"{x:+.{digits}f}{unit}".replace("-", MINUS)
+    return minus(f"{x:+.{digits}f}{unit}")
+
+
+def p_value(p: float) -> str:
+    """A p-value in a column headed "p": "< 0.001" below 0.001, else three significant digits."""
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
+def p_is(p: float) -> str:
+    """A p-value in a sentence: "p < 0.001" or "p = 0.0123"."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3g}"
 
 
 def ratio(a: float, b: float, fewer: str, more: str) -> str:

@@ -23,11 +23,11 @@ import numpy as np
 from pipelines import stats
 from pipelines.config import Params
 from pipelines.errors import ReportError
-from pipelines.report.doc import Document, Inputs, finite, mean_cell, num, pct, pp, signed
+from pipelines.report.doc import Document, Inputs, finite, mean_cell, minus, num, p_is, p_value, pct, pp, signed
 from pipelines.report.load import is_kind, load_replicates, load_test_predictions
 from pipelines.report.readings import data_line, final_layer, n_val, on_data, variant_diagnosis
 from pipelines.report.variant import embedding, evaluation, layer_cell, sizes, verdict_line
-from pipelines.stats import ALPHA, mean_std, p_text, smallest_detectable, t_interval, two_proportion_p, welch_p
+from pipelines.stats import ALPHA, mean_std, smallest_detectable, t_interval, two_proportion_p, welch_p
 
 
 def section(doc: Document, src: Inputs) -> None:
@@ -152,7 +152,7 @@ def noise_pairs(doc: Document, options: Sequence[dict]) -> None:
             reading = "within noise" if p > ALPHA else "beyond noise"
             if p > ALPHA:
                 within.append(f"{a['label']} vs {b['label']}")
-            rows.append((f"{a['label']} vs {b['label']}", pp(mb, ma), test, p_text(p), reading))
+            rows.append((f"{a['label']} vs {b['label']}", pp(mb, ma), test, p_value(p), reading))
     doc.table(["pair", "difference of means (second − first)", "test", "p", "reading"], rows, right=(1, 3))
     doc.add("**The rule.** A pair is within noise when its two-sided p > 0.05: Welch's t-test on the per-seed "
             "validation accuracies when both options have at least two runs; otherwise (one run) the two-proportion "
@@ -221,10 +221,15 @@ def verdict(label_a: str, label_b: str, main: dict, seeds: Optional[tuple[float,
     if main["p"] >= ALPHA:
         return none
     if seeds is not None and not (seeds[1] > 0 if main["diff"] > 0 else seeds[2] < 0):
-        return (none + f"; the main seed alone differs (p = {p_text(main['p'])}) but the mean over seeds "
-                f"{seeds[0]:+.2f} pp [{seeds[1]:+.2f}, {seeds[2]:+.2f}] includes zero")
-    p = "p < 0.001" if main["p"] < 0.001 else f"p = {main['p']:.3g}"
-    return f"{label_a} beats {label_b} by {main['diff']:.2f} pp [{main['lo']:.2f}, {main['hi']:.2f}], {p}"
+        return (none + f"; the main seed alone differs ({p_is(main['p'])}) but the mean over seeds "
+                f"{interval(*seeds)} includes zero")
+    lo, hi = (minus(f"{main[k]:.2f}") for k in ("lo", "hi"))
+    return f"{label_a} beats {label_b} by {main['diff']:.2f} pp [{lo}, {hi}], {p_is(main['p'])}"
+
+
+def interval(mid: float, lo: float, hi: float) -> str:
+    """A difference with its interval, signs written as such: "+1.20 pp [−0.40, +2.80]"."""
+    return f"{signed(mid, 2, ' pp')} [{signed(lo)}, {signed(hi)}]"
 
 
 def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_seed: int) -> list[tuple]:
@@ -248,9 +253,8 @@ def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_s
             ci = stats.t_interval(diffs, 1 - ALPHA)   # (mean, lo, hi) over seeds; None below two
             si = None if ci is None else (stats.mean_std(diffs)[0], *ci)
             rows.append((f"{la} vs {lb}", f"{m['n']:,}", m["b"], m["c"],
-                         f"{m['diff']:+.2f} pp [{m['lo']:+.2f}, {m['hi']:+.2f}]" + ("" if seed == main_seed else f" (seed {seed})"),
-                         p_text(m["p"]), len(common),
-                         "—" if si is None else f"{si[0]:+.2f} pp [{si[1]:+.2f}, {si[2]:+.2f}]",
+                         interval(m["diff"], m["lo"], m["hi"]) + ("" if seed == main_seed else f" (seed {seed})"),
+                         p_value(m["p"]), len(common), "—" if si is None else interval(*si),
                          verdict(la, lb, m, si)))
     return rows
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from pipelines.config import LabNumbers
-from pipelines.report.doc import Document, Inputs, finite, loss, num, pct, pp, signed
+from pipelines.report.doc import Document, Inputs, finite, loss, minus, num, pct, pp, signed
 from pipelines.report.load import Data, Results, is_kind
 from pipelines.report.readings import data_line, on_data, variant_diagnosis
 
@@ -31,7 +31,7 @@ def parameters(doc: Document, variant: str, r: Results, lab_params: Optional[int
     total = r.train["params_total"]
     doc.table(["", "ours", "lab", "difference"],
               [("trainable parameters", f"{total:,}", num(lab_params),
-                "—" if lab_params is None else f"{total - lab_params:+,}")], right=(1, 2, 3))
+                "—" if lab_params is None else minus(f"{total - lab_params:+,}"))], right=(1, 2, 3))
     if r.layers is None:
         doc.not_run(f"`results/{variant}/train/params.csv` is missing")
     else:
@@ -66,7 +66,7 @@ def training(doc: Document, variant: str, r: Results, lab: Optional[LabNumbers],
     lab_epoch = lab.best_epoch if lab else None
     rows = [("best validation accuracy", pct(t["best_val_acc"]), pct(lab_acc), pp(t["best_val_acc"], lab_acc)),
             ("epoch of the best", t["best_epoch"], num(lab_epoch),
-             "—" if lab_epoch is None else f"{t['best_epoch'] - lab_epoch:+d}")]
+             "—" if lab_epoch is None else minus(f"{t['best_epoch'] - lab_epoch:+d}"))]
     if is_kind(t.get("final_val_acc"), "num"):
         rows.append(("final validation accuracy", pct(t["final_val_acc"]), "—", "—"))
     if is_kind(t.get("test_acc"), "num"):
