@@ -678,3 +678,13 @@ def test_a_list_after_a_lead_in_line_renders_as_a_list(tmp_path):
         after = page[page.index(lead):]
         assert after.index("</p>") < after.index("<ul>") < after.index("<li>") < after.index("<table>")
         assert "\n- " not in after[:after.index("</p>")]
+
+
+def test_each_transfer_option_names_its_augmentation(tmp_path):
+    params = _params()
+    p13 = _section(report.build(params, populate(tmp_path / "root"), now=NOW).markdown, "## Part 1.3")
+    line = next(l for l in p13.splitlines() if l.startswith("Training augmentation"))
+    for v in params.reference.parts.transfer:
+        cfg = params.variants[v]
+        assert (f"`{v}`: none: a linear SVM" if cfg.classifier == "svm" else f"`{v}`: `{cfg.augment}`") in line
+    assert "random resized crops" in line and "not digits or text" in line

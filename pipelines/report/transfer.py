@@ -73,6 +73,7 @@ def comparison(doc: Document, src: Inputs, dataset: Optional[str]) -> list[dict]
     options += [{"label": label, "variant": v, "val": [], "test": [], "lab": None, "val_n": None, "expected": 0,
                  "replicates": 0} for v, label in tl.items() if v not in params.variants]
     noise_table(doc, options)
+    augmentation(doc, src, [v for v in tl if v in params.variants])
     splits = ((src.data[dataset].meta or {}).get("splits") if dataset else None) or {}
     test_n = splits.get("test") if isinstance(splits, dict) else None
     if is_kind(test_n, "int") and test_n > 0:
@@ -90,6 +91,29 @@ def comparison(doc: Document, src: Inputs, dataset: Optional[str]) -> list[dict]
                 "standard deviation over runs; 95 % CI = mean ± t(0.975, n − 1) · s / √n. The lab's single number "
                 "per option sits beside our mean.")
     return options
+
+
+AUGMENT_WORDS = {   # params `augment` -> what it does to each training image (pipelines/train/engine.py AUGMENTS)
+    "none": "none",
+    "flip": "horizontal flips",
+    "crop": "random shifts (padded crops)",
+    "crop_flip": "random shifts (padded crops) and horizontal flips",
+    "resized_crop_flip": "random resized crops (50–100 % of the area) and horizontal flips",
+}
+
+
+def augmentation(doc: Document, src: Inputs, variants: Sequence[str]) -> None:
+    """The training augmentation each option used, as params.yaml sets it."""
+    said = []
+    for v in variants:
+        cfg = src.params.variants[v]
+        what = ("none: a linear SVM fitted once on frozen features" if cfg.classifier == "svm"
+                else f"`{cfg.augment}`" + ("" if cfg.augment == "none" else f", {AUGMENT_WORDS.get(cfg.augment, cfg.augment)}"))
+        said.append(f"`{v}`: {what}")
+    if said:
+        doc.add("Training augmentation (params.yaml `augment`): " + "; ".join(said) + ". Flips suit photos of "
+                "objects, not digits or text, where a mirrored image is another symbol (docs/your-data.md, "
+                "\"Choosing augmentation\").")
 
 
 def noise_table(doc: Document, options: Sequence[dict]) -> None:
