@@ -23,7 +23,7 @@ ui:
 	$(PY) -m mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
 
 # CI on a params change: validate, rerun what the change makes stale, judge the metrics against
-# BASE (README "CI checks on params changes"). Exit 0 OK, 1 FAIL, 2 INVALID.
+# BASE (docs/ci-gate.md). Exit 0 OK, 1 FAIL, 2 INVALID.
 BASE ?= origin/main
 CHECK_PROFILE ?= tiny
 .PHONY: check-params
@@ -31,7 +31,7 @@ check-params: setup
 	DVC_NO_ANALYTICS=1 $(PY) -m pipelines.cli.check --base $(BASE) --profile $(CHECK_PROFILE)
 
 # Our loop vs the usual DataLoader recipe on the prepared data (needs `make run` first); writes
-# benchmarks/results-<date>-<cpu|cuda>.json and .md, with the roofline (README "Speed"). 8 minutes on
+# benchmarks/results-<date>-<cpu|cuda>.json and .md, with the roofline (docs/speed.md). 8 minutes on
 # 2 quiet CPU cores before the roofline and forms sections were added (measured 2026-11-28);
 # BENCH_ARGS=--quick runs a minute's subset.
 BENCH_ARGS ?=
@@ -44,7 +44,7 @@ PRECISION_ARGS ?=
 precision:
 	$(PY) -m benchmarks.precision $(PRECISION_ARGS)
 
-# The offline protocol's training and evaluation on a CUDA GPU, timed (README "GPU check"); without
+# The offline protocol's training and evaluation on a CUDA GPU, timed (docs/scaling.md); without
 # a GPU, the same code on the CPU on tiny data. Writes benchmarks/results-<date>-cuda.json and .md.
 gpu-check:
 	$(PY) -m benchmarks.gpu_check
@@ -56,6 +56,11 @@ gpu-wheels:
 	  $$($(PY) -c "import importlib.metadata as m; print(' '.join(f'{p}=={m.version(p)}' for p in ('pydantic', 'pydantic-core', 'annotated-types', 'typing-inspection')))")
 
 # docs/outputs.md is generated from the output contract's models (tests/test_outputs.py checks it).
-.PHONY: outputs-doc
+.PHONY: outputs-doc docs
 outputs-doc:
 	$(PY) -m pipelines.cli.outputs_doc > docs/outputs.md
+
+# Every generated part of docs/: outputs.md, and the tables of docs/*.md made from results files
+# (benchmarks/results-*.json, the golden tiny run); tests/test_docs.py checks they are current.
+docs: outputs-doc
+	$(PY) -m pipelines.cli.docs

@@ -5,8 +5,8 @@
 Made for a machine with a GPU and no network whose image has torch, torchvision, scikit-learn and
 matplotlib but not dvc, mlflow or pydantic: it needs this working tree, the raw Fashion-MNIST files
 of the offline protocol (data/raw/mnist, about 30 MB, from which both prepared datasets are made
-here with the pipeline's own prepare code) and pydantic's wheels (`make gpu-wheels`). README
-"GPU check" gives the command. Per stage it records seconds, img/s, the GPU's memory peak and the
+here with the pipeline's own prepare code) and pydantic's wheels (`make gpu-wheels`). docs/scaling.md
+("GPU check") gives the command. Per stage it records seconds, img/s, the GPU's memory peak and the
 training's % of the GPU's measured bf16 matrix peak; then the cost of torch's deterministic
 algorithms (one epoch with and without), and whether MLflow's system metrics logged GPU
 utilisation (or that mlflow is not installed there). Writes results-<date>-cuda.json and .md to

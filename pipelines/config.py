@@ -76,6 +76,7 @@ class Dataset(Strict):
     # means none; the value is always a path so that dvc.yaml can list it as a dependency.
     folder: str = Field(default=BUILTIN_SOURCES, min_length=1)
     skip_bad_images: bool = False   # true: unreadable or corrupt images are skipped and listed, not an error
+    skip_empty_classes: bool = False   # true: a class folder without images is left out and listed, not an error
 
     @field_validator("offline_classes")
     @classmethod

@@ -6,7 +6,7 @@ a full disk). The command-line edge (`pipelines/cli/edge.py`) catches `LabError`
 as one `error:` line; any other exception is a bug and keeps its traceback. This module imports
 nothing, so any module can raise these classes without depending on the modules that catch them.
 
-Exit status of every entry point (README "Exit codes"), from the class's `exit_code`:
+Exit status of every entry point (docs/setup.md, "Exit codes"), from the class's `exit_code`:
 
     0  ok
     1  failure: an unexpected exception (with its traceback), a failed check, or one of

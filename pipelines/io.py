@@ -14,12 +14,13 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterable, Iterator, Mapping, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Mapping, Optional, Sequence
 
 import numpy as np
 
@@ -72,7 +73,7 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; the published folder should look ordinary
         old = None
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", dir=path.parent))
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old.", suffix=".tmp", dir=path.parent))
             os.replace(path, old / path.name)
         os.replace(tmp, path)
         if old is not None:
@@ -80,6 +81,52 @@ def atomic_dir(path: Path | str) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# The temporary names above: "." + the output's name + "." + mkstemp's 8 random characters + ".tmp"
+# (".old." before them for the folder being replaced; without ".tmp" in earlier versions).
+_RANDOM = r"[a-z0-9_]{8}"
+
+
+def _temp_pattern(name: str) -> re.Pattern:
+    """The temporary names of an output named `name` (a regular expression)."""
+    return re.compile(rf"\.{name}\.(?:old\.)?{_RANDOM}\.tmp|\.{name}\.old\.{_RANDOM}")
+
+
+ANY_TEMP = _temp_pattern(".+")
+
+
+def remove_stale_temps(outputs: Iterable[Path | str | None], log: Callable[[str], None] = lambda msg: None) -> list[Path]:
+    """Remove what a killed atomic_path/atomic_dir left of these outputs: temporary names of each one
+    beside it, and any temporary name inside it when it is a folder. Nothing else is touched: another
+    output's temporary files, a user's files, or names that merely end in .tmp stay. Run by every stage
+    as it starts (a kill -9 runs no cleanup of its own); returns what was removed."""
+    removed = []
+
+    def drop(p: Path) -> None:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+        log(f"removed {p}, left by an interrupted run")
+
+    for out in outputs:
+        if out is None:
+            continue
+        out = Path(out)
+        if out.parent.is_dir():
+            own = _temp_pattern(re.escape(out.name))
+            for p in sorted(out.parent.iterdir()):
+                if own.fullmatch(p.name):
+                    drop(p)
+        if out.is_dir() and not out.is_symlink():
+            for dirpath, dirnames, filenames in os.walk(out):
+                for name in sorted(dirnames + filenames):
+                    if ANY_TEMP.fullmatch(name):
+                        drop(Path(dirpath) / name)
+                dirnames[:] = [d for d in dirnames if not ANY_TEMP.fullmatch(d)]
+    return removed
 
 
 def write_bytes(path: Path | str, data: bytes) -> None:

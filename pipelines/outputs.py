@@ -87,7 +87,8 @@ class Meta(Output):
     files: Optional[dict[str, str]] = Field(None, description="sha256 of each file: `train.npz`, `val.npz`, `test.npz`, `backbone.pt`")
     backbone: Optional[Backbone] = Field(None, description="the pretrained backbone (transfer only), else null")
     folder: Optional[dict[str, Any]] = Field(
-        None, description="your own folder: `path`, `files` (count), `digest`, `layout`, `ignored`, `skipped` [{`path`, `reason`}]")
+        None, description="your own folder: `path`, `files` (count), `digest`, `layout`, `ignored`, `skipped` [{`path`, `reason`}], "
+                           "`empty_folders` and `skipped_classes` (left out by `skip_empty_classes`)")
 
 
 class SizesRow(Row):

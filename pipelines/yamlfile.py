@@ -1,5 +1,5 @@
 """What params.yaml and reference.yaml share: strict typed models, a YAML reader that refuses
-duplicate keys, and pydantic's report turned into one line naming the file, the key and the value.
+duplicate keys (anchors, aliases and merge keys read as in any YAML reader), and pydantic's report turned into one line naming the file, the key and the value.
 """
 from __future__ import annotations
 
@@ -17,24 +17,33 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
+MERGE_TAG = "tag:yaml.org,2002:merge"
+
+
 class _DuplicateKey(Exception):
     pass
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """PyYAML keeps the last of two equal keys; a pasted-twice variant would silently win."""
+    """PyYAML keeps the last of two equal keys; a pasted-twice variant would silently win.
+
+    Only the keys a mapping writes itself are compared: a key it also takes from a merge key
+    (`<<: *base`) is an override, which is what merging is for. SafeLoader's own construct_mapping
+    then resolves the merge, anchors and aliases as any YAML reader (and DVC) does."""
 
     def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=True)
-            try:
-                hash(key)
-            except TypeError:
-                break  # SafeLoader reports an unhashable key itself
-            if key in seen:
-                raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
-            seen.add(key)
+        if isinstance(node, yaml.MappingNode):
+            seen = set()
+            for key_node, _ in node.value:
+                # A merge key has no value of its own to construct; two of them are a duplicate too.
+                key = "<<" if key_node.tag == MERGE_TAG else self.construct_object(key_node, deep=True)
+                try:
+                    hash(key)
+                except TypeError:
+                    break  # SafeLoader reports an unhashable key itself
+                if key in seen:
+                    raise _DuplicateKey(f"duplicate key {key!r} at line {key_node.start_mark.line + 1}")
+                seen.add(key)
         return super().construct_mapping(node, deep)
 
 
@@ -48,7 +57,8 @@ def read(path: Path) -> object:
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ParamsError(f"{path}: not valid YAML{where}") from None
+        problem = " ".join(str(getattr(err, "problem", None) or "").split())
+        raise ParamsError(f"{path}: not valid YAML{where}" + (f" ({problem})" if problem else "")) from None
 
 
 def one_line(file: str, e: dict, loc: str) -> str:

@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         record = acquire(args.dataset, params, args.out, log=lambda m: print(m, flush=True))
         print(f"download {args.dataset}: {len(record['files'])} file(s) in {time.perf_counter() - start:.1f} s")
 
-    return edge.guarded(f"download {args.dataset}", body)
+    return edge.guarded(f"download {args.dataset}", body, [args.out])
 
 
 if __name__ == "__main__":

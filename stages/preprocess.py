@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
               + f", {meta['height']}x{meta['width']}x{meta['channels']}, {len(meta['classes'])} classes"
               f" in {time.perf_counter() - start:.1f} s")
 
-    return edge.guarded(f"preprocess {args.dataset}", body)
+    return edge.guarded(f"preprocess {args.dataset}", body, [args.out])
 
 
 if __name__ == "__main__":

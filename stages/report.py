@@ -54,7 +54,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {w}", file=sys.stderr)
         print(f"wrote {args.out / 'report.md'}, {args.out / 'report.html'} and {len(rep.figures)} figures")
 
-    return edge.guarded("report", body)
+    return edge.guarded("report", body, [args.out])
 
 
 if __name__ == "__main__":

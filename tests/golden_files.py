@@ -9,7 +9,8 @@ commit):
 It copies the run's params.yaml and reference.yaml, every `data/prepared/*/{meta.json,sizes.csv}`, `metrics/` and every CSV
 under `results/` into tests/golden/workspace, replaces each figure by a tiny PNG of its own (the
 report only inlines figure bytes), writes the report built from that workspace, and records the
-digests of the run's metrics files for tests/test_pipeline.py.
+digests of the run's metrics files for tests/test_pipeline.py. Then run `make docs`: the table of
+docs/testing.md is made from this workspace (tests/test_docs.py checks it).
 """
 from __future__ import annotations
 

@@ -47,3 +47,12 @@ def test_the_suite_runs_on_pushes_and_pull_requests():
     assert all(not (triggers[t] or {}).get("paths") for t in ("push", "pull_request"))  # every change
     test = wf["jobs"]["test"]
     assert "if" not in test and any(s.get("run") == "bash .ci/run" for s in test["steps"])
+
+
+def test_setup_scripts_wait_for_the_apt_lock():
+    """Unattended upgrades hold dpkg's lock for minutes: every apt-get of the setup scripts waits for it."""
+    for script in sorted((REPO / ".ci").iterdir()):
+        calls = [line for line in script.read_text().splitlines()
+                 if "apt-get" in line and not line.lstrip().startswith("#")]
+        for line in calls:
+            assert "apt-get -o DPkg::Lock::Timeout=" in line, f"{script.name}: {line.strip()}"

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import io
 import shutil
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -140,6 +142,65 @@ def test_empty_folder(tmp_path, make_params):
     assert not (tmp_path / "raw").exists()
 
 
+def _empty_class(r: Path, *, holding: str = "") -> None:
+    (r / "Wespen").mkdir()
+    (r / "Wespen" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")   # hidden: not worth naming
+    if holding:
+        (r / "Wespen" / holding).write_bytes(b"GIF89a")
+
+
+@pytest.mark.parametrize("holding, says", [
+    ("", "a class folder without images; put its images in, remove the folder, or set "
+         "datasets.mnist.skip_empty_classes: true to leave the class out"),
+    ("wasp.gif", "a class folder without images (it holds only 1 file(s) without an image extension, e.g. 'wasp.gif'); "
+                 "put its images in"),
+])
+def test_a_class_folder_without_images_stops_the_run(tmp_path, fashion, make_params, holding, says):
+    msg, root = _bad(tmp_path, fashion, make_params, lambda r: _empty_class(r, holding=holding))
+    assert msg.startswith(f"{root / 'Wespen'}: {says}"), msg
+
+
+def test_an_empty_class_folder_in_one_split_is_named(tmp_path, fashion, make_params):
+    root = make_folder(tmp_path / "photos", fashion, splits=("train", "val"))
+    (root / "val" / "Wespen").mkdir()
+    (root / "train" / "Wespen").mkdir()
+    (root / "test").mkdir()
+    with pytest.raises(DataError) as err:
+        acquire("mnist", _params(make_params, root), tmp_path / "raw")
+    assert str(err.value).startswith(f"{root / 'test'}: a split folder without images (and 2 more: train/Wespen, "
+                                     "val/Wespen); put its images in, remove the folder, or set "
+                                     "datasets.mnist.skip_empty_classes: true to leave it out")
+    assert not (tmp_path / "raw").exists()
+
+
+def test_empty_class_folders_can_be_left_out_and_listed(tmp_path, fashion, make_params, capsys):
+    root = make_folder(tmp_path / "photos", fashion, splits=("train", "val"))
+    (root / "val" / "Wespen").mkdir()   # the class has training images but an empty validation folder
+    for i in range(3):
+        Image.new("L", (28, 28), 40 * i).save(_mk(root / "train" / "Wespen") / f"w{i}.png")
+    params = _params(make_params, root, skip_empty_classes=True)
+    raw = tmp_path / "raw"
+    record = acquire("mnist", params, raw, log=print)
+    meta = prepare("mnist", params, raw, tmp_path / "prepared")
+    assert record["folder"]["empty_folders"] == ["val/Wespen"] and record["folder"]["skipped_classes"] == ["Wespen"]
+    assert record["folder"]["classes"] == sorted(CLASSES) == meta["classes"]
+    assert not any("Wespen" in rel for rel in [f["path"] for f in record["folder"]["files"]])
+    assert read_json(raw / "SOURCE.json")["folder"]["skipped_classes"] == ["Wespen"]
+    assert meta["folder"]["empty_folders"] == ["val/Wespen"] and meta["folder"]["skipped_classes"] == ["Wespen"]
+    assert "left out 1 folder(s) without images: val/Wespen" in capsys.readouterr().out
+
+
+def _mk(p: Path) -> Path:
+    p.mkdir(parents=True, exist_ok=True)
+    return p
+
+
+def test_a_link_to_a_folder_inside_is_named_not_ignored(tmp_path, fashion, make_params):
+    msg, root = _bad(tmp_path, fashion, make_params, lambda r: (r / "Wespen").symlink_to(r / CLASSES[0]))
+    assert msg == (f"{root / 'Wespen'}: a symbolic link to the folder {(root / CLASSES[0]).resolve()}; links to "
+                   "folders are not followed, move or copy the images in instead")
+
+
 def test_single_class(tmp_path, fashion, make_params):
     msg, _ = _bad(tmp_path, fashion, make_params, lambda r: shutil.rmtree(r / CLASSES[1]))
     assert "only one class folder ('T-shirt top')" in msg and not (tmp_path / "raw").exists()
@@ -161,9 +222,15 @@ def test_split_folders_with_different_classes(tmp_path, fashion, make_params):
     assert not (tmp_path / "raw").exists()
 
 
-def test_file_that_is_not_an_image(tmp_path, fashion, make_params):
-    msg, root = _bad(tmp_path, fashion, make_params, lambda r: (r / CLASSES[0] / "notes.jpg").write_text("hello"))
-    assert msg.startswith(f"{root / CLASSES[0] / 'notes.jpg'}: not a readable image")
+@pytest.mark.parametrize("content, says", [
+    (b"hello", "5 bytes of text in no image format Pillow knows, starting b'hello'"),
+    (b"", "an empty file (0 bytes)"),
+    (b"PK\x03\x04" * 8, "32 bytes of data in no image format Pillow knows, starting "
+                        "b'PK\\x03\\x04PK\\x03\\x04PK\\x03\\x04PK\\x03\\x04'"),
+])
+def test_file_that_is_not_an_image(tmp_path, fashion, make_params, content, says):
+    msg, root = _bad(tmp_path, fashion, make_params, lambda r: (r / CLASSES[0] / "notes.jpg").write_bytes(content))
+    assert msg == f"{root / CLASSES[0] / 'notes.jpg'}: not a readable image ({says})"
 
 
 def test_truncated_png(tmp_path, fashion, make_params):
@@ -182,11 +249,20 @@ def test_truncated_jpeg_fails_in_preprocess_and_writes_nothing(tmp_path, fashion
     assert msg.startswith(f"{root / CLASSES[0] / 'img 1.jpg'}: not a readable image (image file is truncated")
 
 
-def test_decompression_bomb(tmp_path, fashion, make_params):
-    def bomb(r):
-        Image.new("1", (9500, 9500)).save(r / CLASSES[0] / "huge.png")   # 90.25 M pixels, over Pillow's 89.5 M
-    msg, root = _bad(tmp_path, fashion, make_params, bomb)
-    assert msg.startswith(f"{root / CLASSES[0] / 'huge.png'}: Image size (90250000 pixels) exceeds limit")
+def _png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height, enough for Pillow to open it (and check its size) without decoding."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("side", [9500, 14000])   # over the limit; over twice the limit (Pillow raises there)
+def test_decompression_bomb(tmp_path, fashion, make_params, side):
+    msg, root = _bad(tmp_path, fashion, make_params, lambda r: (r / CLASSES[0] / "huge.png").write_bytes(_png_header(side, side)))
+    assert msg == (f"{root / CLASSES[0] / 'huge.png'}: {side * side:,} pixels, over the limit of "
+                   f"{Image.MAX_IMAGE_PIXELS:,} pixels that guards against decompression bombs "
+                   "(PIL.Image.MAX_IMAGE_PIXELS); shrink the image")
 
 
 def test_symlink_leaving_the_folder(tmp_path, fashion, make_params):

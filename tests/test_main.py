@@ -2,6 +2,7 @@
 the `dvc repro` calls it makes for one part of the lab, and its exit status on bad input."""
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -10,6 +11,9 @@ import yaml
 from pipelines.cli import run as main
 from pipelines.data import sources
 from pipelines.errors import ParamsError
+import isolation
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _seed_files(params):
@@ -147,3 +151,18 @@ def test_part_calls_dvc_for_its_stages_and_stops_at_a_failure(tmp_path, params_r
     with pytest.raises(SystemExit) as bad:
         main.main(["--part", "2.1"])
     assert bad.value.code == 2 and "invalid choice: '2.1'" in capsys.readouterr().err
+
+
+def test_the_closing_line_names_what_the_run_built(tmp_path, monkeypatch):
+    """`run -- evaluate@mnist_cnn` builds no report, so the closing line names that stage's outputs."""
+    (tmp_path / "dvc.yaml").write_text((REPO / "dvc.yaml").read_text())
+    (tmp_path / "params.yaml").write_text(isolation.committed_params_text())
+    subprocess.run(["dvc", "init", "-q", "--no-scm"], cwd=tmp_path, check=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    monkeypatch.chdir(tmp_path)
+    line = main.produced(["--", "evaluate@mnist_cnn"])
+    assert line == ("evaluate@mnist_cnn (results/mnist_cnn/evaluate, metrics/mnist_cnn/evaluate.json) and the stages "
+                    "it needs; no report was built (run without a stage name to build it)")
+    assert "report.html" not in main.produced(["-f", "train@tl_svm"])
+    for whole in ([], ["--", "report"], ["--downstream", "train@tl_svm"], ["-f"]):
+        assert main.produced(whole) == "reports/report.html (and report.md)"
+    assert main.produced(["--dry"]) == "nothing (a dry run)"

@@ -634,7 +634,8 @@ def test_own_folder_is_named_with_its_file_count_and_digest(tmp_path):
     meta.update(source="image_folder", source_title="your own images, /home/me/Fotos Bienen",
                 classes=["Ameisen", "Bienen"],
                 folder={"path": "/home/me/Fotos Bienen", "files": 397, "digest": "ab12" * 16, "layout": "splits",
-                        "ignored": {"hidden": 2, "not_image": 1}, "skipped": [{"path": "Bienen/kaputt.jpg", "reason": "x"}]})
+                        "ignored": {"hidden": 2, "not_image": 1}, "skipped": [{"path": "Bienen/kaputt.jpg", "reason": "x"}],
+                        "empty_folders": ["val/Wespen", "train/Wespen"], "skipped_classes": ["Wespen"]})
     write_json(meta_path, meta)
     params = _params()
     params = params.model_copy(update={"datasets": {**params.datasets, "transfer": params.datasets["transfer"].model_copy(
@@ -643,7 +644,8 @@ def test_own_folder_is_named_with_its_file_count_and_digest(tmp_path):
     assert "- Your own images: `transfer` from `/home/me/Fotos Bienen` (whatever the protocol)" in md
     line = ("your own images, /home/me/Fotos Bienen at 112×112×3 (protocol `offline`); classes Ameisen vs Bienen "
             "(397 files, digest sha256 `ab12ab12ab12ab12`; ignored 2 hidden and 1 non-image files; skipped 1 "
-            "unreadable: Bienen/kaputt.jpg)")
+            "unreadable: Bienen/kaputt.jpg; left out 2 folder(s) without images: val/Wespen, train/Wespen "
+            "(classes Wespen not used))")
     assert line in _section(md, "## Summary") and line in _section(md, "## Data used")
 
 

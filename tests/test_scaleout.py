@@ -1,4 +1,4 @@
-"""The README's "Scaling out" recipes, for real: a shared DVC remote (push from one clone, pull
+"""The recipes of docs/scaling.md, for real: a shared DVC remote (push from one clone, pull
 into another that then reproduces nothing), and an MLflow tracking server backed by PostgreSQL."""
 from __future__ import annotations
 

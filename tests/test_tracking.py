@@ -261,7 +261,7 @@ class Server:
         self.port = _free_port()
         self.uri = f"http://127.0.0.1:{self.port}"
         self.log = tmp / "server.log"
-        # The command the README gives: loopback only, and only its own names as Host headers.
+        # The command docs/mlflow.md gives: loopback only, and only its own names as Host headers.
         self.cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
                     "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp / 's.db'}",
                     "--artifacts-destination", str(tmp / "art"),

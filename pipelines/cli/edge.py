@@ -2,7 +2,7 @@
 
 Only `LabError` is caught: an unexpected exception (a ValueError from a library, an OSError the code
 did not anticipate) is a bug, and Python prints its traceback and exits 1. Exit codes: see
-pipelines/errors.py and README "Exit codes".
+pipelines/errors.py and docs/setup.md, "Exit codes".
 """
 from __future__ import annotations
 
@@ -10,15 +10,19 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable, Optional
 
-from pipelines import config
+from pipelines import config, io
 from pipelines.errors import OK, LabError, one_line
 
 
-def guarded(label: str, body: Callable[[], object]) -> int:
+def guarded(label: str, body: Callable[[], object], outputs: Iterable[Optional[Path | str]] = ()) -> int:
     """Run a stage body: a LabError becomes one `error: <label>: <message>` line and its exit code
-    (2 for bad input, 1 for other failures); anything else propagates with its traceback."""
+    (2 for bad input, 1 for other failures); anything else propagates with its traceback.
+
+    First the temporary files and folders that a killed earlier run left of the stage's `outputs` are
+    removed (pipelines.io.remove_stale_temps): a kill -9 runs no cleanup, so the next start does it."""
+    io.remove_stale_temps(outputs, log=lambda msg: print(f"{label}: {msg}", flush=True))
     try:
         body()
     except LabError as err:
@@ -50,4 +54,6 @@ def variant_stage(stage: str, fn: Callable, argv: list[str] | None = None) -> in
         params.variant(args.variant)
         fn(params, args.variant, args.data, args.model, args.out, args.metrics, **extra)
 
-    return guarded(f"{stage} {args.variant}", body)
+    # Under torchrun every rank starts this; only rank 0 writes outputs, so only it clears their leftovers.
+    outputs = [args.model, args.out, args.metrics, extra.get("checkpoint")] if os.environ.get("RANK", "0") == "0" else []
+    return guarded(f"{stage} {args.variant}", body, outputs)

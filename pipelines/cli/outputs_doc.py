@@ -32,7 +32,8 @@ OTHER_FILES = """\
   trust-on-first-use"}}}`; with your own folder (params `datasets.<name>.folder`) the source is `image_folder` and the
   record also holds `"folder": {"path", "layout": "classes|splits", "classes", "files": [{"path", "sha256", "bytes"}, ...],
   "digest": sha256 over the sorted "path\\0sha256\\n" lines, "ignored": {"hidden", "not_image"}, "skipped": [{"path",
-  "reason"}], "splits": {"train|val|test": [[relative path, class index], ...]}}`.
+  "reason"}], "empty_folders": [relative folder, ...], "skipped_classes": [class, ...] (both empty unless
+  `skip_empty_classes` left them out), "splits": {"train|val|test": [[relative path, class index], ...]}}`.
 - `data/prepared/<dataset>/{train,val,test}.npz`: `x` uint8 `(N, H, W, C)`, `y` int64 `(N,)`; read with
   `allow_pickle=False`. `test.npz` is held out from the official test/validation pool (or your folder's `test/`),
   disjoint from `val`, never used to choose an epoch.

@@ -152,6 +152,28 @@ def repro_commands(params: config.Params, parts: list[str], extra: list[str]) ->
     return ([["dvc", "repro", *extra, *stages]] if stages else []) + [["dvc", "repro", *extra, "-s", "report"]]
 
 
+def produced(repro_args: list[str], root: Path = Path(".")) -> str:
+    """What a successful `dvc repro <repro_args>` built, for the closing line: the report when the whole
+    lab (or the report) was asked for, else the outputs of the stages that were named."""
+    from dvc.cli import parse_args
+    from dvc.repo import Repo
+
+    ns = parse_args(["repro", *[a for a in repro_args if a != "--"]])
+    targets = list(ns.targets or [])
+    if getattr(ns, "dry", False):
+        return "nothing (a dry run)"
+    if not targets or ns.all_pipelines or ns.downstream or any(t.rsplit(":", 1)[-1] == "report" for t in targets):
+        return "reports/report.html (and report.md)"
+    try:
+        with Repo(str(root)) as repo:
+            outs = [str(o) for t in targets for stage in repo.stage.collect(t, glob=getattr(ns, "glob", False))
+                    for o in stage.outs]
+    except Exception:   # noqa: BLE001 -- the run succeeded; naming the stages is enough
+        outs = []
+    return (f"{', '.join(targets)}" + (f" ({', '.join(outs)})" if outs else "")
+            + " and the stages it needs; no report was built (run without a stage name to build it)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m pipelines.cli.run", description=__doc__.splitlines()[0])
     ap.add_argument("--protocol", choices=["auto", "seed", "offline"], default="auto")
@@ -183,7 +205,8 @@ def main(argv: list[str] | None = None) -> int:
             break
     minutes = (time.time() - start) / 60
     if rc == 0:
-        print(f"done in {minutes:.1f} min: reports/report.html (and report.md); "
+        built = "reports/report.html (and report.md)" if args.part else produced(args.repro_args)
+        print(f"done in {minutes:.1f} min: {built}; "
               "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
     else:
         print(f"dvc repro failed (exit {rc}) after {minutes:.1f} min; completed stages stay cached", file=sys.stderr)

@@ -5,35 +5,55 @@
 
 `scan` (download stage) checks the layout and every file before anything is written and lists
 each file with its sha256; `decode` (preprocess stage) reads the listed files, checks each digest
-again, and decodes them (EXIF orientation applied, converted to the dataset's channels, shorter
-side resized and centre-cropped to image_size) straight into one preallocated uint8 array, on
-several threads (Pillow releases the GIL while it decodes and resizes).
+again, and decodes them (EXIF orientation applied, samples scaled to 8 bits by pipelines/data/pixels.py,
+converted to the dataset's channels, shorter side resized and centre-cropped to image_size) straight
+into one preallocated uint8 array, on several threads (Pillow releases the GIL while it decodes and
+resizes). The split itself is planned by pipelines/data/splits.py.
 
 Hidden files (a leading dot), Thumbs.db/desktop.ini and files without an image extension are
-ignored and counted. Every bad input stops with one line naming the file or folder.
+ignored and counted. Every bad input stops with one line naming the file or folder, a class folder
+without images too (unless the dataset's skip_empty_classes leaves such classes out, listed).
 """
 from __future__ import annotations
 
 import hashlib
 import io
 import os
+import re
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from pipelines.data import pixels
+from pipelines.data.splits import SPLITS, plan_splits
 from pipelines.errors import DataError
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 JUNK = {"thumbs.db", "desktop.ini"}
-SPLITS = ("train", "val", "test")
 
 
 def _is_image_name(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTS)
+
+
+def describe(data: bytes) -> str:
+    """What a file Pillow cannot identify holds, for the message: empty, or its size and first bytes."""
+    if not data:
+        return "an empty file (0 bytes)"
+    head = data[:16]
+    text = None
+    for cut in range(4):   # the 16th byte may split a UTF-8 character
+        try:
+            text = head[:len(head) - cut].decode("utf-8")
+            break
+        except UnicodeDecodeError:
+            continue
+    kind = "text" if text and all(c.isprintable() or c in "\t\n\r" for c in text) else "data"
+    return f"{len(data):,} bytes of {kind} in no image format Pillow knows, starting {head!r}"
 
 
 def _open(path: Path, data: bytes) -> Image.Image:
@@ -46,7 +66,13 @@ def _open(path: Path, data: bytes) -> Image.Image:
             img.size  # noqa: B018 -- the header is parsed here
             return img
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise DataError(f"{path}: {err}; Pillow refuses images over {Image.MAX_IMAGE_PIXELS:,} pixels") from None
+        # Pillow's own text quotes twice the limit when it raises rather than warns; say the one that holds.
+        m = re.search(r"\((\d+) pixels\)", str(err))
+        size = f"{int(m.group(1)):,} pixels, " if m else ""
+        raise DataError(f"{path}: {size}over the limit of {Image.MAX_IMAGE_PIXELS:,} pixels that guards against "
+                        "decompression bombs (PIL.Image.MAX_IMAGE_PIXELS); shrink the image") from None
+    except UnidentifiedImageError:
+        raise DataError(f"{path}: not a readable image ({describe(data)})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise DataError(f"{path}: not a readable image ({err})") from None
 
@@ -58,10 +84,10 @@ def _read(path: Path) -> bytes:
         raise DataError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
-def _walk(root: Path, counts: dict[str, int]) -> list[Path]:
-    """Every candidate image file under root (sorted), refusing links that leave it."""
+def _walk(root: Path, counts: dict[str, int]) -> tuple[list[Path], list[Path]]:
+    """Every candidate image file under root, and every folder (both sorted), refusing links that leave it."""
     real_root = root.resolve()
-    found = []
+    found, folders = [], []
     for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
         here = Path(dirpath)
         for d in list(dirnames):
@@ -73,6 +99,10 @@ def _walk(root: Path, counts: dict[str, int]) -> list[Path]:
                 target = p.resolve()
                 if not target.is_relative_to(real_root):
                     raise DataError(f"{p}: a symbolic link to {target}, outside {root}; copy the files in instead")
+                raise DataError(f"{p}: a symbolic link to the folder {target}; links to folders are not followed, "
+                                "move or copy the images in instead")
+            else:
+                folders.append(p)
         for f in filenames:
             p = here / f
             if f.startswith("."):
@@ -86,7 +116,36 @@ def _walk(root: Path, counts: dict[str, int]) -> list[Path]:
                 if not target.is_relative_to(real_root):
                     raise DataError(f"{p}: a symbolic link to {target}, outside {root}; copy the file in instead")
             found.append(p)
-    return sorted(found)
+    return sorted(found), sorted(folders)
+
+
+def _empty_folders(root: Path, files: list[Path], folders: list[Path]) -> list[tuple[str, Optional[str]]]:
+    """(relative folder, its class or None for a split folder) of every class folder, and every split
+    folder, that holds no image: where the layout puts classes, <class>/ or <split>/<class>/."""
+    top = {p.relative_to(root).parts[0] for p in files}
+    splits = bool(top) and top <= set(SPLITS)
+    used = {p.relative_to(root).parts[:k] for p in files for k in (1, 2)}
+    empty = []
+    for d in folders:
+        parts = d.relative_to(root).parts
+        if parts in used:
+            continue
+        if splits and len(parts) == 1 and parts[0] in SPLITS:
+            empty.append((parts[0], None))
+        elif len(parts) == (2 if splits else 1) and (not splits or parts[0] in SPLITS):
+            empty.append(("/".join(parts), parts[-1]))
+    return empty
+
+
+def _refuse_empty(root: Path, empty: list[tuple[str, Optional[str]]], setting: str) -> None:
+    rel, cls = empty[0]
+    others = [f.name for f in sorted((root / rel).iterdir()) if f.is_file() and not f.name.startswith(".")]
+    holds = f" (it holds only {len(others)} file(s) without an image extension, e.g. {others[0]!r})" if others else ""
+    more = f" (and {len(empty) - 1} more: {', '.join(r for r, _ in empty[1:4])}{' …' if len(empty) > 4 else ''})" \
+        if len(empty) > 1 else ""
+    what = "class folder" if cls else "split folder"
+    raise DataError(f"{root / rel}: a {what} without images{holds}{more}; put its images in, remove the folder, "
+                    f"or set {setting}: true to leave {'the class' if cls else 'it'} out")
 
 
 def _layout(root: Path, files: list[Path]) -> tuple[str, dict[str, dict[str, list[Path]]]]:
@@ -120,76 +179,24 @@ def _layout(root: Path, files: list[Path]) -> tuple[str, dict[str, dict[str, lis
     return layout, by
 
 
-def _limit(n: int, limit: int) -> int:
-    return n if limit <= 0 else min(n, limit)
-
-
-def plan_splits(root: Path, layout: str, by: dict[str, dict[str, list[Path]]], classes: list[str],
-                train_limit: int, val_limit: int, test_limit: Optional[int], seed: int) -> dict[str, list[tuple[Path, int]]]:
-    """{split: [(file, class index)]}: limits count per class; seeded and stratified."""
-    rng = np.random.default_rng([seed, 2])
-    out: dict[str, list[tuple[Path, int]]] = {s: [] for s in SPLITS}
-    for k, cls in enumerate(classes):
-        if layout == "splits":
-            tr = list(rng.permutation(len(by["train"][cls])))[: _limit(len(by["train"][cls]), train_limit)]
-            out["train"] += [(by["train"][cls][i], k) for i in sorted(tr)]
-            pool = by["val"][cls]
-            if test_limit is not None and "test" in by:
-                te = list(rng.permutation(len(by["test"][cls])))[: _limit(len(by["test"][cls]), test_limit)]
-                out["test"] += [(by["test"][cls][i], k) for i in sorted(te)]
-                test_from_val = None
-            else:
-                test_from_val = test_limit
-            order = rng.permutation(len(pool))
-            nv = _limit(len(pool), val_limit)
-            if test_from_val is not None:
-                nv = min(val_limit, len(pool)) if val_limit > 0 else 0
-                nt = len(pool) - nv if test_from_val == 0 else min(test_from_val, len(pool) - nv)
-                if nv < 1 or nt < 1:
-                    raise DataError(f"{root / 'val' / cls}: {len(pool)} image(s), too few for val_limit {val_limit} "
-                                    f"and a test split (test_limit {test_from_val}); add images or a test/ folder")
-                out["test"] += [(pool[i], k) for i in sorted(order[nv:nv + nt])]
-            out["val"] += [(pool[i], k) for i in sorted(order[:nv])]
-            continue
-        files = by[""][cls]
-        if val_limit <= 0:
-            raise DataError(f"{root}: has no val/ folder, so val_limit must say how many images per class to hold "
-                            f"out for validation (it is {val_limit})")
-        need_test = 0 if test_limit is None else max(test_limit, 1)
-        need = val_limit + max(train_limit, 1) + need_test
-        if len(files) < need:
-            raise DataError(f"{root / cls}: {len(files)} image(s), fewer than the splits need ({val_limit} validation "
-                            f"+ {max(train_limit, 1)} training" + (f" + {need_test} test" if need_test else "")
-                            + "); add images or lower the limits")
-        order = rng.permutation(len(files))
-        nv, rest = val_limit, len(files) - val_limit
-        if test_limit is None:
-            nt, ntr = 0, _limit(rest, train_limit)
-        elif test_limit == 0:   # test takes every image training leaves, so training needs a limit
-            if train_limit <= 0:
-                raise DataError(f"{root}: train_limit 0 and test_limit 0 both ask for every image left; "
-                                "give one of them a number")
-            ntr = train_limit
-            nt = rest - ntr
-        else:
-            nt = test_limit
-            ntr = _limit(rest - nt, train_limit)
-        out["val"] += [(files[i], k) for i in sorted(order[:nv])]
-        out["train"] += [(files[i], k) for i in sorted(order[nv:nv + ntr])]
-        out["test"] += [(files[i], k) for i in sorted(order[nv + ntr:nv + ntr + nt])]
-    return out
-
-
 def scan(root: Path | str, train_limit: int, val_limit: int, test_limit: Optional[int], seed: int,
-         skip_bad: bool = False) -> dict:
-    """Check a folder and plan its splits; the SOURCE.json record of it (every file with its sha256)."""
+         skip_bad: bool = False, skip_empty: bool = False, setting: str = "skip_empty_classes") -> dict:
+    """Check a folder and plan its splits; the SOURCE.json record of it (every file with its sha256).
+    A class folder without images stops it, naming the folder, unless `skip_empty` (the params
+    `setting`) leaves those classes out, in every split, and lists them."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: no such folder")
     counts = {"hidden": 0, "not_image": 0}
-    files = _walk(root, counts)
+    files, folders = _walk(root, counts)
     if not files:
         raise DataError(f"{root}: no images ({', '.join(IMAGE_EXTS)}) in it or in its class folders")
+    empty = _empty_folders(root, files, folders)
+    if empty and not skip_empty:
+        _refuse_empty(root, empty, setting)
+    left_out = sorted({c for _, c in empty if c})
+    class_level = {root, *(root / s for s in SPLITS)}
+    files = [p for p in files if not (p.parent.name in left_out and p.parent.parent in class_level)]
     layout, by = _layout(root, files)
     classes = sorted({c for split in by.values() for c in split})
     if len(classes) < 2:
@@ -200,6 +207,7 @@ def scan(root: Path | str, train_limit: int, val_limit: int, test_limit: Optiona
         data = _read(p)
         try:
             img = _open(p, data)
+            pixels.samples(img, p)   # a sample format no scale fits is refused here, before anything is written
             if img.format == "PNG":
                 img.verify()   # checks the PNG chunks' CRCs without decoding
         except Exception as err:   # _open's DataError, or whatever verify()'s plugin raises
@@ -218,17 +226,20 @@ def scan(root: Path | str, train_limit: int, val_limit: int, test_limit: Optiona
     plan = plan_splits(root, layout, by, classes, train_limit, val_limit, test_limit, seed)
     splits = {s: [[str(p.relative_to(root)), k] for p, k in items] for s, items in plan.items() if items}
     return {"path": str(root.resolve()), "layout": layout, "classes": classes, "files": entries,
-            "digest": digest.hexdigest(), "ignored": counts, "skipped": skipped, "splits": splits}
+            "digest": digest.hexdigest(), "ignored": counts, "skipped": skipped,
+            "empty_folders": [r for r, _ in empty], "skipped_classes": left_out, "splits": splits}
 
 
 # ---------------------------------------------------------------- decoding
 
-def to_square(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    """EXIF-upright, gray or RGB as `channels`, shorter side resized to `size` (antialiased), centre crop."""
+def to_square(img: Image.Image, size: int, channels: int, where: Path | str = "image") -> np.ndarray:
+    """EXIF-upright, 8-bit (pipelines/data/pixels.py), gray or RGB as `channels`, shorter side resized
+    to `size` (antialiased), centre crop."""
+    how = pixels.samples(img, where)   # read from the file as opened, before the copies below
     if img.format == "JPEG":
         img.draft("L" if channels == 1 else "RGB", (size, size))   # decode at a reduced scale when it can
     img = ImageOps.exif_transpose(img)
-    img = img.convert("L" if channels == 1 else "RGB")
+    img = pixels.to_8bit(img, how, where).convert("L" if channels == 1 else "RGB")
     w, h = img.size
     if w <= h:
         nw, nh = size, max(size, round(size * h / w))
@@ -259,7 +270,7 @@ def decode(root: Path, items: list[tuple[str, int]], sha256: dict[str, str], siz
                             f"{sha256[rel]}); rerun `dvc repro`")
         try:
             with _open(path, data) as img:
-                x[i] = to_square(img, size, channels)
+                x[i] = to_square(img, size, channels, path)
         except (DataError, OSError, SyntaxError, ValueError) as err:
             msg = str(err) if isinstance(err, DataError) else f"{path}: not a readable image ({err})"
             if not skip_bad:

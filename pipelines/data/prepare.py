@@ -245,7 +245,8 @@ def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
             meta["source_title"] = f"your own images, {own['path']}"
             meta["folder"] = {"path": own["path"], "files": len(own["files"]), "digest": own["digest"],
                               "layout": own["layout"], "ignored": own["ignored"],
-                              "skipped": own["skipped"] + own.get("decode_skipped", [])}
+                              "skipped": own["skipped"] + own.get("decode_skipped", []),
+                              "empty_folders": own.get("empty_folders", []), "skipped_classes": own.get("skipped_classes", [])}
         write_json(tmp / "meta.json", Meta.model_validate(meta).dump())
         write_csv(tmp / "sizes.csv", SizesRow.columns(),
                   [SizesRow(split=s, height=ds.image_size, width=ds.image_size, channels=ds.channels,

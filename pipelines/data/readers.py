@@ -18,6 +18,7 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image
 
+from pipelines.data import pixels
 from pipelines.errors import DataError
 
 IDX_UBYTE = 0x08
@@ -101,9 +102,10 @@ def read_cifar10(path: Path | str) -> Splits:
     return Splits(np.ascontiguousarray(x_tr), y_tr, np.ascontiguousarray(x_va), y_va, classes)
 
 
-def square_rgb(img: Image.Image, size: int) -> np.ndarray:
-    """Resize the shorter side to `size` (bilinear, antialiased) and centre-crop a square."""
-    img = img.convert("RGB")
+def square_rgb(img: Image.Image, size: int, where: str = "image") -> np.ndarray:
+    """8-bit RGB (pipelines/data/pixels.py), the shorter side resized to `size` (bilinear, antialiased),
+    a centre-cropped square."""
+    img = pixels.to_8bit(img, pixels.samples(img, where), where).convert("RGB")
     w, h = img.size
     if w <= h:
         nw, nh = size, max(size, int(size * h / w))
@@ -136,7 +138,7 @@ def read_image_folder_zip(path: Path | str, size: int, root: str = "hymenoptera_
             for cls, name in entries[split]:
                 try:
                     with Image.open(io.BytesIO(zf.read(name))) as img:
-                        xs.append(square_rgb(img, size))
+                        xs.append(square_rgb(img, size, f"{path}: {name}"))
                 except (OSError, SyntaxError) as err:
                     raise DataError(f"{path}: {name} is not a readable image ({err})") from None
                 ys.append(classes.index(cls))

@@ -202,11 +202,14 @@ def acquire(name: str, params: Params, raw_dir: Path | str,
     own = None
     if ds.own_folder:
         # Checked and listed before anything is written: a bad folder leaves no trace.
-        own = scan(ds.own_folder, ds.train_limit, ds.val_limit, ds.test_limit, params.seed, ds.skip_bad_images)
+        own = scan(ds.own_folder, ds.train_limit, ds.val_limit, ds.test_limit, params.seed, ds.skip_bad_images,
+                   ds.skip_empty_classes, f"datasets.{name}.skip_empty_classes")
         log(f"  {own['path']}: {len(own['files'])} image(s) in {len(own['classes'])} classes ({own['layout']} layout), "
             f"digest {own['digest'][:12]}; ignored {own['ignored']['hidden']} hidden and "
             f"{own['ignored']['not_image']} non-image file(s)" + (f"; skipped {len(own['skipped'])} bad image(s)"
-                                                                    if own["skipped"] else ""))
+                                                                    if own["skipped"] else "")
+            + (f"; left out {len(own['empty_folders'])} folder(s) without images: {', '.join(own['empty_folders'])}"
+               if own["empty_folders"] else ""))
     raw_dir.mkdir(parents=True, exist_ok=True)
     try:
         previous = read_json(raw_dir / SOURCE_FILE).get("files", {})

@@ -10,7 +10,7 @@ import numpy as np
 # the KL divergence falls by less than TSNE_TOL (relative) over TSNE_CHECK_EVERY iterations, at most
 # TSNE_MAX_ITER. On 10,000 Fashion-MNIST features, 5-NN accuracy and trustworthiness of the map stay
 # flat after the first 50-100 plain iterations while later ones cost the most (the map spreads, the
-# FFT grid grows): README "Speed" has the measurement.
+# FFT grid grows): docs/speed.md has the measurement.
 TSNE_EXAGGERATION_ITER = 250
 TSNE_MAX_ITER = 500
 TSNE_CHECK_EVERY = 50
@@ -18,7 +18,7 @@ TSNE_TOL = 0.02
 # Wide layers are first reduced by PCA (randomised, seeded) to PCA_COMPONENTS, as scikit-learn's TSNE
 # documentation advises: on thousands of dimensions the neighbour search dominates (a 6,272-d layer
 # of 10,000 points: 51 s of a 56 s map, 2.3 s after PCA; 2,048-d: 27 s against 18 s) and the map keeps
-# its quality, which quality() still measures against the layer's own features (README "Speed"). At
+# its quality, which quality() still measures against the layer's own features (docs/speed.md). At
 # 128 and 512 dimensions it gained nothing, and on a few hundred points there is nothing to gain.
 PCA_ABOVE_DIMS = 1024
 PCA_MIN_POINTS = 500

@@ -82,6 +82,11 @@ def _own_folder(own: object) -> str:
     if skipped:
         names = ", ".join(str(x.get("path")) for x in skipped[:10] if isinstance(x, dict))
         used += f"; skipped {len(skipped)} unreadable: {names}" + (" …" if len(skipped) > 10 else "")
+    empty = own.get("empty_folders") if isinstance(own.get("empty_folders"), list) else []
+    if empty:
+        left = own.get("skipped_classes") if isinstance(own.get("skipped_classes"), list) else []
+        used += (f"; left out {len(empty)} folder(s) without images: {', '.join(str(e) for e in empty[:10])}"
+                 + (" …" if len(empty) > 10 else "") + (f" (classes {', '.join(map(str, left))} not used)" if left else ""))
     return used + ")"
 
 

@@ -38,7 +38,7 @@ def _on_sigterm(signum, frame):
 
 
 # MLflow 3's record of what an experiment is for: model training, not GenAI (traces, token usage).
-# MLflow 3.17.2's own UI follows its "GenAI / Model training" switch instead (README, MLflow section).
+# MLflow 3.17.2's own UI follows its "GenAI / Model training" switch instead (docs/mlflow.md).
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 
