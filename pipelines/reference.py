@@ -72,6 +72,10 @@ class Parts(Strict):
         """The variants that are the lab's own protocols: each part's main variant and the transfer options."""
         return tuple(v for v in (self.simple_cnn, self.alexnet) if v is not None) + tuple(self.transfer)
 
+    def part_of(self, variant: str) -> Optional[str]:
+        """The part ("1.1", "1.2", "1.3") whose roles name this variant, if any."""
+        return next((part for part in PART_ROLES if variant in self.of_part(part)), None)
+
     def of_part(self, part: str) -> list[str]:
         """The variants of one part ("1.1", "1.2", "1.3" or "transfer"), in order."""
         part = PART_ALIASES.get(part, part)

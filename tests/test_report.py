@@ -268,7 +268,9 @@ def test_missing_variants_say_not_run_and_stale_figures_go(tmp_path):
     (partial / "metrics" / "mnist_cnn" / "embed.json").unlink()  # one stage of a variant not run
     rep = report.build(_params(), partial, now=NOW)
     md = rep.markdown
-    assert "*Not run:* no results for `cifar_alexnet`" in _section(md, "## Part 1.2")
+    assert ("*Not run:* no results for `cifar_alexnet` under results/ or metrics/ "
+            "(run `python -m pipelines.cli.run --part 1.2`)") in _section(md, "## Part 1.2")
+    assert "**Time of the stages that ran (8 of 10 variants have not run):" in _section(md, "## Summary")
     assert "*Not run:* `metrics/mnist_cnn/embed.json` is missing" in _section(md, "## Part 1.1")
     p13 = _section(md, "## Part 1.3")
     assert "| trained from scratch | `tl_scratch` | not run | — | — | — | 72.00 % | — |" in p13
@@ -288,6 +290,7 @@ def test_missing_variants_say_not_run_and_stale_figures_go(tmp_path):
     # Nothing at all: every part still renders.
     empty = report.build(_params(), tmp_path / "nothing", now=NOW).markdown
     assert empty.count("*Not run:*") >= 6 and "Code version: unknown" in empty
+    assert "**Transfer-learning verdicts:** not run: no transfer option has results" in empty
 
 
 def test_parameter_sum_mismatch_is_a_visible_warning(tmp_path):

@@ -63,6 +63,9 @@ def summary(doc: Document, src: Inputs) -> None:
         doc.add(f"**Transfer-learning verdicts** ({transfer['n']:,} held-out test images, paired; "
                 "[the table and the rule](#tl-noise)):",
                 *[f"- {row[-1]}" if " beats " in row[-1] else f"- {row[0]}: {row[-1]}" for row in transfer["rows"]])
+    elif not any(doc.results(v).ran for v in params.reference.parts.transfer if v in params.variants):
+        doc.add("**Transfer-learning verdicts:** not run: no transfer option has results "
+                "(`python -m pipelines.cli.run --part transfer`).")
     else:
         doc.add("**Transfer-learning verdicts:** none: no per-image test predictions were found "
                 "(`results/<variant>/evaluate/test_predictions.csv`; the dataset needs a `test_limit`).")

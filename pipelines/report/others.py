@@ -3,7 +3,7 @@ baselines, each with its own curves, confusions and embeddings."""
 from __future__ import annotations
 
 from pipelines.report.doc import Document, Inputs, num, pct, pp
-from pipelines.report.readings import accuracy, lab_baseline, variant_diagnosis
+from pipelines.report.readings import accuracy, how_to_run, lab_baseline, variant_diagnosis
 from pipelines.report.variant import embedding, evaluation, verdict_line
 
 
@@ -38,7 +38,7 @@ def variant(doc: Document, src: Inputs, v: str) -> None:
     r = doc.results(v)
     doc.heading(3, f"`{v}`", f"v-{v.replace('_', '-')}")
     if not r.ran:
-        doc.not_run(f"no results for `{v}` under results/ or metrics/ (run `dvc repro` for it)")
+        doc.not_run(f"no results for `{v}` under results/ or metrics/ (run {how_to_run(src.params, v)})")
         return
     if v == src.params.reference.parts.more_epochs:
         doc.add("Its curves and verdict: [would more epochs help?](#more-epochs).")

@@ -40,6 +40,12 @@ LAB_NOTES = {
 }
 
 
+def how_to_run(params: Params, variant: str) -> str:
+    """The command that makes a variant's results: its part of the lab, else its own stages."""
+    part = params.reference.parts.part_of(variant)
+    return f"`python -m pipelines.cli.run --part {part}`" if part else f'`dvc repro --glob "*@{variant}"`'
+
+
 def backbone_title(name: str) -> str:
     """A backbone's name as the report prints it (the registry's title; the key when unknown)."""
     return BACKBONES[name].title if name in BACKBONES else name

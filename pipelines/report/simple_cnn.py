@@ -6,7 +6,7 @@ import math
 from typing import Optional, Sequence
 
 from pipelines.report.doc import Document, Inputs, finite, num, pct, pp, ratio, signed
-from pipelines.report.readings import LAB_NOTES, n_val, variant_diagnosis
+from pipelines.report.readings import LAB_NOTES, how_to_run, n_val, variant_diagnosis
 from pipelines.report.variant import classifier_part
 from pipelines.stats import binomial_se
 
@@ -29,7 +29,7 @@ def more_epochs(doc: Document, src: Inputs) -> None:
             f"`{longer}` runs `{main}`'s recipe for longer with the same seed.")
     base, long = doc.results(main), doc.results(longer)
     if long.train is None:
-        doc.not_run(f"`metrics/{longer}/train.json` is missing (run `dvc repro` for it)")
+        doc.not_run(f"`metrics/{longer}/train.json` is missing (run {how_to_run(params, longer)})")
         return
     doc.figure(longer, long, "curves", f"{longer}: loss and accuracy per epoch")
     rows = []

@@ -25,7 +25,7 @@ from pipelines.config import Params
 from pipelines.errors import ReportError
 from pipelines.report.doc import Document, Inputs, finite, mean_cell, minus, num, p_is, p_value, pct, pp, signed
 from pipelines.report.load import is_kind, load_replicates, load_test_predictions
-from pipelines.report.readings import data_line, final_layer, n_val, on_data, variant_diagnosis
+from pipelines.report.readings import data_line, final_layer, how_to_run, n_val, on_data, variant_diagnosis
 from pipelines.report.variant import embedding, evaluation, layer_cell, sizes, verdict_line
 from pipelines.stats import ALPHA, mean_std, smallest_detectable, t_interval, two_proportion_p, welch_p
 
@@ -219,7 +219,7 @@ def option(doc: Document, src: Inputs, v: str, label: str) -> None:
         return
     r = doc.results(v)
     if not r.ran:
-        doc.not_run(f"no results for `{v}` under results/ or metrics/ (run `dvc repro` for it)")
+        doc.not_run(f"no results for `{v}` under results/ or metrics/ (run {how_to_run(src.params, v)})")
         return
     if src.params.variants[v].classifier == "svm":
         doc.add("A linear SVM on frozen features: no training curve.")

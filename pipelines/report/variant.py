@@ -8,7 +8,7 @@ from typing import Callable, Optional
 from pipelines.config import LabNumbers
 from pipelines.report.doc import Document, Inputs, finite, loss, minus, num, pct, pp, signed
 from pipelines.report.load import Data, Results, is_kind
-from pipelines.report.readings import data_line, on_data, variant_diagnosis
+from pipelines.report.readings import data_line, how_to_run, on_data, variant_diagnosis
 
 
 def sizes(doc: Document, dataset: str, d: Data, note: Optional[str] = None) -> None:
@@ -221,7 +221,7 @@ def classifier_part(doc: Document, src: Inputs, variant: Optional[str], title: s
     sizes(doc, dataset, data[dataset], notes.get("sizes"))
     hooks = [h for h in (after_training, after_embedding) if h is not None]
     if not r.ran:
-        doc.not_run(f"no results for `{variant}` under results/ or metrics/ (run `dvc repro` for it)")
+        doc.not_run(f"no results for `{variant}` under results/ or metrics/ (run {how_to_run(src.params, variant)})")
         for hook in hooks:  # their own variants may have run
             hook()
         return
