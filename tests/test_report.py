@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from pipelines import config, report
+from pipelines.report.alexnet import against_claim
 from pipelines.train import diagnosis
 from pipelines.io import write_csv, write_json, write_bytes
 from stages import report as report_stage
@@ -429,6 +430,12 @@ def test_alexnet_verdict_against_the_lab_claim(tmp_path):
     write_variant(root, "cifar_alexnet", "cifar10", FASHION, 15)  # loss still falling at the end
     p12 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.2")
     assert "| agreement | disagrees: by the rule our curves do not show overfitting |" in p12
+    # Validation that gets worse without the textbook shape is named, not called a disagreement.
+    rows = [{"epoch": e, "train_loss": 0.04, "train_acc": 99.0, "val_loss": 0.3 + 0.1 * max(0, e - 5),
+             "val_acc": 90.0 - 5 * max(0, e - 5)} for e in range(1, 16)]
+    assert against_claim(diagnosis.diagnose(rows, 1000), 10) == (
+        "partly: ours get worse from epoch 6, but not in the rule's overfitting shape; "
+        "the lab's: overfitting after epoch 10")
 
 
 def test_cheaper_network_table_and_reading(tmp_path):

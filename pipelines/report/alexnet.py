@@ -43,6 +43,10 @@ def against_claim(d: Optional[dict], claim_epoch: int) -> str:
     if d is None:
         return "not run"
     start = overfit_epoch(d)
+    if start is None and d["verdict"].startswith("getting worse from epoch "):
+        worse = d["verdict"].split()[4].rstrip(":")
+        return (f"partly: ours get worse from epoch {worse}, but not in the rule's overfitting shape; "
+                f"the lab's: overfitting after epoch {claim_epoch}")
     if start is None:
         return "disagrees: by the rule our curves do not show overfitting"
     off = start - (claim_epoch + 1)
