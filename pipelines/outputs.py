@@ -135,9 +135,13 @@ class Diagnosis(Output):
     final_acc_gap: Optional[float] = Field(None, description="last epoch's training minus validation accuracy (pp)")
     val_loss_rise_pct: Optional[float] = Field(None, description="final validation loss above its minimum (%)")
     acc_gain_last_epochs: Optional[float] = Field(None, description="validation accuracy gain over the last `patience` epochs (pp)")
+    acc_drop_from_best: Optional[float] = Field(None, description="best minus final validation accuracy (pp)")
     patience: Optional[int] = Field(None, description="max(2, epochs // 5)")
     acc_noise_pp: Optional[float] = Field(None, description="binomial standard error of the validation accuracy (pp)")
-    verdict: str = Field(description="`overfitting from epoch N: ...`, `still improving: ...`, `plateau: ...` or `single fit: ...`")
+    acc_drop_noise_pp: Optional[float] = Field(None, description="the drop from the best beyond which it is more than noise (pp)")
+    worse_from_epoch: Optional[int] = Field(None, description="the first epoch of overfitting or getting worse; null otherwise")
+    verdict: str = Field(description="`overfitting from epoch N: ...`, `getting worse from epoch N: ...`, `still improving: ...`, "
+                                     "`plateau: ...` or `single fit: ...`")
     rule: Optional[str] = Field(None, description="the rule behind the verdict, in words")
 
 

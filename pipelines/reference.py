@@ -1,7 +1,8 @@
 """reference.yaml -> frozen, typed reference data: what this project's results are judged against.
 
-None of it changes what a stage computes: the lab's own numbers (`lab`), the stronger recipes and
-their goals (`recipes`), and the CI gate on params changes (`check`). DVC reads the file as a second
+None of it changes what a stage computes: the lab's own numbers (`lab`), which variant plays which
+role in the lab's parts (`parts`), the stronger recipes and their goals (`recipes`), and the CI gate
+on params changes (`check`). DVC reads the file as a second
 params file and only the stages that print these values declare them, so editing one reruns only
 those. A bad value stops the run with one line naming reference.yaml, the key and the value, as
 params.yaml's do. A workspace without the file has no reference data: no lab column, no recipe
@@ -46,8 +47,51 @@ class RecipeGoal(Strict):
     target: dict[Literal["lab", "offline"], Annotated[float, Field(gt=0, le=100)]] = {}
 
 
+# The lab's parts by the name `run --part` takes, and the roles (fields of `Parts`) each part's variants play.
+PART_ROLES = {"1.1": ("simple_cnn", "more_epochs", "cheaper"), "1.2": ("alexnet",), "1.3": ("transfer",)}
+PART_ALIASES = {"transfer": "1.3"}
+
+
+class Parts(Strict):
+    """Which variant plays which role in the lab's parts: the report's sections and `run --part`
+    read it. A role left out has no variant: its section says so."""
+
+    simple_cnn: Optional[str] = None     # Part 1.1's Simple CNN
+    more_epochs: Optional[str] = None    # Part 1.1's "would more epochs help?": the same recipe, longer
+    cheaper: Optional[str] = None        # Part 1.1's "a cheaper network"
+    alexnet: Optional[str] = None        # Part 1.2's AlexNet
+    transfer: dict[str, str] = {}        # Part 1.3's options in the lab's order: variant -> the report's label
+
+    def named(self) -> dict[str, str]:
+        """Every variant named here -> its key in reference.yaml (`parts.<role>`)."""
+        out = {v: f"parts.{role}" for role in ("simple_cnn", "more_epochs", "cheaper", "alexnet")
+               if (v := getattr(self, role)) is not None}
+        return out | {v: f"parts.transfer.{v}" for v in self.transfer}
+
+    def lab_variants(self) -> tuple[str, ...]:
+        """The variants that are the lab's own protocols: each part's main variant and the transfer options."""
+        return tuple(v for v in (self.simple_cnn, self.alexnet) if v is not None) + tuple(self.transfer)
+
+    def part_of(self, variant: str) -> Optional[str]:
+        """The part ("1.1", "1.2", "1.3") whose roles name this variant, if any."""
+        return next((part for part in PART_ROLES if variant in self.of_part(part)), None)
+
+    def of_part(self, part: str) -> list[str]:
+        """The variants of one part ("1.1", "1.2", "1.3" or "transfer"), in order."""
+        part = PART_ALIASES.get(part, part)
+        if part not in PART_ROLES:
+            raise ParamsError(f"part {part!r} is not one of the lab's parts; allowed: "
+                              f"{', '.join([*PART_ROLES, *PART_ALIASES])}")
+        out: list[str] = []
+        for role in PART_ROLES[part]:
+            value = getattr(self, role)
+            out += list(value) if isinstance(value, dict) else [] if value is None else [value]
+        return out
+
+
 class Reference(Strict):
     lab: dict[str, LabNumbers] = {}
+    parts: Parts = Parts()
     recipes: dict[str, RecipeGoal] = {}
     check: Optional[Check] = None
 
@@ -60,6 +104,9 @@ class Reference(Strict):
         for name in self.lab:
             if name not in variants:
                 raise unknown(f"lab.{name}", name)
+        for name, key in self.parts.named().items():
+            if name not in variants:
+                raise unknown(key, name)
         for name, rc in self.recipes.items():
             for key, ref in ((name, name), (f"{name}.baseline", rc.baseline)):
                 if ref not in variants:

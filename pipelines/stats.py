@@ -71,11 +71,6 @@ def two_proportion_p(p1: float, n1: int, p2: float, n2: int) -> float:
     return math.erfc(abs(a - b) / se / math.sqrt(2))
 
 
-def p_text(p: float) -> str:
-    """A p-value as the report prints it."""
-    return "below 0.001" if p < 0.001 else f"{p:.3g}"
-
-
 def mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict:
     """Paired comparison of two boolean "correct" vectors over the same images (differences in pp)."""
     from scipy.stats import binomtest

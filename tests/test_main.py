@@ -1,5 +1,5 @@
 """The main command (pipelines.cli.repro): its protocol choice, against a real HTTP server on 127.0.0.1,
-and its exit status on bad input."""
+the `dvc repro` calls it makes for one part of the lab, and its exit status on bad input."""
 import os
 import re
 import subprocess
@@ -104,6 +104,53 @@ def test_a_params_file_without_a_protocol_line_is_one_line_exit_2(tmp_path, para
     out = capsys.readouterr()
     assert out.err == "error: params.yaml: no top-level 'protocol:' line to set\n" and "protocol:" not in out.out
     assert (tmp_path / "params.yaml").read_text() == text
+
+
+def test_part_runs_its_stages_then_the_report_alone(make_params):
+    params = make_params()
+    calls = main.repro_commands(params, ["1.1"], ["--force"])
+    assert calls[-1] == ["dvc", "repro", "--force", "-s", "report"]
+    parts = params.reference.parts
+    want = [f"{s}@{v}" for v in (parts.simple_cnn, parts.more_epochs, parts.cheaper) for s in ("train", "evaluate", "embed")]
+    assert calls[0] == ["dvc", "repro", "--force", *want] and len(calls) == 2
+    # The transfer options bring their replicates; "1.3" and "transfer" are the same part.
+    (tl,) = main.repro_commands(params, ["transfer", "1.3"], [])[:-1]
+    rep = params.replicates
+    assert [t for t in tl[2:] if t.startswith("replicate@")] == \
+        [f"replicate@{v}-{s}" for v in parts.transfer if v in rep.variants for s in rep.seeds]
+    assert {t.split("@")[1] for t in tl[2:] if t.startswith("train@")} == set(parts.transfer)
+    # The report alone; no part: the whole lab as before.
+    assert main.repro_commands(params, ["report"], []) == [["dvc", "repro", "-s", "report"]]
+    assert main.repro_commands(params, [], ["-f"]) == [["dvc", "repro", "-f"]]
+
+
+def test_part_without_variants_is_one_line_exit_2(make_params):
+    with pytest.raises(ParamsError, match=r"--part 1.2: reference.yaml \(`parts`\) names no variant"):
+        main.repro_commands(make_params({"parts": {"alexnet": None}}), ["1.2"], [])
+
+
+def test_part_calls_dvc_for_its_stages_and_stops_at_a_failure(tmp_path, params_raw, reference_raw, monkeypatch, capsys):
+    # A stand-in `dvc` on PATH records each call; the first one fails, so the report is not run.
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw, sort_keys=False))
+    (tmp_path / "reference.yaml").write_text(yaml.safe_dump(reference_raw, sort_keys=False))
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "calls.txt"
+    (bin_dir / "dvc").write_text(f'#!/bin/sh\necho "$@" >> {log}\nexit $DVC_RC\n')
+    (bin_dir / "dvc").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_RC", "0")
+    assert main.main(["--protocol", "offline", "--part", "1.2"]) == 0
+    alexnet = reference_raw["parts"]["alexnet"]
+    assert log.read_text().splitlines() == [f"repro train@{alexnet} evaluate@{alexnet} embed@{alexnet}", "repro -s report"]
+    log.unlink()
+    monkeypatch.setenv("DVC_RC", "3")
+    assert main.main(["--protocol", "offline", "--part", "1.2"]) == 1
+    assert log.read_text().splitlines() == [f"repro train@{alexnet} evaluate@{alexnet} embed@{alexnet}"]
+    with pytest.raises(SystemExit) as bad:
+        main.main(["--part", "2.1"])
+    assert bad.value.code == 2 and "invalid choice: '2.1'" in capsys.readouterr().err
 
 
 def test_the_closing_line_names_what_the_run_built(tmp_path, monkeypatch):

@@ -11,7 +11,7 @@ import pytest
 
 from pipelines import io, stats
 from pipelines.evaluate.stage import evaluate as evaluate_stage
-from pipelines.report import paired
+from pipelines.report import transfer
 from pipelines.report.load import PREDICTIONS_FILE
 from pipelines.runtime import StagePaths
 from pipelines.train.stage import train as train_stage
@@ -71,24 +71,24 @@ def test_verdict_needs_the_main_seed_and_the_seeds_to_agree():
     strong = {s: model(0.90) for s in (42, 1, 2, 3, 4)}
     weak = {s: model(0.80) for s in (42, 1, 2, 3, 4)}
     same = {s: model(0.80) for s in (42, 1, 2, 3, 4)}
-    rows = paired.comparison_rows([("weak", weak), ("strong", strong), ("same", same)], main_seed=42)
+    rows = transfer.comparison_rows([("weak", weak), ("strong", strong), ("same", same)], main_seed=42)
     assert rows[0][0] == "strong vs weak"   # the option ahead on the main seed is named first
     by_pair = {r[0]: r for r in rows}
     win = by_pair["strong vs weak"]
-    assert len(win) == len(paired.HEADER) and win[6] == 5
+    assert len(win) == len(transfer.HEADER) and win[6] == 5
     assert win[-1].startswith("strong beats weak by ") and ", p < 0.001" in win[-1]
     tie = next(r for r in rows if "same" in r[0] and "weak" in r[0])
     assert tie[-1].startswith("no difference detectable at this test size (smallest detectable: ")
 
     # The main seed alone differs, the other seeds do not: no verdict, and the reason is given.
     lucky = {42: model(0.90), **{s: model(0.80) for s in (1, 2, 3, 4)}}
-    row = paired.comparison_rows([("lucky", lucky), ("weak", weak)], main_seed=42)[0]
+    row = transfer.comparison_rows([("lucky", lucky), ("weak", weak)], main_seed=42)[0]
     assert row[-1].startswith("no difference detectable") and "the main seed alone differs" in row[-1]
     # One seed only: the main seed's test decides alone.
-    row = paired.comparison_rows([("a", {42: strong[42]}), ("b", {42: weak[42]})], main_seed=42)[0]
+    row = transfer.comparison_rows([("a", {42: strong[42]}), ("b", {42: weak[42]})], main_seed=42)[0]
     assert row[-1].startswith("a beats b by") and row[7] == "—"
     # No seed in common: said, not computed.
-    row = paired.comparison_rows([("a", {1: strong[1]}), ("b", {2: weak[2]})], main_seed=42)[0]
+    row = transfer.comparison_rows([("a", {1: strong[1]}), ("b", {2: weak[2]})], main_seed=42)[0]
     assert row[-1].startswith("not run")
 
 

@@ -15,6 +15,7 @@ import yaml
 from PIL import Image
 
 from pipelines import config, report
+from pipelines.report.alexnet import against_claim
 from pipelines.train import diagnosis
 from pipelines.io import write_csv, write_json, write_bytes
 from stages import report as report_stage
@@ -177,7 +178,7 @@ def test_full_report_has_every_section_and_table(tmp_path):
     assert "| split | height | width | channels | samples |" in p11 and "| train | 28 | 28 | 1 | 60,000 |" in p11
     assert "| `conv1.weight` | 32x1x3x3 | 288 |" in p11 and "**813,802**" in p11
     assert "| trainable parameters | 813,802 | 813,802 | +0 |" in p11
-    assert "| best validation accuracy | 91.23 % | 98.94 % | -7.71 pp |" in p11
+    assert "| best validation accuracy | 91.23 % | 98.94 % | −7.71 pp |" in p11
     assert "| epoch of the best | 10 | 10 | +0 |" in p11
     assert "| 1 | Ankle boot | T-shirt/top | 17 |" in p11 and "| 2 | T-shirt/top | Ankle boot | 9 |" in p11
     assert "| 3 |" not in p11  # only the two most frequent
@@ -192,7 +193,7 @@ def test_full_report_has_every_section_and_table(tmp_path):
     p12 = _section(md, "## Part 1.2")
     assert "### Per-epoch log" in p12 and "| epoch | train loss | val loss | val accuracy |" in p12
     assert "| 15 |" in p12 and "| best validation accuracy | 88.02 % | 71.27 % | +16.75 pp |" in p12
-    assert "| trainable parameters | 1,100 | 6,199,498 | -6,198,398 |" in p12
+    assert "| trainable parameters | 1,100 | 6,199,498 | −6,198,398 |" in p12
     assert "61,100,840" in p12  # the lab's mistaken table is called out
     assert "### Per-epoch log" not in p11
 
@@ -200,9 +201,9 @@ def test_full_report_has_every_section_and_table(tmp_path):
     for label, lab in [("trained from scratch", "72.00 %"), ("pretrained + linear SVM", "90.50 %"),
                        ("fine-tuning, no augmentation", "92.50 %"), ("fine-tuning, with augmentation", "96.00 %")]:
         assert re.search(rf"\| {re.escape(label)} \| `tl_\w+` \| 3 \| \d+\.\d\d ± 1\.00 % \| .* \| "
-                         rf"{re.escape(lab)} \| [+-]\d+\.\d\d pp \|", p13), label
+                         rf"{re.escape(lab)} \| [+−]\d+\.\d\d pp \|", p13), label
     assert ("| fine-tuning, with augmentation | `tl_finetune_aug` | 3 | 86.00 ± 1.00 % | 83.52 – 88.48 % "
-            "| 85.50 ± 1.00 % | 96.00 % | -10.00 pp |") in p13
+            "| 85.50 ± 1.00 % | 96.00 % | −10.00 pp |") in p13
     assert "(figures/tl_svm_tsne.png)" in p13 and "tl_svm_curves.png" not in p13
     for v in ("tl_scratch", "tl_finetune", "tl_finetune_aug"):
         assert f"(figures/{v}_curves.png)" in p13 and f"(figures/{v}_tsne.png)" in p13
@@ -268,12 +269,14 @@ def test_missing_variants_say_not_run_and_stale_figures_go(tmp_path):
     (partial / "metrics" / "mnist_cnn" / "embed.json").unlink()  # one stage of a variant not run
     rep = report.build(_params(), partial, now=NOW)
     md = rep.markdown
-    assert "*Not run:* no results for `cifar_alexnet`" in _section(md, "## Part 1.2")
+    assert ("*Not run:* no results for `cifar_alexnet` under results/ or metrics/ "
+            "(run `python -m pipelines.cli.repro --part 1.2`)") in _section(md, "## Part 1.2")
+    assert "**Time of the stages that ran (8 of 10 variants have not run):" in _section(md, "## Summary")
     assert "*Not run:* `metrics/mnist_cnn/embed.json` is missing" in _section(md, "## Part 1.1")
     p13 = _section(md, "## Part 1.3")
     assert "| trained from scratch | `tl_scratch` | not run | — | — | — | 72.00 % | — |" in p13
     assert "*Not run:* no results for `tl_svm`" in p13
-    assert "| fine-tuning, no augmentation | `tl_finetune` | 1 of 3 | 84.50 % | — | 84.00 % | 92.50 % | -8.00 pp |" in p13
+    assert "| fine-tuning, no augmentation | `tl_finetune` | 1 of 3 | 84.50 % | — | 84.00 % | 92.50 % | −8.00 pp |" in p13
     assert "n = 1: no replicate runs found" in p13
     assert "*Not run:* fewer than two options have results" in p13
     assert "| `cifar_alexnet` | not run |" in _section(md, "## Curve diagnosis")
@@ -288,6 +291,7 @@ def test_missing_variants_say_not_run_and_stale_figures_go(tmp_path):
     # Nothing at all: every part still renders.
     empty = report.build(_params(), tmp_path / "nothing", now=NOW).markdown
     assert empty.count("*Not run:*") >= 6 and "Code version: unknown" in empty
+    assert "**Transfer-learning verdicts:** not run: no transfer option has results" in empty
 
 
 def test_parameter_sum_mismatch_is_a_visible_warning(tmp_path):
@@ -328,8 +332,35 @@ def test_other_variants_are_listed(tmp_path):
     root = populate(tmp_path / "root")
     write_variant(root, "mnist_cnn_wide", "mnist", FASHION, 10)
     other = _section(report.build(_params(extra), root, now=NOW).markdown, "## Other variants")
-    assert "| `mnist_cnn_wide` | `mnist` | simple_cnn | 1,100 | 90.00 % | 10 | 0.8765 | 98.94 % (`mnist_cnn`) | -8.94 pp |" in other
+    assert "| `mnist_cnn_wide` | `mnist` | simple_cnn | 1,100 | 90.00 % | 10 | 0.8765 | 98.94 % (`mnist_cnn`) | −8.94 pp |" in other
     assert "| `cifar_alexnet_cosine` | `cifar10` | alexnet_cifar | not run |" in other
+
+
+def test_parts_follow_the_roles_reference_yaml_gives(tmp_path):
+    # Part 1.1's variant and Part 1.3's options come from reference.yaml `parts`, not from the code.
+    extra = {"mnist_cnn_wide": {"dataset": "mnist", "model": "simple_cnn", "hidden": 256,
+                                "layers": {"intermediate": "fc1", "final": "fc2"}}}
+    raw = isolation.committed_params()
+    raw["protocol"] = "offline"
+    raw["variants"].update(extra)
+    raw["replicates"]["seeds"] = list(REPLICATE_OFFSETS)
+    ref = isolation.committed_reference()
+    ref["parts"]["simple_cnn"] = "mnist_cnn_wide"
+    ref["parts"]["transfer"] = {"tl_finetune": "fine-tuned", "tl_scratch": "from scratch"}
+    root = populate(tmp_path / "root")
+    write_variant(root, "mnist_cnn_wide", "mnist", FASHION, 10)
+    md = report.build(config.parse(raw, ref), root, now=NOW).markdown
+    assert "## Part 1.1 — Simple CNN (`mnist_cnn_wide`)" in md
+    p13 = _section(md, "## Part 1.3")
+    assert "| fine-tuned | `tl_finetune` |" in p13 and "| from scratch | `tl_scratch` |" in p13
+    assert p13.index("| fine-tuned |") < p13.index("| from scratch |")   # the order reference.yaml gives
+    assert "`tl_svm`" not in p13 and "`tl_finetune_aug`" not in p13
+    # The lab's own variants no longer named by a part are "other variants" now.
+    other = _section(md, "## Other variants")
+    assert "| `mnist_cnn` |" in other and "| `tl_svm` |" in other and "`mnist_cnn_wide`" not in other
+    # No roles at all (no reference.yaml): each part says so instead of guessing a variant.
+    bare = report.build(config.parse(raw), root, now=NOW).markdown
+    assert "*Not run:* reference.yaml (`parts`) names no variant for this part." in _section(bare, "## Part 1.1")
 
 
 def test_stage_cli(tmp_path, capsys):
@@ -360,11 +391,11 @@ def test_curve_diagnosis_for_every_variant_with_the_rule_once(tmp_path):
     diag = _section(md, "## Curve diagnosis")
     params = _params()
     assert all(f"| `{v}` |" in diag for v in params.variants)
-    assert ("| `cifar_alexnet` | 15 | 10 | 15 | 0.0708 | -4.00 pp | overfitting from epoch 11: validation loss "
+    assert ("| `cifar_alexnet` | 15 | 10 | 15 | 0.0708 | −4.00 pp | overfitting from epoch 11: validation loss "
             "25.0 % above its minimum (epoch 10)") in diag
     assert "| `tl_svm` | 1 | — | — | — | — | single fit: no curve to diagnose |" in diag
     assert "still improving" in diag and "(recomputed from history.csv)" in diag
-    assert md.count("**The rule.** Let N be the epoch of minimum validation loss") == 1
+    assert md.count("**The rule.** Let E be the last epoch, P = max(2, E // 5) the patience") == 1
     # Each part points at the rule instead of repeating it.
     assert "**Curve diagnosis:** still improving" in _section(md, "## Part 1.1")
 
@@ -399,6 +430,12 @@ def test_alexnet_verdict_against_the_lab_claim(tmp_path):
     write_variant(root, "cifar_alexnet", "cifar10", FASHION, 15)  # loss still falling at the end
     p12 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.2")
     assert "| agreement | disagrees: by the rule our curves do not show overfitting |" in p12
+    # Validation that gets worse without the textbook shape is named, not called a disagreement.
+    rows = [{"epoch": e, "train_loss": 0.04, "train_acc": 99.0, "val_loss": 0.3 + 0.1 * max(0, e - 5),
+             "val_acc": 90.0 - 5 * max(0, e - 5)} for e in range(1, 16)]
+    assert against_claim(diagnosis.diagnose(rows, 1000), 10) == (
+        "partly: ours get worse from epoch 6, but not in the rule's overfitting shape; "
+        "the lab's: overfitting after epoch 10")
 
 
 def test_cheaper_network_table_and_reading(tmp_path):
@@ -406,7 +443,7 @@ def test_cheaper_network_table_and_reading(tmp_path):
     cheap = md[md.index("### A cheaper network"):md.index("## Part 1.2")]
     assert "| trainable parameters | 813,802 | 72,298 | 11.3x fewer |" in cheap
     assert "| FLOPs per image (forward) | 16,000,000 | 14,400,000 | 1.1x fewer |" in cheap
-    assert "| best validation accuracy | 91.23 % | 90.83 % | -0.40 pp |" in cheap
+    assert "| best validation accuracy | 91.23 % | 90.83 % | −0.40 pp |" in cheap
     assert "| training throughput (images/s) | 1,000 | 1,250 | 1.2x faster |" in cheap
     assert ("**Reading.** `mnist_cnn_small` against `mnist_cnn`: 11.3x fewer parameters, 1.1x fewer FLOPs per image, "
             "trains 1.2x faster, −0.40 pp best validation accuracy, within the ±2.56 pp") in cheap
@@ -444,7 +481,7 @@ def test_noise_statistics(tmp_path):
     p = stats.ttest_ind(runs, [86.0, 87.0, 85.0], equal_var=False).pvalue
     assert (f"| fine-tuning, no augmentation vs fine-tuning, with augmentation | +{86.0 - m:.2f} pp | "
             f"Welch t over seeds | {p:.3g} | within noise |") in p13
-    assert "| trained from scratch vs pretrained + linear SVM | +10.50 pp | Welch t over seeds | below 0.001 | beyond noise |" in p13
+    assert "| trained from scratch vs pretrained + linear SVM | +10.50 pp | Welch t over seeds | < 0.001 | beyond noise |" in p13
     assert "Within noise: fine-tuning, no augmentation vs fine-tuning, with augmentation." in p13
     assert "the test split (200 images) was never seen during selection" in p13
     assert "Model selection (the best epoch) uses the validation split" in p13
@@ -453,7 +490,7 @@ def test_noise_statistics(tmp_path):
 def test_noise_with_single_runs_uses_the_set_size(tmp_path):
     root = populate(tmp_path / "root", replicates=False)
     p13 = _section(report.build(_params(), root, now=NOW).markdown, "## Part 1.3")
-    assert "| trained from scratch | `tl_scratch` | 1 of 3 | 70.50 % | — | 70.00 % | 72.00 % | -1.50 pp |" in p13
+    assert "| trained from scratch | `tl_scratch` | 1 of 3 | 70.50 % | — | 70.00 % | 72.00 % | −1.50 pp |" in p13
     assert "n = 1: no replicate runs found" in p13
     # 84.5 % vs 86.0 % of 1,000 images each, pooled two-proportion z = 0.946: p = 0.344.
     assert "| +1.50 pp | two-proportion z (n = 1) | 0.344 | within noise |" in p13
@@ -510,7 +547,7 @@ def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path
     assert "optimizer adam → adamw" in cnn[3] and "schedule constant → onecycle" in cnn[3] and "momentum" not in cnn[3]
     assert cnn[4:7] == ["91.23 %", "93.61 %", "+2.38 pp"] and cnn[8:10] == ["93.50 %", "met"]
     alex = rows["`cifar_alexnet_plus`"]
-    assert alex[4:7] == ["88.02 %", "90.02 %", "+2.00 pp"] and alex[8:10] == ["94.00 %", "not met (-3.98 pp)"]
+    assert alex[4:7] == ["88.02 %", "90.02 %", "+2.00 pp"] and alex[8:10] == ["94.00 %", "not met (−3.98 pp)"]
 
     # A recipe without results says so; its goal under the other protocol is the lab one.
     shutil.rmtree(root / "metrics" / "cifar_alexnet_plus")
@@ -519,7 +556,7 @@ def test_recipes_table_judges_each_recipe_against_its_baseline_and_goal(tmp_path
     alex_line = next(l for l in sec.splitlines() if l.startswith("| `cifar_alexnet_plus`"))
     assert "not run" in alex_line and "85.00 %" in alex_line
     cnn_line = next(l for l in sec.splitlines() if l.startswith("| `mnist_cnn_plus`"))
-    assert "99.30 %" in cnn_line and "not met (-5.69 pp)" in cnn_line
+    assert "99.30 %" in cnn_line and "not met (−5.69 pp)" in cnn_line
 
 
 # ---------------------------------------------------------------- paired verdicts on the test set
@@ -561,8 +598,8 @@ def test_transfer_verdicts_from_paired_test_predictions(tmp_path):
     summary = _section(md, "## Summary")
     assert "Transfer-learning verdicts** (1,000 held-out test images" in summary
     assert all(f"- {r[-1]}" in summary if " beats " in r[-1] else f"- {r[0]}: {r[-1]}" in summary for r in rows)
-    assert "| `tl_scratch` | `transfer` | 70.50 % | 70.00 ± 1.00 % (n = 3) | 72.00 % | -1.50 pp |" in summary
-    assert "| `mnist_cnn` | `mnist` | 91.23 % | — | 98.94 % | -7.71 pp |" in summary
+    assert "| `tl_scratch` | `transfer` | 70.50 % | 70.00 ± 1.00 % (n = 3) | 72.00 % | −1.50 pp |" in summary
+    assert "| `mnist_cnn` | `mnist` | 91.23 % | — | 98.94 % | −7.71 pp |" in summary
     # 10 variants + 8 replicates at 12.5 s of training, 10 embeddings at 3 s: 255 s.
     assert "**Whole-run time: 0:04:15** (h:mm:ss)" in summary and "training 3.8 min (18 stages), embedding 0.5 min (10 stages)" in summary
     assert md.index("## Summary") < md.index("## Contents") < md.index("## Data used")
@@ -588,6 +625,8 @@ def test_stage_logs_the_verdict_table_to_mlflow(tmp_path):
     raw = yaml.safe_load((REPO / "params.yaml").read_text())
     raw["replicates"]["seeds"] = list(REPLICATE_OFFSETS)
     params_file.write_text(yaml.safe_dump(raw))
+    # reference.yaml beside it names the transfer options (`parts`) whose verdicts the table holds
+    (tmp_path / "reference.yaml").write_text(isolation.committed_text("reference.yaml"))
     assert report_stage.main(["--root", str(root), "--out", str(tmp_path / "out"), "--params", str(params_file)]) == 0
     client = mlflow.MlflowClient()
     exp = client.get_experiment_by_name(raw["tracking"]["experiment"])
@@ -640,3 +679,24 @@ def test_where_the_time_went_sums_every_stage_the_metrics_timed(tmp_path):
     assert f"| `train@mnist_cnn` | 300.0 |" in part and f"{3 * flops * t['train_img_per_s'] / 1e9:,.1f} |" in part
     assert "| `evaluate@mnist_cnn` | 4.0 |" in part and "| 2,500 |" in part
     assert f"Sum of these stages: {sum(secs):,.0f} s" in part
+
+
+def test_a_list_after_a_lead_in_line_renders_as_a_list(tmp_path):
+    # Markdown needs a blank line between a line of text and a list; without it the items are one paragraph.
+    root = populate(tmp_path / "root")
+    write_predictions(root)
+    page = report.render_html(report.build(_params(), root, now=NOW))
+    for lead in ("<strong>Data that ran:</strong>", "<strong>Transfer-learning verdicts</strong>"):
+        after = page[page.index(lead):]
+        assert after.index("</p>") < after.index("<ul>") < after.index("<li>") < after.index("<table>")
+        assert "\n- " not in after[:after.index("</p>")]
+
+
+def test_each_transfer_option_names_its_augmentation(tmp_path):
+    params = _params()
+    p13 = _section(report.build(params, populate(tmp_path / "root"), now=NOW).markdown, "## Part 1.3")
+    line = next(l for l in p13.splitlines() if l.startswith("Training augmentation"))
+    for v in params.reference.parts.transfer:
+        cfg = params.variants[v]
+        assert (f"`{v}`: none: a linear SVM" if cfg.classifier == "svm" else f"`{v}`: `{cfg.augment}`") in line
+    assert "random resized crops" in line and "not digits or text" in line

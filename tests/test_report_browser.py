@@ -12,13 +12,14 @@ import os
 import re
 import shutil
 import subprocess
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from pipelines import report
-from test_report import NOW, _params, populate
+from test_report import NOW, _params, populate, write_predictions
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or ("/usr/bin/chromium" if os.access("/usr/bin/chromium", os.X_OK) else None)
@@ -38,9 +39,14 @@ def _chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedPro
                           capture_output=True, text=True, timeout=180)
 
 
+def _dom(page: Path, tmp: Path) -> subprocess.CompletedProcess:
+    """The page's DOM as Chromium built it, once loaded and its script run (stdout)."""
+    return _chromium(page, tmp / "profile-dom", "--virtual-time-budget=3000", "--dump-dom")
+
+
 def _self_check(page: Path, tmp: Path) -> dict:
     """What the page's own script found once loaded: {"images", "broken", "sections", "ok"}."""
-    out = _chromium(page, tmp / "profile-dom", "--virtual-time-budget=3000", "--dump-dom")
+    out = _dom(page, tmp)
     body = re.search(r"<body([^>]*)>", out.stdout)
     attrs = dict(re.findall(r'([\w-]+)="([^"]*)"', body.group(1))) if body else {}
     assert "data-self-check" in attrs, (f"the self-check did not run (rc {out.returncode}); "
@@ -50,9 +56,12 @@ def _self_check(page: Path, tmp: Path) -> dict:
     return result
 
 
-def _written(tmp_path: Path) -> Path:
+def _written(tmp_path: Path, predictions: bool = False) -> Path:
     out = tmp_path / "reports"
-    report.write(report.build(_params(), populate(tmp_path / "root"), now=NOW), out)
+    root = populate(tmp_path / "root")
+    if predictions:   # the transfer options' per-image test predictions: the summary lists their verdicts
+        write_predictions(root)
+    report.write(report.build(_params(), root, now=NOW), out)
     return out / "report.html"
 
 
@@ -87,3 +96,51 @@ def test_a_corrupt_figure_fails_the_check(tmp_path):
     check = _self_check(page, tmp_path)
     assert check["ok"] == "no" and check["broken"] == [html.unescape(alt)]
     assert check["images"] == text.count('src="data:image/png;base64,')
+
+
+class _Blocks(HTMLParser):
+    """The top-level blocks of one section of the DOM: (tag, its text, its <li> texts)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.blocks: list[tuple[str, str, list[str]]] = []
+        self.depth = 0
+        self.li: list[str] | None = None
+
+    def handle_starttag(self, tag, attrs):
+        if self.depth == 0:
+            self.blocks.append((tag, "", []))
+        if tag == "li":
+            self.li = []
+        self.depth += tag not in ("br", "img", "hr", "input", "meta")
+
+    def handle_endtag(self, tag):
+        if tag == "li" and self.li is not None:
+            self.blocks[-1][2].append("".join(self.li).strip())
+            self.li = None
+        self.depth -= 1
+
+    def handle_data(self, data):
+        if self.blocks and self.depth > 0:
+            tag, text, items = self.blocks[-1]
+            self.blocks[-1] = (tag, text + data, items)
+            if self.li is not None:
+                self.li.append(data)
+
+
+def test_summary_lists_render_as_lists(tmp_path):
+    # The summary's lists follow a bold lead-in line; without the blank line Markdown needs they
+    # render as one paragraph of items run together by " - ". Read the DOM the browser built.
+    dom = _dom(_written(tmp_path, predictions=True), tmp_path).stdout
+    start = dom.index('<h2 id="summary">')
+    section = dom[dom.index("</h2>", start) + len("</h2>"):dom.index("<h2", start + 1)]
+    parser = _Blocks()
+    parser.feed(section)
+    blocks = [(tag, " ".join(text.split()), items) for tag, text, items in parser.blocks]
+    leads = {"Data that ran:": 3, "Transfer-learning verdicts": 6}   # three datasets; six pairs of four options
+    for lead, n in leads.items():
+        at = next(i for i, (tag, text, _) in enumerate(blocks) if tag == "p" and text.startswith(lead))
+        tag, _, items = blocks[at + 1]
+        assert tag == "ul" and len(items) == n, f"{lead!r} is followed by {tag} with {len(items)} items, not a list of {n}"
+        assert all(item and not item.startswith("- ") for item in items)
+    assert not [text for tag, text, _ in blocks if tag == "p" and " - `" in text], "a list rendered as a paragraph"

@@ -3,6 +3,8 @@
     python -m pipelines.cli.repro                    # lab protocol if its sources can be had, else offline
     python -m pipelines.cli.repro --protocol offline # force one; extra arguments go to `dvc repro`
     python -m pipelines.cli.repro --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
+    python -m pipelines.cli.repro --part 1.1         # one part of the lab (1.1, 1.2, 1.3 or transfer), then the report
+    python -m pipelines.cli.repro --part report      # the report alone, from whatever has run (the rest: "not run")
 
 Exit status: 0 when `dvc repro` succeeded, 1 when it failed (the failing stage's `error:` line says why),
 2 when an argument or params.yaml is bad (pipelines/errors.py).
@@ -24,6 +26,7 @@ from pathlib import Path
 
 from pipelines import config
 from pipelines.errors import FAILURE, OK, LabError, ParamsError, one_line
+from pipelines.reference import PART_ALIASES
 
 PROBE_TIMEOUT_S = 5
 
@@ -126,6 +129,30 @@ def _apply_data_options(specs: list[str]) -> config.Params:
     return config.load()
 
 
+PARTS = ("1.1", "1.2", "1.3", "transfer", "report")
+
+
+def repro_commands(params: config.Params, parts: list[str], extra: list[str]) -> list[list[str]]:
+    """The `dvc repro` calls for `--part`: the stages of the named parts (reference.yaml `parts` says
+    which variants each has; the transfer options bring their replicates), then the report alone
+    (`-s`: without rerunning the parts not named). No part: the whole lab."""
+    if not parts:
+        return [["dvc", "repro", *extra]]
+    stages: list[str] = []
+    for part in dict.fromkeys(PART_ALIASES.get(p, p) for p in parts):   # "transfer" is "1.3"; each once
+        if part == "report":
+            continue
+        variants = params.reference.parts.of_part(part)
+        if not variants:
+            raise ParamsError(f"--part {part}: reference.yaml (`parts`) names no variant for it")
+        rep = params.replicates
+        for v in variants:
+            stages += [f"{stage}@{v}" for stage in ("train", "evaluate", "embed")]
+            if rep is not None and v in rep.variants:
+                stages += [f"replicate@{v}-{seed}" for seed in rep.seeds]
+    return ([["dvc", "repro", *extra, *stages]] if stages else []) + [["dvc", "repro", *extra, "-s", "report"]]
+
+
 def produced(repro_args: list[str], root: Path = Path(".")) -> str:
     """What a successful `dvc repro <repro_args>` built, for the closing line: the report when the whole
     lab (or the report) was asked for, else the outputs of the stages that were named."""
@@ -161,10 +188,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data", action="append", default=[], metavar="DATASET=FOLDER",
                     help="read DATASET (mnist, cifar10, transfer) from your own image folder; FOLDER 'builtin' "
                          "restores the built-in sources; written to params.yaml")
+    ap.add_argument("--part", action="append", default=[], choices=PARTS,
+                    help="run one part of the lab (repeatable), then the report; 'report': the report alone")
     ap.add_argument("repro_args", nargs=argparse.REMAINDER, help="passed to `dvc repro`")
     args = ap.parse_args(argv)
     try:
         params = _apply_data_options(args.data)
+        commands = repro_commands(params, args.part, [a for a in args.repro_args if a != "--"])
         if args.protocol == "auto":
             protocol, reason = choose_protocol(params)
         else:
@@ -176,10 +206,15 @@ def main(argv: list[str] | None = None) -> int:
     print(f"protocol: {protocol} ({reason})" + ("; params.yaml updated" if changed else ""), flush=True)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     start = time.time()
-    rc = subprocess.call(["dvc", "repro", *[a for a in args.repro_args if a != "--"]])
+    rc = 0
+    for cmd in commands:
+        rc = subprocess.call(cmd)
+        if rc != 0:
+            break
     minutes = (time.time() - start) / 60
     if rc == 0:
-        print(f"done in {minutes:.1f} min: {produced(args.repro_args)}; "
+        built = "reports/report.html (and report.md)" if args.part else produced(args.repro_args)
+        print(f"done in {minutes:.1f} min: {built}; "
               "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
     else:
         print(f"dvc repro failed (exit {rc}) after {minutes:.1f} min; completed stages stay cached", file=sys.stderr)

@@ -4,23 +4,23 @@ from __future__ import annotations
 
 from typing import Optional
 
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import finite
-from pipelines.report.lab import ALEXNET, ALEXNET_CLAIM_EPOCH, SIMPLE_CNN
-from pipelines.report.readings import final_layer, variant_diagnosis
+from pipelines.report.doc import Document, Inputs, finite
+from pipelines.report.readings import ALEXNET_CLAIM_EPOCH, LAB_NOTES, final_layer, variant_diagnosis
 from pipelines.report.variant import classifier_part, silhouette
 
 
 def section(doc: Document, src: Inputs) -> None:
-    classifier_part(doc, src, ALEXNET, "Part 1.2 — AlexNet", "part-1-2", log=True,
-                    after_training=lambda: claim(doc, src), after_embedding=lambda: against_simple_cnn(doc))
+    classifier_part(doc, src, src.params.reference.parts.alexnet, "Part 1.2 — AlexNet", "part-1-2", log=True,
+                    notes=LAB_NOTES["alexnet"], after_training=lambda: claim(doc, src),
+                    after_embedding=lambda: against_simple_cnn(doc, src))
 
 
 def claim(doc: Document, src: Inputs) -> None:
+    alexnet = src.params.reference.parts.alexnet
     doc.heading(3, "Overfitting: our curves against the lab's claim", "alexnet-overfitting")
-    d = variant_diagnosis(doc, src, ALEXNET)
+    d = variant_diagnosis(doc, src, alexnet) if alexnet else None
     if d is None:
-        doc.not_run(f"`results/{ALEXNET}/train/history.csv` is missing: no curves to compare with the lab's claim")
+        doc.not_run(f"`results/{alexnet}/train/history.csv` is missing: no curves to compare with the lab's claim")
         return
     ours = "—"
     if d is not None and "min_val_loss_epoch" in d:
@@ -43,6 +43,10 @@ def against_claim(d: Optional[dict], claim_epoch: int) -> str:
     if d is None:
         return "not run"
     start = overfit_epoch(d)
+    if start is None and d["verdict"].startswith("getting worse from epoch "):
+        worse = d["verdict"].split()[4].rstrip(":")
+        return (f"partly: ours get worse from epoch {worse}, but not in the rule's overfitting shape; "
+                f"the lab's: overfitting after epoch {claim_epoch}")
     if start is None:
         return "disagrees: by the rule our curves do not show overfitting"
     off = start - (claim_epoch + 1)
@@ -50,9 +54,12 @@ def against_claim(d: Optional[dict], claim_epoch: int) -> str:
     return f"agrees on overfitting, {when}: ours from epoch {start}, the lab's after epoch {claim_epoch}"
 
 
-def against_simple_cnn(doc: Document) -> None:
-    a, m = final_layer(doc.results(ALEXNET)), final_layer(doc.results(SIMPLE_CNN))
-    sentence = compare_finals((ALEXNET, a), (SIMPLE_CNN, m)) if a and m else None
+def against_simple_cnn(doc: Document, src: Inputs) -> None:
+    alexnet, simple_cnn = src.params.reference.parts.alexnet, src.params.reference.parts.simple_cnn
+    if alexnet is None or simple_cnn is None:
+        return
+    a, m = final_layer(doc.results(alexnet)), final_layer(doc.results(simple_cnn))
+    sentence = compare_finals((alexnet, a), (simple_cnn, m)) if a and m else None
     if sentence:
         doc.add(sentence)
 

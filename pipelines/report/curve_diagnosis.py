@@ -5,8 +5,7 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 from pipelines.train import diagnosis
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import loss, num, pp
+from pipelines.report.doc import Document, Inputs, loss, num, pp
 from pipelines.report.readings import variant_diagnosis
 
 

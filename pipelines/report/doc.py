@@ -1,7 +1,10 @@
 """The document model: the Markdown being written (`Document`), what every part reads (`Inputs`),
-and the finished report in memory (`Report`)."""
+the finished report in memory (`Report`), and how numbers are written in it: percentages,
+differences in percentage points, losses, counts; "—" wherever a number is absent or not finite."""
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -9,6 +12,7 @@ from typing import Optional, Sequence
 
 from pipelines.config import Params
 from pipelines.report.load import FIGURES, Data, Results, load_results
+from pipelines.stats import mean_std
 
 
 @dataclass(frozen=True)
@@ -32,9 +36,15 @@ class Inputs:
     transfer: Optional[dict]
 
 
+def is_item(line: str) -> bool:
+    """Whether a Markdown line is a list item (at any depth)."""
+    return line.lstrip().startswith(("- ", "* "))
+
+
 def cell(x: object) -> str:
-    """A table cell's text: a pipe would split the cell and '<' could start raw HTML in the rendered page."""
-    return str(x).replace("|", "\\|").replace("<", "&lt;").replace("\n", " ")
+    """A table cell's text: a pipe would split the cell, and '<' before a letter, '/', '!' or '?' could
+    start raw HTML in the rendered page ("< 0.001" is left as it reads)."""
+    return re.sub(r"<(?=[A-Za-z/!?])", "&lt;", str(x).replace("|", "\\|")).replace("\n", " ")
 
 
 class Document:
@@ -50,7 +60,12 @@ class Document:
         self.contents_at = 0   # where the contents go, once every heading is known (set by the header)
 
     def add(self, *lines: str) -> None:
-        self.lines.extend(lines)
+        """Lines of one block, then a blank line. A list that follows a line of text (a bold lead-in)
+        gets the blank line before it that Markdown needs, or it renders as one run-on paragraph."""
+        for line in lines:
+            if is_item(line) and self.lines and self.lines[-1].strip() and not is_item(self.lines[-1]):
+                self.lines.append("")
+            self.lines.append(line)
         self.lines.append("")
 
     def heading(self, level: int, text: str, anchor: Optional[str] = None) -> None:
@@ -90,3 +105,72 @@ class Document:
 
     def text(self) -> str:
         return "\n".join(self.lines).rstrip() + "\n"
+
+
+# ---------------------------------------------------------------- how numbers are written
+
+MINUS = "−"  # a real minus sign: "-0.40 pp" reads as a dash in prose, and in a column beside "+0.40 pp"
+
+
+def finite(x: object) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def minus(text: str) -> str:
+    """A formatted number with its minus sign written as one."""
+    return text.replace("-", MINUS)
+
+
+def pct(x: Optional[float]) -> str:
+    return f"{x:.2f} %" if finite(x) else "—"
+
+
+def loss(x: Optional[float]) -> str:
+    return minus(f"{x:.4f}") if finite(x) else "—"
+
+
+def pp(ours: Optional[float], lab: Optional[float]) -> str:
+    """A difference in percentage points, signed: "+1.20 pp", "−0.40 pp"."""
+    return signed(ours - lab, 2, " pp") if finite(ours) and finite(lab) else "—"
+
+
+def num(x: object) -> str:
+    """A count with thousands separators; a float to 4 significant digits, never in exponent notation."""
+    if isinstance(x, bool) or x is None:
+        return "—" if x is None else str(x)
+    if isinstance(x, int):
+        return minus(f"{x:,}")
+    if isinstance(x, float):
+        if not math.isfinite(x):
+            return "—"
+        return minus(f"{x:,.0f}" if abs(x) >= 1e4 else f"{x:.4g}" if abs(x) >= 1e-4 or x == 0 else f"{x:.1e}")
+    return str(x)
+
+
+def signed(x: float, digits: int = 2, unit: str = "") -> str:
+    return minus(f"{x:+.{digits}f}{unit}")
+
+
+def p_value(p: float) -> str:
+    """A p-value in a column headed "p": "< 0.001" below 0.001, else three significant digits."""
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
+def p_is(p: float) -> str:
+    """A p-value in a sentence: "p < 0.001" or "p = 0.0123"."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3g}"
+
+
+def ratio(a: float, b: float, fewer: str, more: str) -> str:
+    """'11.3x fewer parameters' when a > b, '1.2x more parameters' when a < b."""
+    if not (finite(a) and finite(b)) or a <= 0 or b <= 0:
+        return "—"
+    return f"{a / b:.1f}x {fewer}" if a >= b else f"{b / a:.1f}x {more}"
+
+
+def mean_cell(xs: Sequence[float]) -> str:
+    """Accuracies of several runs as 'mean ± std %' (one run: its value)."""
+    if not xs:
+        return "—"
+    m, s = mean_std(xs)
+    return f"{m:.2f} %" if s is None else f"{m:.2f} ± {s:.2f} %"

@@ -3,9 +3,7 @@ beside the lab's, the transfer verdicts, the whole-run time) and the data each p
 from __future__ import annotations
 
 from pipelines import io
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import finite, mean_cell, pct, pp
-from pipelines.report.lab import ALEXNET, SIMPLE_CNN, TL_OPTIONS
+from pipelines.report.doc import Document, Inputs, finite, mean_cell, pct, pp
 from pipelines.report.load import is_kind, load_replicates
 from pipelines.report.readings import accuracy, data_used, lab_baseline
 from pipelines.report.timing import run_time
@@ -65,6 +63,9 @@ def summary(doc: Document, src: Inputs) -> None:
         doc.add(f"**Transfer-learning verdicts** ({transfer['n']:,} held-out test images, paired; "
                 "[the table and the rule](#tl-noise)):",
                 *[f"- {row[-1]}" if " beats " in row[-1] else f"- {row[0]}: {row[-1]}" for row in transfer["rows"]])
+    elif not any(doc.results(v).ran for v in params.reference.parts.transfer if v in params.variants):
+        doc.add("**Transfer-learning verdicts:** not run: no transfer option has results "
+                "(`python -m pipelines.cli.repro --part transfer`).")
     else:
         doc.add("**Transfer-learning verdicts:** none: no per-image test predictions were found "
                 "(`results/<variant>/evaluate/test_predictions.csv`; the dataset needs a `test_limit`).")
@@ -75,9 +76,14 @@ def data_used_part(doc: Document, src: Inputs) -> None:
     """Which data each part of the lab ran on, against the lab's, and whether the comparison holds."""
     params, data = src.params, src.data
     doc.heading(2, "Data used", "data-used")
-    parts = [("1.1 Simple CNN", SIMPLE_CNN), ("1.2 AlexNet", ALEXNET), ("1.3 transfer learning", TL_OPTIONS[0][0])]
+    roles = params.reference.parts
+    parts = [("1.1 Simple CNN", roles.simple_cnn), ("1.2 AlexNet", roles.alexnet),
+             ("1.3 transfer learning", next(iter(roles.transfer), None))]
     rows, differ = [], False
     for part, variant in parts:
+        if variant is None:
+            rows.append((part, "—", "no variant in reference.yaml `parts`", "—", "—"))
+            continue
         if variant not in params.variants:
             rows.append((part, "—", "not in params.yaml", "—", "—"))
             continue

@@ -2,16 +2,14 @@
 baselines, each with its own curves, confusions and embeddings."""
 from __future__ import annotations
 
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import num, pct, pp
-from pipelines.report.lab import LAB_VARIANTS, SIMPLE_CNN_20EP
-from pipelines.report.readings import accuracy, lab_baseline, variant_diagnosis
+from pipelines.report.doc import Document, Inputs, num, pct, pp
+from pipelines.report.readings import accuracy, how_to_run, lab_baseline, variant_diagnosis
 from pipelines.report.variant import embedding, evaluation, verdict_line
 
 
 def section(doc: Document, src: Inputs) -> None:
     params = src.params
-    others = [v for v in params.variants if v not in LAB_VARIANTS]
+    others = [v for v in params.variants if v not in params.reference.parts.lab_variants()]
     if not others:
         return
     doc.heading(2, "Other variants", "other-variants")
@@ -40,9 +38,9 @@ def variant(doc: Document, src: Inputs, v: str) -> None:
     r = doc.results(v)
     doc.heading(3, f"`{v}`", f"v-{v.replace('_', '-')}")
     if not r.ran:
-        doc.not_run(f"no results for `{v}` under results/ or metrics/ (run `dvc repro` for it)")
+        doc.not_run(f"no results for `{v}` under results/ or metrics/ (run {how_to_run(src.params, v)})")
         return
-    if v == SIMPLE_CNN_20EP:
+    if v == src.params.reference.parts.more_epochs:
         doc.add("Its curves and verdict: [would more epochs help?](#more-epochs).")
     elif r.train is not None and src.params.variants[v].classifier != "svm":
         doc.figure(v, r, "curves", f"{v}: loss and accuracy per epoch")

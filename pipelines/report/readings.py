@@ -1,5 +1,7 @@
-"""What several parts of the report read the same way: the data a run used, the validation-set size,
-a variant's curve diagnosis, its accuracy, the lab number it is measured against, its final layer."""
+"""What several parts of the report read the same way: what the lab wrote (its data names and prose
+notes), the data a run used, the validation-set size, a variant's curve diagnosis, its accuracy, the
+lab number it is measured against, its final layer. Which variant plays which role in the lab's parts
+is reference.yaml's `parts` (pipelines/reference.py)."""
 from __future__ import annotations
 
 from typing import Optional
@@ -7,9 +9,41 @@ from typing import Optional
 from pipelines.config import Params
 from pipelines.imagenet import BACKBONES
 from pipelines.report.doc import Document, Inputs
-from pipelines.report.lab import SOURCE_TITLES
 from pipelines.report.load import Data, Results, is_kind
 from pipelines.train import diagnosis
+
+SOURCE_TITLES = {
+    "mnist": "MNIST",
+    "fashion_mnist": "Fashion-MNIST",
+    "cifar10": "CIFAR-10",
+    "hymenoptera": "ants vs bees",
+}
+ALEXNET_CLAIM_EPOCH = 10   # Part 1.2, the lab: "overfitting after epoch 10"
+
+# What the lab's report says in prose (quoted from the lab's written report), by part and topic;
+# reference.yaml `lab:` holds only the numbers that sit in comparison tables.
+LAB_NOTES = {
+    "simple_cnn": {
+        "sizes": "The lab's table: 60,000 training and 10,000 validation images of 28×28. "
+                 "(It says 3 channels; MNIST has 1. The table above is what the data is.)",
+        "confusions": "The lab's two most frequent confusions on MNIST: true 7 → predicted 2 "
+                      "(8 cases) and true 6 → predicted 0 (7 cases).",
+    },
+    "alexnet": {
+        "params": "The lab's per-layer table listed the 61,100,840 parameters of the ImageNet AlexNet "
+                  "instead of this model's; the table above is this model's and sums to its total.",
+        "log": "The lab's log: validation accuracy 10.00 % at epoch 1 rising to 71.27 % at epoch 15; "
+               "validation loss bottomed out near epochs 10–14 while training loss kept falling.",
+        "confusions": "The lab's most frequent confusions on CIFAR-10: cat ↔ dog (224 cases), "
+                      "truck ↔ automobile, ship → airplane (92 cases).",
+    },
+}
+
+
+def how_to_run(params: Params, variant: str) -> str:
+    """The command that makes a variant's results: its part of the lab, else its own stages."""
+    part = params.reference.parts.part_of(variant)
+    return f"`python -m pipelines.cli.repro --part {part}`" if part else f'`dvc repro --glob "*@{variant}"`'
 
 
 def backbone_title(name: str) -> str:

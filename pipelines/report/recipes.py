@@ -3,11 +3,10 @@ here) at the same model, epochs and data, with the goal params.yaml names and th
 from __future__ import annotations
 
 from pipelines.config import Params
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import pct, pp
+from pipelines.report.doc import Document, Inputs, p_value, pct, pp
 from pipelines.report.load import Results, is_kind
 from pipelines.report.readings import accuracy, n_val
-from pipelines.stats import ALPHA, p_text, two_proportion_p
+from pipelines.stats import ALPHA, two_proportion_p
 
 RECIPE_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "label_smoothing", "augment")
 
@@ -43,7 +42,7 @@ def section(doc: Document, src: Inputs) -> None:
             n = n_val(src.data, params.variants[name].dataset, r)
             if base is not None and n:
                 p = two_proportion_p(ours, n, base, n)
-                p_txt = p_text(p) + (" (within noise)" if p > ALPHA else "")
+                p_txt = p_value(p) + (" (within noise)" if p > ALPHA else "")
         rows.append((f"`{name}`", f"`{rc.baseline}`", params.variants[name].epochs, recipe_changes(params, name, rc.baseline),
                      pct(base), pct(ours), pp(ours, base), p_txt, pct(goal), verdict,
                      f"{train_time(b)} / {train_time(r)}"))

@@ -5,34 +5,35 @@ from __future__ import annotations
 import math
 from typing import Optional, Sequence
 
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import finite, num, pct, pp, ratio, signed
-from pipelines.report.lab import SIMPLE_CNN, SIMPLE_CNN_20EP, SIMPLE_CNN_SMALL
-from pipelines.report.readings import n_val, variant_diagnosis
+from pipelines.report.doc import Document, Inputs, finite, num, pct, pp, ratio, signed
+from pipelines.report.readings import LAB_NOTES, how_to_run, n_val, variant_diagnosis
 from pipelines.report.variant import classifier_part
 from pipelines.stats import binomial_se
 
 
 def section(doc: Document, src: Inputs) -> None:
-    classifier_part(doc, src, SIMPLE_CNN, "Part 1.1 — Simple CNN", "part-1-1", log=False,
-                    after_training=lambda: more_epochs(doc, src), after_embedding=lambda: cheaper(doc, src))
+    classifier_part(doc, src, src.params.reference.parts.simple_cnn, "Part 1.1 — Simple CNN", "part-1-1", log=False,
+                    notes=LAB_NOTES["simple_cnn"], after_training=lambda: more_epochs(doc, src),
+                    after_embedding=lambda: cheaper(doc, src))
 
 
 def more_epochs(doc: Document, src: Inputs) -> None:
     params = src.params
+    main, longer = params.reference.parts.simple_cnn, params.reference.parts.more_epochs
     doc.heading(3, "Would more epochs help?", "more-epochs")
+    if main is None or longer is None:
+        doc.add("The lab's author trained 10 more epochs and saw the validation loss rise near epoch 20.")
+        doc.not_run("reference.yaml (`parts.simple_cnn`, `parts.more_epochs`) names no variant for it")
+        return
     doc.add("The lab's author trained 10 more epochs and saw the validation loss rise near epoch 20. "
-            f"`{SIMPLE_CNN_20EP}` runs `{SIMPLE_CNN}`'s recipe for longer with the same seed.")
-    if SIMPLE_CNN_20EP not in params.variants:
-        doc.not_run(f"`{SIMPLE_CNN_20EP}` is not a variant in params.yaml")
-        return
-    base, long = doc.results(SIMPLE_CNN), doc.results(SIMPLE_CNN_20EP)
+            f"`{longer}` runs `{main}`'s recipe for longer with the same seed.")
+    base, long = doc.results(main), doc.results(longer)
     if long.train is None:
-        doc.not_run(f"`metrics/{SIMPLE_CNN_20EP}/train.json` is missing (run `dvc repro` for it)")
+        doc.not_run(f"`metrics/{longer}/train.json` is missing (run {how_to_run(params, longer)})")
         return
-    doc.figure(SIMPLE_CNN_20EP, long, "curves", f"{SIMPLE_CNN_20EP}: loss and accuracy per epoch")
+    doc.figure(longer, long, "curves", f"{longer}: loss and accuracy per epoch")
     rows = []
-    for v, r in ((SIMPLE_CNN, base), (SIMPLE_CNN_20EP, long)):
+    for v, r in ((main, base), (longer, long)):
         d, t = variant_diagnosis(doc, src, v), r.train
         if t is None:
             rows.append((f"`{v}`", "not run", "—", "—", "—", "—", "—"))
@@ -44,11 +45,11 @@ def more_epochs(doc: Document, src: Inputs) -> None:
     doc.table(["variant", "epochs", "best validation accuracy", "best epoch", "min val loss epoch",
                "final val loss above its minimum", "verdict"], rows, right=(1, 2, 3, 4, 5))
     if base.history is not None and long.history is not None:
-        doc.add(f"Epochs 1–{len(base.history)} of `{SIMPLE_CNN_20EP}` against `{SIMPLE_CNN}`'s history: "
+        doc.add(f"Epochs 1–{len(base.history)} of `{longer}` against `{main}`'s history: "
                 f"{reproduces(base.history, long.history)}.")
     if base.train is not None:
         gain = long.train["best_val_acc"] - base.train["best_val_acc"]
-        n = n_val(src.data, params.variants[SIMPLE_CNN].dataset, base)
+        n = n_val(src.data, params.variants[main].dataset, base)
         noise = ""
         if n:
             two_se = 2 * math.sqrt(binomial_se(base.train["best_val_acc"], n) ** 2
@@ -79,17 +80,17 @@ def reproduces(short: Sequence[dict], long: Sequence[dict]) -> str:
 
 
 def cheaper(doc: Document, src: Inputs) -> None:
+    main, small = src.params.reference.parts.simple_cnn, src.params.reference.parts.cheaper
     doc.heading(3, "A cheaper network", "cheaper-network")
-    if SIMPLE_CNN_SMALL not in src.params.variants:
-        doc.not_run(f"`{SIMPLE_CNN_SMALL}` is not a variant in params.yaml")
+    if main is None or small is None:
+        doc.not_run("reference.yaml (`parts.simple_cnn`, `parts.cheaper`) names no variant for it")
         return
-    hidden = src.params.variants[SIMPLE_CNN_SMALL].hidden
+    hidden = src.params.variants[small].hidden
     doc.add("The lab proposed a cheaper network with little accuracy loss; "
-            f"`{SIMPLE_CNN_SMALL}` is the Simple CNN "
+            f"`{small}` is the Simple CNN "
             + ("without fc1 (the pooled convolutional features go straight to the output layer)." if hidden == 0
                else f"with a {hidden}-unit fc1."))
-    cheaper_network(doc, (SIMPLE_CNN, doc.results(SIMPLE_CNN).train),
-                    (SIMPLE_CNN_SMALL, doc.results(SIMPLE_CNN_SMALL).train))
+    cheaper_network(doc, (main, doc.results(main).train), (small, doc.results(small).train))
 
 
 def _get(t: dict, k: str) -> Optional[float]:

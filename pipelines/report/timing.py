@@ -66,7 +66,10 @@ def run_time(doc: Document, src: Inputs) -> Optional[str]:
         return None
     h, rest = divmod(int(round(total)), 3600)
     parts = ", ".join(f"{kind} {sec / 60:.1f} min ({k} stage{'s' if k != 1 else ''})" for kind, (sec, k) in spent.items() if k)
-    return (f"**Whole-run time: {h}:{rest // 60:02d}:{rest % 60:02d}** (h:mm:ss), the sum of the times the stages "
+    missing = [v for v in src.params.variants if not doc.results(v).ran]
+    label = "Whole-run time" if not missing else f"Time of the stages that ran ({len(missing)} of " \
+                                                  f"{len(src.params.variants)} variants have not run)"
+    return (f"**{label}: {h}:{rest // 60:02d}:{rest % 60:02d}** (h:mm:ss), the sum of the times the stages "
             f"recorded in `metrics/`: {parts}. Not counted: download, preprocess, the report, process start-up.")
 
 

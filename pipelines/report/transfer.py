@@ -1,32 +1,48 @@
 """Part 1.3 of the report: transfer learning. The four options (from scratch, pretrained + linear
 SVM, fine-tuning without and with augmentation) side by side over their seeds, the paired verdicts
-on the held-out test set (pipelines/report/paired.py), the linear separability of the two classes,
-and each option's own curves, confusions and embeddings."""
+on the held-out test set, the linear separability of the two classes, and each option's own curves,
+confusions and embeddings.
+
+The paired verdicts judge two options on the same held-out test images (the statistics themselves
+are in pipelines/stats.py: McNemar's exact test, Agresti and Min's interval of the difference, the
+smallest detectable difference). How seeds enter a verdict (`verdict`): each option is trained once
+per seed, and every model is chosen on the validation split only, so every test prediction comes
+from data that chose nothing. "A beats B" needs both (1) McNemar's p < 0.05 on the main seed's two
+models (params `seed`) and (2), when there are two or more seeds, the mean over seeds of the paired
+test-accuracy difference with its Student-t 95 % interval entirely on the same side of zero: one
+lucky pair of models must not decide for the training recipe. Otherwise the pair gets "no
+difference detectable at this test size (smallest detectable: y pp)".
+"""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional, Sequence
 
-from pipelines.report import paired
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import finite, mean_cell, num, pct, pp, signed
-from pipelines.report.lab import TL_OPTIONS
-from pipelines.report.load import is_kind, load_replicates
-from pipelines.report.readings import data_line, final_layer, n_val, on_data, variant_diagnosis
+import numpy as np
+
+from pipelines import stats
+from pipelines.config import Params
+from pipelines.errors import ReportError
+from pipelines.report.doc import Document, Inputs, finite, mean_cell, minus, num, p_is, p_value, pct, pp, signed
+from pipelines.report.load import is_kind, load_replicates, load_test_predictions
+from pipelines.report.readings import data_line, final_layer, how_to_run, n_val, on_data, variant_diagnosis
 from pipelines.report.variant import embedding, evaluation, layer_cell, sizes, verdict_line
-from pipelines.stats import ALPHA, mean_std, p_text, smallest_detectable, t_interval, two_proportion_p, welch_p
+from pipelines.stats import ALPHA, mean_std, smallest_detectable, t_interval, two_proportion_p, welch_p
+
 
 def section(doc: Document, src: Inputs) -> None:
     params, data = src.params, src.data
-    present = [v for v, _ in TL_OPTIONS if v in params.variants]
+    options = params.reference.parts.transfer
+    present = [v for v in options if v in params.variants]
     dataset = params.variants[present[0]].dataset if present else None
     doc.heading(2, f"Part 1.3 — Transfer learning{on_data(src, dataset)}", "part-1-3")
     if present:
         doc.add(data_line(src, dataset))
-        sizes(doc, present[0], dataset, data[dataset])
-    options = comparison(doc, src, dataset)
-    verdicts(doc, src, options)
+        sizes(doc, dataset, data[dataset])
+    runs = comparison(doc, src, dataset)
+    verdicts(doc, src, runs)
     separability(doc, src)
-    for v, label in TL_OPTIONS:
+    for v, label in options.items():
         option(doc, src, v, label)
 
 
@@ -52,10 +68,12 @@ def comparison(doc: Document, src: Inputs, dataset: Optional[str]) -> list[dict]
     """The options' accuracies over their runs (option_runs of each), with how the split and seeds were used."""
     params = src.params
     doc.heading(3, "Comparison of the four options", "tl-comparison")
-    options = [option_runs(doc, src, v, label) for v, label in TL_OPTIONS if v in params.variants]
+    tl = params.reference.parts.transfer
+    options = [option_runs(doc, src, v, label) for v, label in tl.items() if v in params.variants]
     options += [{"label": label, "variant": v, "val": [], "test": [], "lab": None, "val_n": None, "expected": 0,
-                 "replicates": 0} for v, label in TL_OPTIONS if v not in params.variants]
+                 "replicates": 0} for v, label in tl.items() if v not in params.variants]
     noise_table(doc, options)
+    augmentation(doc, src, [v for v in tl if v in params.variants])
     splits = ((src.data[dataset].meta or {}).get("splits") if dataset else None) or {}
     test_n = splits.get("test") if isinstance(splits, dict) else None
     if is_kind(test_n, "int") and test_n > 0:
@@ -73,6 +91,29 @@ def comparison(doc: Document, src: Inputs, dataset: Optional[str]) -> list[dict]
                 "standard deviation over runs; 95 % CI = mean ± t(0.975, n − 1) · s / √n. The lab's single number "
                 "per option sits beside our mean.")
     return options
+
+
+AUGMENT_WORDS = {   # params `augment` -> what it does to each training image (pipelines/train/engine.py AUGMENTS)
+    "none": "none",
+    "flip": "horizontal flips",
+    "crop": "random shifts (padded crops)",
+    "crop_flip": "random shifts (padded crops) and horizontal flips",
+    "resized_crop_flip": "random resized crops (50–100 % of the area) and horizontal flips",
+}
+
+
+def augmentation(doc: Document, src: Inputs, variants: Sequence[str]) -> None:
+    """The training augmentation each option used, as params.yaml sets it."""
+    said = []
+    for v in variants:
+        cfg = src.params.variants[v]
+        what = ("none: a linear SVM fitted once on frozen features" if cfg.classifier == "svm"
+                else f"`{cfg.augment}`" + ("" if cfg.augment == "none" else f", {AUGMENT_WORDS.get(cfg.augment, cfg.augment)}"))
+        said.append(f"`{v}`: {what}")
+    if said:
+        doc.add("Training augmentation (params.yaml `augment`): " + "; ".join(said) + ". Flips suit photos of "
+                "objects, not digits or text, where a mirrored image is another symbol (docs/your-data.md, "
+                "\"Choosing augmentation\").")
 
 
 def noise_table(doc: Document, options: Sequence[dict]) -> None:
@@ -102,7 +143,7 @@ def verdicts(doc: Document, src: Inputs, options: Sequence[dict]) -> None:
 
 
 def paired_table(doc: Document, transfer: dict) -> None:
-    doc.table(paired.HEADER, transfer["rows"], right=(1, 2, 3, 4, 5, 6, 7))
+    doc.table(HEADER, transfer["rows"], right=(1, 2, 3, 4, 5, 6, 7))
     n = transfer["n"]
     doc.add(f"**The rule.** Every option is compared with every other on the same {n:,} held-out test images, "
             "which chose neither a model nor an epoch (selection uses the validation split only). McNemar's exact "
@@ -135,7 +176,7 @@ def noise_pairs(doc: Document, options: Sequence[dict]) -> None:
             reading = "within noise" if p > ALPHA else "beyond noise"
             if p > ALPHA:
                 within.append(f"{a['label']} vs {b['label']}")
-            rows.append((f"{a['label']} vs {b['label']}", pp(mb, ma), test, p_text(p), reading))
+            rows.append((f"{a['label']} vs {b['label']}", pp(mb, ma), test, p_value(p), reading))
     doc.table(["pair", "difference of means (second − first)", "test", "p", "reading"], rows, right=(1, 3))
     doc.add("**The rule.** A pair is within noise when its two-sided p > 0.05: Welch's t-test on the per-seed "
             "validation accuracies when both options have at least two runs; otherwise (one run) the two-proportion "
@@ -147,7 +188,8 @@ def noise_pairs(doc: Document, options: Sequence[dict]) -> None:
 def separability(doc: Document, src: Inputs) -> None:
     """Part 1.3's question, linear separability of the two classes, answered per option."""
     doc.heading(3, "Linear separability of the two classes", "tl-separability")
-    finals = [(label, v, final_layer(doc.results(v))) for v, label in TL_OPTIONS if v in src.params.variants]
+    finals = [(label, v, final_layer(doc.results(v))) for v, label in src.params.reference.parts.transfer.items()
+              if v in src.params.variants]
     finals = [f for f in finals if f[2] is not None]
     if not finals:
         doc.not_run("no option's embed stage has run")
@@ -177,7 +219,7 @@ def option(doc: Document, src: Inputs, v: str, label: str) -> None:
         return
     r = doc.results(v)
     if not r.ran:
-        doc.not_run(f"no results for `{v}` under results/ or metrics/ (run `dvc repro` for it)")
+        doc.not_run(f"no results for `{v}` under results/ or metrics/ (run {how_to_run(src.params, v)})")
         return
     if src.params.variants[v].classifier == "svm":
         doc.add("A linear SVM on frozen features: no training curve.")
@@ -188,3 +230,76 @@ def option(doc: Document, src: Inputs, v: str, label: str) -> None:
         verdict_line(doc, variant_diagnosis(doc, src, v))
     evaluation(doc, v, r, level=4)
     embedding(doc, v, r, level=4)
+
+
+# ---------------------------------------------------------------- paired verdicts on the test set
+
+HEADER = ("pair (A vs B)", "test images", "A correct, B wrong", "A wrong, B correct",
+          "difference A − B, main seed [95 % CI]", "McNemar exact p", "seeds",
+          "mean difference over seeds [95 % CI]", "verdict")
+
+
+def verdict(label_a: str, label_b: str, main: dict, seeds: Optional[tuple[float, float, float]]) -> str:
+    """The sentence for one pair, with A the option ahead on the main seed (see the module's rule)."""
+    none = f"no difference detectable at this test size (smallest detectable: {main['detectable']:.1f} pp)"
+    if main["p"] >= ALPHA:
+        return none
+    if seeds is not None and not (seeds[1] > 0 if main["diff"] > 0 else seeds[2] < 0):
+        return (none + f"; the main seed alone differs ({p_is(main['p'])}) but the mean over seeds "
+                f"{interval(*seeds)} includes zero")
+    lo, hi = (minus(f"{main[k]:.2f}") for k in ("lo", "hi"))
+    return f"{label_a} beats {label_b} by {main['diff']:.2f} pp [{lo}, {hi}], {p_is(main['p'])}"
+
+
+def interval(mid: float, lo: float, hi: float) -> str:
+    """A difference with its interval, signs written as such: "+1.20 pp [−0.40, +2.80]"."""
+    return f"{signed(mid, 2, ' pp')} [{signed(lo)}, {signed(hi)}]"
+
+
+def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_seed: int) -> list[tuple]:
+    """One row per pair of options (the HEADER's columns). options: (label, {seed: correct vector});
+    the main seed is `main_seed` where both options have it, else their smallest common seed. Seeds
+    are paired by value for the mean over seeds."""
+    rows = []
+    for i, (label_1, c_1) in enumerate(options):
+        for label_2, c_2 in options[i + 1:]:
+            common = sorted(set(c_1) & set(c_2))
+            if not common:
+                rows.append((f"{label_1} vs {label_2}", "—", "—", "—", "—", "—", 0, "—",
+                             "not run: no seed with test predictions for both"))
+                continue
+            seed = main_seed if main_seed in common else common[0]
+            (la, ca), (lb, cb) = (label_1, c_1), (label_2, c_2)
+            if c_1[seed].mean() < c_2[seed].mean():   # name the option ahead on the main seed first
+                (la, ca), (lb, cb) = (lb, cb), (la, ca)
+            m = stats.mcnemar(ca[seed], cb[seed])
+            diffs = [float(ca[s].mean() - cb[s].mean()) * 100 for s in common]
+            ci = stats.t_interval(diffs, 1 - ALPHA)   # (mean, lo, hi) over seeds; None below two
+            si = None if ci is None else (stats.mean_std(diffs)[0], *ci)
+            rows.append((f"{la} vs {lb}", f"{m['n']:,}", m["b"], m["c"],
+                         interval(m["diff"], m["lo"], m["hi"]) + ("" if seed == main_seed else f" (seed {seed})"),
+                         p_value(m["p"]), len(common), "—" if si is None else interval(*si),
+                         verdict(la, lb, m, si)))
+    return rows
+
+
+def transfer_comparison(root: Path, params: Params) -> Optional[dict]:
+    """The paired verdict rows of the transfer options, from every run's per-image test predictions
+    under `root`: {"n": test images, "rows": comparison_rows}; None below two options with predictions."""
+    options, first = [], None
+    for v, label in params.reference.parts.transfer.items():
+        if v not in params.variants:
+            continue
+        correct = {}
+        for seed, (path, y, pred) in load_test_predictions(root, params, v).items():
+            if first is None:
+                first = (path, y)
+            elif not np.array_equal(y, first[1]):
+                raise ReportError(f"{path}: its labels differ from those of {first[0]}, so the two were not made on "
+                                  "the same test images; rerun the train and evaluate stages of the transfer options")
+            correct[seed] = y == pred
+        if correct:
+            options.append((label, correct))
+    if len(options) < 2:
+        return None
+    return {"n": len(first[1]), "rows": comparison_rows(options, params.seed)}

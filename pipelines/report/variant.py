@@ -6,14 +6,12 @@ from __future__ import annotations
 from typing import Callable, Optional
 
 from pipelines.config import LabNumbers
-from pipelines.report.doc import Document, Inputs
-from pipelines.report.fmt import finite, loss, num, pct, pp, signed
-from pipelines.report.lab import LAB_NOTES
+from pipelines.report.doc import Document, Inputs, finite, loss, minus, num, pct, pp, signed
 from pipelines.report.load import Data, Results, is_kind
-from pipelines.report.readings import data_line, on_data, variant_diagnosis
+from pipelines.report.readings import data_line, how_to_run, on_data, variant_diagnosis
 
 
-def sizes(doc: Document, variant: str, dataset: str, d: Data) -> None:
+def sizes(doc: Document, dataset: str, d: Data, note: Optional[str] = None) -> None:
     doc.heading(3, "Dataset sizes")
     if d.sizes is None:
         doc.not_run(f"`data/prepared/{dataset}/sizes.csv` is missing")
@@ -21,11 +19,11 @@ def sizes(doc: Document, variant: str, dataset: str, d: Data) -> None:
         doc.table(["split", "height", "width", "channels", "samples"],
                   [(r["split"], r["height"], r["width"], r["channels"], f"{r['samples']:,}") for r in d.sizes],
                   right=(1, 2, 3, 4))
-    if (variant, "sizes") in LAB_NOTES:
-        doc.add(LAB_NOTES[(variant, "sizes")])
+    if note:
+        doc.add(note)
 
 
-def parameters(doc: Document, variant: str, r: Results, lab_params: Optional[int]) -> None:
+def parameters(doc: Document, variant: str, r: Results, lab_params: Optional[int], note: Optional[str] = None) -> None:
     doc.heading(3, "Trainable parameters")
     if r.train is None:
         doc.not_run(f"`metrics/{variant}/train.json` is missing")
@@ -33,7 +31,7 @@ def parameters(doc: Document, variant: str, r: Results, lab_params: Optional[int
     total = r.train["params_total"]
     doc.table(["", "ours", "lab", "difference"],
               [("trainable parameters", f"{total:,}", num(lab_params),
-                "—" if lab_params is None else f"{total - lab_params:+,}")], right=(1, 2, 3))
+                "—" if lab_params is None else minus(f"{total - lab_params:+,}"))], right=(1, 2, 3))
     if r.layers is None:
         doc.not_run(f"`results/{variant}/train/params.csv` is missing")
     else:
@@ -45,8 +43,8 @@ def parameters(doc: Document, variant: str, r: Results, lab_params: Optional[int
             doc.warn(f"the per-layer parameters of `{variant}` sum to {layer_sum:,} but params_total is {total:,}")
         else:
             doc.add(f"The per-layer counts sum to the model's total ({total:,}).")
-    if (variant, "params") in LAB_NOTES:
-        doc.add(LAB_NOTES[(variant, "params")])
+    if note:
+        doc.add(note)
 
 
 def verdict_line(doc: Document, d: Optional[dict]) -> None:
@@ -54,8 +52,10 @@ def verdict_line(doc: Document, d: Optional[dict]) -> None:
         doc.add(f"**Curve diagnosis:** {d['verdict']}. (The rule: [curve diagnosis](#curve-diagnosis).)")
 
 
-def training(doc: Document, variant: str, r: Results, lab: Optional[LabNumbers], log: bool,
+def training(doc: Document, variant: str, r: Results, lab: Optional[LabNumbers], log: Optional[str],
              verdict: Optional[dict]) -> None:
+    """Curves, the best epoch against the lab's, the verdict; with `log` (the lab's note on its own log,
+    "" for none) the per-epoch log too."""
     doc.heading(3, "Training curves")
     if r.train is None:
         doc.not_run(f"`metrics/{variant}/train.json` is missing")
@@ -66,7 +66,7 @@ def training(doc: Document, variant: str, r: Results, lab: Optional[LabNumbers],
     lab_epoch = lab.best_epoch if lab else None
     rows = [("best validation accuracy", pct(t["best_val_acc"]), pct(lab_acc), pp(t["best_val_acc"], lab_acc)),
             ("epoch of the best", t["best_epoch"], num(lab_epoch),
-             "—" if lab_epoch is None else f"{t['best_epoch'] - lab_epoch:+d}")]
+             "—" if lab_epoch is None else minus(f"{t['best_epoch'] - lab_epoch:+d}"))]
     if is_kind(t.get("final_val_acc"), "num"):
         rows.append(("final validation accuracy", pct(t["final_val_acc"]), "—", "—"))
     if is_kind(t.get("test_acc"), "num"):
@@ -80,11 +80,11 @@ def training(doc: Document, variant: str, r: Results, lab: Optional[LabNumbers],
                      + (f" on {t['device']}" if isinstance(t.get("device"), str) else ""), "—", "—"))
     doc.table(["", "ours", "lab", "difference"], rows, right=(1, 2, 3))
     verdict_line(doc, verdict)
-    if log:
-        _epoch_log(doc, variant, r)
+    if log is not None:
+        _epoch_log(doc, variant, r, log)
 
 
-def _epoch_log(doc: Document, variant: str, r: Results) -> None:
+def _epoch_log(doc: Document, variant: str, r: Results, note: str) -> None:
     doc.heading(3, "Per-epoch log")
     if r.history is None:
         doc.not_run(f"`results/{variant}/train/history.csv` is missing")
@@ -92,11 +92,11 @@ def _epoch_log(doc: Document, variant: str, r: Results) -> None:
         doc.table(["epoch", "train loss", "val loss", "val accuracy"],
                   [(h["epoch"], loss(h["train_loss"]), loss(h["val_loss"]), pct(h["val_acc"]))
                    for h in r.history], right=(0, 1, 2, 3))
-    if (variant, "log") in LAB_NOTES:
-        doc.add(LAB_NOTES[(variant, "log")])
+    if note:
+        doc.add(note)
 
 
-def evaluation(doc: Document, variant: str, r: Results, level: int = 3) -> None:
+def evaluation(doc: Document, variant: str, r: Results, level: int = 3, note: Optional[str] = None) -> None:
     doc.heading(level, "Confusion matrix")
     if r.eval is None:
         doc.not_run(f"`metrics/{variant}/evaluate.json` is missing")
@@ -113,8 +113,8 @@ def evaluation(doc: Document, variant: str, r: Results, level: int = 3) -> None:
                   [(i + 1, c["true"], c["pred"], c["count"]) for i, c in enumerate(top)], right=(0, 3))
     else:
         doc.add("No confusions: every validation image was classified correctly.")
-    if (variant, "confusions") in LAB_NOTES:
-        doc.add(LAB_NOTES[(variant, "confusions")])
+    if note:
+        doc.add(note)
     if top:  # the stage draws the example grid only when there is something to show
         doc.figure(variant, r, "confusions", f"{variant}: examples of the most frequent confusions")
     doc.heading(level, "Accuracy per class")
@@ -204,31 +204,33 @@ def layers_sentence(layers: dict) -> Optional[str]:
     return out
 
 
-def classifier_part(doc: Document, src: Inputs, variant: str, title: str, anchor: str, log: bool,
-                    after_training: Optional[Callable[[], None]] = None,
+def classifier_part(doc: Document, src: Inputs, variant: Optional[str], title: str, anchor: str, log: bool,
+                    notes: dict[str, str], after_training: Optional[Callable[[], None]] = None,
                     after_embedding: Optional[Callable[[], None]] = None) -> None:
-    """A part of the lab built around one variant (Parts 1.1 and 1.2); the hooks add that part's own questions."""
+    """A part of the lab built around one variant (Parts 1.1 and 1.2); `notes` are what the lab wrote about
+    it by topic (sizes, params, log, confusions); the hooks add that part's own questions."""
     params, data = src.params, src.data
     dataset = params.variants[variant].dataset if variant in params.variants else None
-    doc.heading(2, f"{title} (`{variant}`){on_data(src, dataset)}", anchor)
+    doc.heading(2, f"{title}" + (f" (`{variant}`)" if variant else "") + on_data(src, dataset), anchor)
     if dataset is None:
-        doc.not_run(f"`{variant}` is not a variant in params.yaml")
+        doc.not_run(f"`{variant}` is not a variant in params.yaml" if variant else
+                    "reference.yaml (`parts`) names no variant for this part")
         return
     doc.add(data_line(src, dataset))
     r = doc.results(variant)
-    sizes(doc, variant, dataset, data[dataset])
+    sizes(doc, dataset, data[dataset], notes.get("sizes"))
     hooks = [h for h in (after_training, after_embedding) if h is not None]
     if not r.ran:
-        doc.not_run(f"no results for `{variant}` under results/ or metrics/ (run `dvc repro` for it)")
+        doc.not_run(f"no results for `{variant}` under results/ or metrics/ (run {how_to_run(src.params, variant)})")
         for hook in hooks:  # their own variants may have run
             hook()
         return
     lab = params.lab.get(variant)
-    parameters(doc, variant, r, lab.params if lab else None)
-    training(doc, variant, r, lab, log, variant_diagnosis(doc, src, variant))
+    parameters(doc, variant, r, lab.params if lab else None, notes.get("params"))
+    training(doc, variant, r, lab, notes.get("log", "") if log else None, variant_diagnosis(doc, src, variant))
     if after_training:
         after_training()
-    evaluation(doc, variant, r)
+    evaluation(doc, variant, r, note=notes.get("confusions"))
     embedding(doc, variant, r)
     if after_embedding:
         after_embedding()
