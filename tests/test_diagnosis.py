@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from golden_files import WORKSPACE
-from pipelines import models
+from pipelines import compute, models
 from pipelines.train import diagnosis, engine
 from pipelines.train.diagnosis import diagnose
 
@@ -43,13 +43,13 @@ def _rows(triples):
             for i, (t, v, a) in enumerate(triples)]
 
 
-def _data(n: int, seed: int, signal: float, flip: float) -> engine.DeviceData:
+def _data(n: int, seed: int, signal: float, flip: float) -> compute.DeviceData:
     rng = np.random.default_rng(seed)
     y = rng.integers(0, 2, n)
     x = np.clip(rng.normal(128, 40, (n, 8, 8, 1)) + signal * (2 * y[:, None, None, None] - 1), 0, 255)
     if flip:
         y = np.where(rng.random(n) < flip, 1 - y, y)
-    return engine.DeviceData.from_arrays(x.astype(np.uint8), y, [0.5], [0.25], torch.device("cpu"))
+    return compute.DeviceData.from_arrays(x.astype(np.uint8), y, [0.5], [0.25], torch.device("cpu"))
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +60,7 @@ def trained() -> dict[str, list[dict]]:
     torch.set_num_threads(1)   # the same summation order wherever the suite runs
     try:
         for name, s in SHAPES.items():
-            engine.seed_everything(0)
+            compute.seed_everything(0)
             m = models.build(dict(model="simple_cnn", in_channels=1, image_size=8, n_classes=2, hidden=s["hidden"]))
             r = engine.Recipe(s["epochs"], 16, 512, s["optimizer"], s["lr"], 0.9, 0.0, "constant", 0.0, "none")
             res = engine.fit(m, _data(s["n_train"], 1, s["signal"], s["flip"]), _data(N_VAL, 2, s["signal"], s["flip"]),
