@@ -46,18 +46,19 @@ seeds), verdict.py (the judgement), summary.py (the Markdown).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Optional
 
 import yaml
 
-from pipelines import config, profiles
+from pipelines import config, io, profiles
 from pipelines.errors import CheckError
 from pipelines.gate import evidence, repo, rerun, verdict
 from pipelines.gate.repo import Stage, git
@@ -107,6 +108,7 @@ class Options:
     cache: Path = DEFAULT_CACHE
     summary: Optional[Path] = None
     keep: bool = False
+    json: Optional[Path] = None
 
 
 def _rerun(root: Path, base_sha: str, opt: Options, dag: dict[str, Stage], order: list[str], gated: set[str],
@@ -177,8 +179,15 @@ def check(root: Path, opt: Options) -> int:
         elif work:
             notes.append(f"temporary clone kept: {work / 'repo'}")
     line, rc = verdict.verdict_line(failures, blind, rows, opt.strict)
+    seconds = time.perf_counter() - t0
     _emit(summary_md(base, base_sha, opt.profile, pdiff, why, left_out, outcome, rows, gate_from,
-                     gate.tolerance_pp if gate else None, line, notes, time.perf_counter() - t0), summary)
+                     gate.tolerance_pp if gate else None, line, notes, seconds), summary)
+    if opt.json:
+        with io.atomic_path(opt.json) as tmp:
+            tmp.write_text(json.dumps({"verdict": line.split("**")[1].removeprefix("Verdict: "), "exit": rc,
+                                       "seconds": seconds, "rows": [asdict(r) for r in rows],
+                                       "failures": failures, "notes": notes, "log": outcome.log if outcome else []},
+                                      indent=1))
     return rc
 
 
@@ -197,8 +206,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                          "(default: $CHECK_CACHE or ~/.cache/cnn-lab/check-params)")
     ap.add_argument("--summary", type=Path, help="also write the Markdown summary to this file")
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone for inspection")
+    ap.add_argument("--json", type=Path, help="also write the verdict and each gated metric's numbers as JSON")
     a = ap.parse_args(argv)
-    return check(Path.cwd(), Options(a.base, a.profile, a.seeds, a.strict, a.cache, a.summary, a.keep))
+    return check(Path.cwd(), Options(a.base, a.profile, a.seeds, a.strict, a.cache, a.summary, a.keep, a.json))
 
 
 if __name__ == "__main__":

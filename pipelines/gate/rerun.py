@@ -126,6 +126,9 @@ class Side:
 def _reproduce_side(clone: Path, side: Side, stages: list[str], gated_names: set[str], cache: Path,
                     work: Path, out: Outcome, name: str) -> bool:
     (clone / "params.yaml").write_text(yaml.safe_dump(side.params, sort_keys=False))
+    # One DVC cache for every check (.dvc/config.local, git-ignored): unchanged data stages
+    # (download, preprocess) come back from DVC's run cache instead of running again.
+    run(["dvc", "cache", "dir", "--local", str((cache / "dvc").resolve())], clone)
     dag = read_dag(clone)
     # The stale stages were found in the full-size DAG; the shrunk one may fan out over fewer
     # replicates, and `dvc repro` refuses a stage that does not exist.
@@ -192,9 +195,6 @@ def profiled(root: Path, base: Side, head: Side, stages: list[str], outs: list[s
     git(["clone", "-q", "--shared", "--no-checkout", str(root), str(clone)], root)
     out = Outcome([], clone, f"the base reproduced on the {note} here")
     cache.mkdir(parents=True, exist_ok=True)
-    # One DVC cache for every check: unchanged data stages (download, preprocess) come back from
-    # DVC's run cache instead of running again.
-    run(["dvc", "cache", "dir", "--local", str((cache / "dvc").resolve())], clone)
     folder = _base_dir(cache, base)
     if _base_from_cache(folder, stages, out):
         out.baseline = f"the base on the {note}, from the cache of an earlier check of the same base"
