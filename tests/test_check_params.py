@@ -59,7 +59,7 @@ def cache(tmp_path_factory) -> Path:
 
 
 def _check(ws: Path, summary: Path, cache: Path, *extra: str):
-    r = sh([sys.executable, "-m", "pipelines.cli.check", "--base", "origin/main", "--seeds", "2",
+    r = sh([sys.executable, "-m", "pipelines.cli.check", "--base", "origin/main", "--seeds", "2", "--base-seeds", "2",
             "--cache", str(cache), "--summary", str(summary), *extra], ws, ok=False, timeout=1500)
     return r, set(re.findall(r"Running stage '([^']+)'", r.stderr))
 

@@ -103,7 +103,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--bad", default="lr30,svm_c,alexnet_lr30", help=f"known-bad changes, of {','.join(BAD)}")
     ap.add_argument("--metrics", default="mnist_cnn,cifar_alexnet,tl_svm", help="variants whose accuracy is gated")
     ap.add_argument("--profile", default="gate", choices=["gate", "tiny"])
-    ap.add_argument("--seeds", type=int, help="runs per side per gated variant (the check's --seeds)")
+    ap.add_argument("--seeds", type=int, help="the head's runs per gated variant (the check's --seeds)")
+    ap.add_argument("--base-seeds", type=int, help="the base's runs per gated variant (the check's --base-seeds)")
     ap.add_argument("--work", type=Path, help="folder for the scratch repositories, logs and cache (default: a new temporary one)")
     a = ap.parse_args(argv)
     bad = [b for b in a.bad.split(",") if b]
@@ -115,7 +116,8 @@ def main(argv: Optional[list[str]] = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     base = work / "base"
     scratch_base(Path.cwd(), base, a.metrics.split(","))
-    args = ["--profile", a.profile, "--cache", str(work / "cache")] + (["--seeds", str(a.seeds)] if a.seeds else [])
+    args = ["--profile", a.profile, "--cache", str(work / "cache")] + (["--seeds", str(a.seeds)] if a.seeds else []) \
+        + (["--base-seeds", str(a.base_seeds)] if a.base_seeds else [])
     print(f"calibration in {work}; each check: python -m pipelines.cli.check --base main {' '.join(args)}", flush=True)
     print("| change | expected | verdict | exit | wall (s) | gated metrics |\n|---|---|---|---|---|---|", flush=True)
     results = []

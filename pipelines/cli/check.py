@@ -1,7 +1,7 @@
 """Judge a params change against a base revision: what CI runs on a pull request.
 
-    python -m pipelines.cli.check --base origin/main [--profile gate|tiny|full] [--seeds N] [--strict]
-                                  [--cache DIR] [--summary FILE]
+    python -m pipelines.cli.check --base origin/main [--profile gate|tiny|full] [--seeds N] [--base-seeds N]
+                                  [--strict] [--cache DIR] [--summary FILE] [--json FILE]
 
 1. params.yaml and reference.yaml must validate (config.load); otherwise its one-line error, exit 2,
    nothing rerun.
@@ -15,8 +15,9 @@
 4. `dvc repro` of exactly those stages. `--profile gate` (the default, CI's) and `tiny`: in a
    temporary clone on that profile of pipelines/profiles.py, the base first (or from the cache of
    an earlier check of the same base and profile), then the head's working tree; each side trains
-   every gated variant with --seeds seeds (the stage's own run and seeds - 1 more, cached by
-   content). `--profile full`: here, on the params as they are, against the base's committed metrics.
+   every gated variant several times (the stage's own run and more seeds, cached by content): the
+   head --seeds times, the base --base-seeds times (more: it is paid once per base).
+   `--profile full`: here, on the params as they are, against the base's committed metrics.
 5. Each gated accuracy judged on per-image results (pipelines/gate/verdict.py, pipelines/stats.py):
    paired on the same validation images, the seed-to-seed spread in the interval, Holm over the
    gated metrics; better, worse, or no difference detectable, with the smallest detectable difference.
@@ -104,6 +105,7 @@ class Options:
     base: str
     profile: str = "gate"
     seeds: Optional[int] = None
+    base_seeds: Optional[int] = None
     strict: bool = False
     cache: Path = DEFAULT_CACHE
     summary: Optional[Path] = None
@@ -125,12 +127,13 @@ def _rerun(root: Path, base_sha: str, opt: Options, dag: dict[str, Stage], order
         return out
     shrink = PROFILES[opt.profile]
     seeds = opt.seeds or profiles.GATE_SEEDS
+    base_seeds = opt.base_seeds or max(seeds, profiles.GATE_BASE_SEEDS)
     base_raw = yaml.safe_load(git(["show", f"{base_sha}:params.yaml"], root)) or {}
     base_p, head_p = rerun.shrink(shrink, base_raw), rerun.shrink(shrink, yaml.safe_load((root / "params.yaml").read_text()))
     if base_p is None:
         return Outcome([], root, "", failed=f"the {opt.profile} profile cannot shrink the base's params.yaml")
     outs = sorted({o for s in dag.values() for o in s.outs})
-    return rerun.profiled(root, rerun.Side(base_sha, base_p, seeds),
+    return rerun.profiled(root, rerun.Side(base_sha, base_p, base_seeds),
                           rerun.Side(git(["rev-parse", "HEAD"], root).strip(), head_p, seeds),
                           order, outs, gated, work, opt.cache, f"{opt.profile} profile")
 
@@ -198,7 +201,9 @@ def main(argv: Optional[list[str]] = None) -> int:
                     help="gate (CI's) or tiny: rerun in a temporary clone on that profile of pipelines/profiles.py; "
                          "full: rerun here")
     ap.add_argument("--seeds", type=int, choices=range(1, 21), metavar="N",
-                    help=f"training runs per side per gated variant (default: {profiles.GATE_SEEDS} on a profile, 1 on full)")
+                    help=f"the head's training runs per gated variant (default: {profiles.GATE_SEEDS} on a profile, 1 on full)")
+    ap.add_argument("--base-seeds", type=int, choices=range(1, 41), metavar="N",
+                    help=f"the base's (default: the larger of --seeds and {profiles.GATE_BASE_SEEDS}; cached across checks of the base)")
     ap.add_argument("--strict", action="store_true",
                     help="fail (exit 1) when a gated metric could not have seen a drop of the tolerance's size")
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("CHECK_CACHE") or DEFAULT_CACHE),
@@ -208,7 +213,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     ap.add_argument("--keep", action="store_true", help="keep the temporary clone for inspection")
     ap.add_argument("--json", type=Path, help="also write the verdict and each gated metric's numbers as JSON")
     a = ap.parse_args(argv)
-    return check(Path.cwd(), Options(a.base, a.profile, a.seeds, a.strict, a.cache, a.summary, a.keep, a.json))
+    return check(Path.cwd(), Options(a.base, a.profile, a.seeds, a.base_seeds, a.strict, a.cache, a.summary, a.keep, a.json))
 
 
 if __name__ == "__main__":
