@@ -33,8 +33,8 @@ def tiny(p: dict) -> dict:
 # (pipelines/gate/evidence.py), so that the seed-to-seed spread is measured on the profile itself.
 # The head runs GATE_SEEDS; the base more, GATE_BASE_SEEDS, since its runs are cached across the
 # checks of one base: the pooled spread then has more degrees of freedom for a few head runs.
-GATE_SEEDS = 3
-GATE_BASE_SEEDS = 6
+GATE_SEEDS = 5
+GATE_BASE_SEEDS = 10
 # Training images of the gated networks' datasets on the gate profile (the tiny one's 256 and 1,024
 # leave a seed-to-seed spread of several points).
 GATE_TRAIN = {"mnist": 16384, "cifar10": 16384}
@@ -50,4 +50,8 @@ def gate(p: dict) -> dict:
     for k in ("mnist", "cifar10"):
         p["datasets"][k].update(train_limit=GATE_TRAIN[k], val_limit=val[k])
     p["datasets"]["transfer"]["val_limit"] = val["transfer"]
+    # One thread per process, and the extra seeds' runs side by side, one per core: on two shared
+    # cores a stage on two threads ran up to 10 times slower under load (AlexNet, 4,096 images for two
+    # epochs: 21 s at load 1.7, 220 s at load 6.6), while one-thread runs only share the cores.
+    p["threads"] = 1
     return p

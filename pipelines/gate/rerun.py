@@ -7,11 +7,13 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
+import os
 import pickle
 import shutil
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
@@ -66,23 +68,28 @@ def read_metrics(cwd: Path, stages: list[Stage]) -> dict[str, float]:
     return out
 
 
-def collect(cwd: Path, gated: list[Stage], seed: int, seeds: int, cache: Path, work: Path, log: list[str]
-            ) -> dict[str, Runs]:
-    """The runs of each gated evaluate stage in cwd: its own, then seeds - 1 more (cached by content)."""
+def collect(cwd: Path, gated: list[Stage], seed: int, seeds: int, cache: Path, work: Path, log: list[str],
+            jobs: int = 1) -> dict[str, Runs]:
+    """The runs of each gated evaluate stage in cwd: its own, then seeds - 1 more (cached by content),
+    `jobs` of those at a time."""
     found: dict[str, Runs] = {}
     for st in gated:
         main = evidence.read_run(cwd, st)
-        if main is None:
-            continue
-        r = Runs(seeds=[seed], correct=[main[0]], images=main[1])
-        for s in evidence.extra_seeds(seed, seeds):
-            t0 = time.perf_counter()
-            correct, cached = evidence.extra_run(cwd, st, s, cache, work)
-            r.seeds.append(s)
-            r.correct.append(correct)
+        if main is not None:
+            found[st.name] = Runs(seeds=[seed], correct=[main[0]], images=main[1])
+    todo = [(st, s) for st in gated if st.name in found for s in evidence.extra_seeds(seed, seeds)]
+
+    def one(job: tuple[Stage, int]) -> tuple[Stage, int, object, bool, float]:
+        t0 = time.perf_counter()
+        correct, cached = evidence.extra_run(cwd, job[0], job[1], cache, work)
+        return job[0], job[1], correct, cached, time.perf_counter() - t0
+
+    with ThreadPoolExecutor(max(1, jobs)) as pool:
+        for st, s, correct, cached, took in pool.map(one, todo):
+            found[st.name].seeds.append(s)
+            found[st.name].correct.append(correct)
             log.append(f"{evidence.variant_of(st)} seed {s}: "
-                       + ("from the cache" if cached else f"trained and evaluated ({time.perf_counter() - t0:.0f} s)"))
-        found[st.name] = r
+                       + ("from the cache" if cached else f"trained and evaluated ({took:.0f} s)"))
     return found
 
 
@@ -115,6 +122,11 @@ def _overlay_worktree(src: Path, dst: Path, outs: list[str]) -> None:
             (dst / f).unlink()
 
 
+def jobs(params: dict) -> int:
+    """Extra runs at a time: one per core when each run keeps to one thread (params `threads: 1`)."""
+    return (os.cpu_count() or 1) if params.get("threads") == 1 else 1
+
+
 @dataclass
 class Side:
     """What one side of a profiled check needs: its commit, its params as shrunk, how many runs."""
@@ -142,7 +154,7 @@ def _reproduce_side(clone: Path, side: Side, stages: list[str], gated_names: set
     gated = [dag[s] for s in todo if s in gated_names]
     try:
         out.runs[name] = collect(clone, gated, side.params.get("seed", 0), side.seeds, cache,
-                                 work / name, out.log)
+                                 work / name, out.log, jobs(side.params))
     except RuntimeError as e:
         out.log.append(str(e))
         return False
