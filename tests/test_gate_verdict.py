@@ -180,3 +180,28 @@ def test_only_what_the_gated_metrics_need_reruns():
     # A change only the embed stage reads reruns it; without a gate every metric stage reruns.
     assert list(repo.stale_stages(dag, [], ["tsne.py"], gated)[0]) == ["embed"]
     assert set(repo.stale_stages(dag, ["seed"], [])[0]) == {"prep", "train", "evaluate", "embed", "report"}
+
+
+def test_the_summary_puts_the_gated_table_first_and_the_log_last_collapsed():
+    from pipelines.gate.summary import summary_md
+
+    rng = np.random.default_rng(7)
+    base = _base(10000, 0.9)
+    out, dag, gate = _outcome({"cnn": (_seeds(base, 3, rng), _seeds(_flip(base, 300, 20, rng), 3, rng))})
+    out.metrics["head"]["metrics/cnn/train.json:best_val_acc"] = 88.0
+    out.log = ["$ dvc repro evaluate@cnn   (12 s, exit 0)"]
+    rows, failures, notes = judge(gate, out, dag)
+    line, rc = verdict_line(failures, blind_spots(rows, 1.0), rows, strict=False)
+    md = summary_md("origin/main", "0123456789abcdef", "gate", {"variants.cnn.lr": {"old": 0.001, "new": 0.03}},
+                    {"evaluate@cnn": ["variants.cnn.lr"]}, {"write no metrics": ["report"]}, out, rows,
+                    "the base's reference.yaml", 1.0, line, notes, 42.0)
+    lines = md.splitlines()
+    table = lines.index("| gated metric | base → head (%) | difference, 95 % interval (pp) | p (Holm) | verdict | detectable (pp) |")
+    (row,) = [x for x in lines if x.startswith("| `metrics/cnn/evaluate.json:accuracy`")]
+    assert "| **FAIL**: worse |" in row and f"{rows[0].diff:+.2f} [{rows[0].lo:+.2f}, {rows[0].hi:+.2f}]" in row
+    order = [table, lines.index(line), lines.index("| `variants.cnn.lr` | 0.001 | 0.03 |"),
+             lines.index("Not rerun (write no metrics): `report`"),
+             lines.index("<details><summary>Rerun log</summary>")]
+    assert order == sorted(order) and line.startswith("**Verdict: FAIL**") and rc == 1
+    assert "| `metrics/cnn/train.json:best_val_acc` | — | 88.00 |" in md   # the others, collapsed
+    assert md.index("$ dvc repro evaluate@cnn") > md.index("<details><summary>Rerun log</summary>")

@@ -120,7 +120,8 @@ def _rerun(root: Path, base_sha: str, opt: Options, dag: dict[str, Stage], order
             found = {s.name: evidence.committed_run(root, base_sha, s) for s in stages}
             return {k: v for k, v in found.items() if v is not None}
 
-        out = rerun.here(order, root, dag, [dag[s] for s in order if s in gated], base_runs)
+        out = rerun.here(order, root, dag, [dag[s] for s in order if s in gated], base_runs,
+                         opt.seeds or 1, opt.cache, work)
         if not out.failed:
             out.metrics["base"] = {k: v["old"] for k, v in repo.metrics_diff(base_sha, root).items()
                                    if v.get("old") is not None}
@@ -162,7 +163,7 @@ def check(root: Path, opt: Options) -> int:
     gated = {s.name for s in dag.values() if set(s.metrics) & gated_paths}
     failures, notes = _claim(root)
     order = [s for s in dag if s in why]  # dvc.yaml order, upstream first
-    work = Path(tempfile.mkdtemp(prefix="check-params-")) if order and opt.profile != "full" else None
+    work = Path(tempfile.mkdtemp(prefix="check-params-")) if order else None
     outcome, rows, blind = None, [], []
     try:
         if order:

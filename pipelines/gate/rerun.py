@@ -93,16 +93,21 @@ def collect(cwd: Path, gated: list[Stage], seed: int, seeds: int, cache: Path, w
     return found
 
 
-def here(stages: list[str], root: Path, dag: dict[str, Stage], gated: list[Stage], base_runs: Callable
-         ) -> Outcome:
-    """The full profile: the stages rerun in this working tree, judged against the base's committed
-    metrics (and its per-image results where DVC's cache still holds them: `base_runs`)."""
+def here(stages: list[str], root: Path, dag: dict[str, Stage], gated: list[Stage], base_runs: Callable,
+         seeds: int, cache: Path, work: Path) -> Outcome:
+    """The full profile: the stages rerun in this working tree (and the gated variants `seeds` - 1
+    more times, into work), judged against the base's committed metrics and its per-image results
+    where DVC's cache still holds them (`base_runs`)."""
     out = Outcome(stages, root, "the base's committed metrics")
     if repro(stages, root, out.log) != 0:
         out.failed = "`dvc repro` failed"
         return out
     seed = yaml.safe_load((root / "params.yaml").read_text()).get("seed", 0)
-    out.runs["head"] = collect(root, gated, seed, 1, root, root, out.log)
+    try:
+        out.runs["head"] = collect(root, gated, seed, seeds, cache, work, out.log)
+    except RuntimeError as e:
+        out.failed = str(e)
+        return out
     out.runs["base"] = base_runs(gated)
     out.metrics["head"] = read_metrics(root, [dag[s] for s in stages])
     return out
