@@ -205,3 +205,21 @@ def test_the_summary_puts_the_gated_table_first_and_the_log_last_collapsed():
     assert order == sorted(order) and line.startswith("**Verdict: FAIL**") and rc == 1
     assert "| `metrics/cnn/train.json:best_val_acc` | — | 88.00 |" in md   # the others, collapsed
     assert md.index("$ dvc repro evaluate@cnn") > md.index("<details><summary>Rerun log</summary>")
+
+
+def test_per_image_results_are_read_from_the_evaluate_stage_outputs(tmp_path):
+    from pipelines.gate import evidence
+
+    st = Stage("evaluate@cnn", files=["stages/evaluate.py", "data/prepared/mnist", "models/cnn"],
+               metrics=["metrics/cnn/evaluate.json"], outs=["results/cnn/evaluate"])
+    assert evidence.read_run(tmp_path, st) is None   # not run yet
+    (tmp_path / "results/cnn/evaluate").mkdir(parents=True)
+    (tmp_path / "results/cnn/evaluate/confusion.csv").write_text(
+        "actual,predicted\nShirt,Shirt\nShirt,T-shirt/top\nCoat,Coat\n")
+    (tmp_path / "data/prepared/mnist").mkdir(parents=True)
+    (tmp_path / "data/prepared/mnist/meta.json").write_text('{"files": {"train.npz": "aa", "val.npz": "bb"}}')
+    correct, digest = evidence.read_run(tmp_path, st)
+    assert correct.tolist() == [True, False, True] and digest == "bb"
+    assert evidence.variant_of(st) == "cnn" and evidence.variant_of(Stage("train@cnn")) is None
+    # Extra seeds follow the global seed: a seed-only change changes every run.
+    assert evidence.extra_seeds(42, 3) == [42001, 42002] and evidence.extra_seeds(43, 1) == []
