@@ -27,3 +27,31 @@ def tiny(p: dict) -> dict:
         v.pop("eval_batch_size", None)
     p["variants"]["mnist_cnn_20ep"]["epochs"] = 3  # still longer than mnist_cnn's 2
     return p
+
+
+# The runs per gated variant on the `gate` profile: the stage's own and more seeds
+# (pipelines/gate/evidence.py), so that the seed-to-seed spread is measured on the profile itself.
+# The head runs GATE_SEEDS; the base more, GATE_BASE_SEEDS, since its runs are cached across the
+# checks of one base: the pooled spread then has more degrees of freedom for a few head runs.
+GATE_SEEDS = 5
+GATE_BASE_SEEDS = 10
+# Training images of the gated networks' datasets on the gate profile (the tiny one's 256 and 1,024
+# leave a seed-to-seed spread of several points).
+GATE_TRAIN = {"mnist": 16384, "cifar10": 16384}
+
+
+def gate(p: dict) -> dict:
+    """The gate's profile (`python -m pipelines.cli.check`, CI's): the tiny profile's training budgets,
+    larger where a gated network's seed spread needs it, and every validation image the real params
+    evaluate on, so that base and head are judged on the same full split, image by image
+    (docs/ci-gate.md has the measured times and detectable differences)."""
+    val = {k: d.get("val_limit", 0) for k, d in p["datasets"].items()}
+    tiny(p)
+    for k in ("mnist", "cifar10"):
+        p["datasets"][k].update(train_limit=GATE_TRAIN[k], val_limit=val[k])
+    p["datasets"]["transfer"]["val_limit"] = val["transfer"]
+    # One thread per process, and the extra seeds' runs side by side, one per core: on two shared
+    # cores a stage on two threads ran up to 10 times slower under load (AlexNet, 4,096 images for two
+    # epochs: 21 s at load 1.7, 220 s at load 6.6), while one-thread runs only share the cores.
+    p["threads"] = 1
+    return p

@@ -83,25 +83,39 @@ def path_hits(changed: str, dep: str) -> bool:
     return changed == dep or changed.startswith(dep.rstrip("/") + "/")
 
 
-def stale_stages(stages: dict[str, Stage], changed_keys: list[str], changed_files: list[str]
-                 ) -> tuple[dict[str, list[str]], list[str]]:
-    """({stage: why}, downstream stages left out) for the given changes."""
-    why: dict[str, list[str]] = {}
+def stale_stages(stages: dict[str, Stage], changed_keys: list[str], changed_files: list[str],
+                 gated: Optional[set[str]] = None) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """({stage: why}, {reason: stages left out}) for the given changes.
+
+    Without `gated` (metrics files): every stage a change hits, and the stages downstream of those
+    that write metrics. With it, what the gated metrics need: the stages that write them and their
+    upstream, where a change hits them or what they depend on; a stage no gated metric needs runs
+    only when a change hits it and no needed stage (a change of its own, not a shared key like `seed`)."""
+    hits: dict[str, list[str]] = {}
     for st in stages.values():
         keys = [k for k in changed_keys if any(_key_hits(k, p) for p in st.params)]
         files = [f for f in changed_files if any(path_hits(f, d) for d in st.files)]
         if keys or files:
-            why[st.name] = keys + files
-    left_out: set[str] = set()
+            hits[st.name] = keys + files
+    needed = set(stages) if gated is None else {
+        u for s in stages.values() if set(s.metrics) & gated
+        for u in [s.name, *(n for n, o in stages.items() if s.name in o.downstream)]}
+    shared = {c for name in hits if name in needed for c in hits[name]}
+    why = {s: r for s, r in hits.items() if s in needed or not set(r) & shared}
+    left_out: dict[str, set[str]] = {"write no metrics": set(), "no gated metric reads them": set()}
+    for name in set(hits) - set(why):
+        left_out["no gated metric reads them" if stages[name].metrics else "write no metrics"].add(name)
     for name in list(why):
         for down in stages[name].downstream:
             if down in why:
                 continue
-            if stages[down].metrics:
+            if not stages[down].metrics:
+                left_out["write no metrics"].add(down)
+            elif down in needed:
                 why[down] = [f"downstream of {name}"]
             else:
-                left_out.add(down)
-    return why, sorted(left_out - set(why))
+                left_out["no gated metric reads them"].add(down)
+    return why, {k: sorted(v - set(why)) for k, v in left_out.items()}
 
 
 # ------------------------------------------------------------------------- dvc queries

@@ -2,28 +2,40 @@
 against the base, and the Markdown summary CI shows."""
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
 import yaml
 from pydantic import ValidationError
 
-from pipelines import config, reference, yamlfile
+from pipelines import config, reference, stats, yamlfile
+from pipelines.gate import noise
 from pipelines.errors import CheckError
+from pipelines.gate.evidence import Runs
 from pipelines.gate.repo import Stage, git
 from pipelines.gate.rerun import Outcome
 from pipelines.reference import Check
 
-
-def _num(x) -> str:
-    if x is None:
-        return "—"
-    return f"{x:.2f}" if isinstance(x, float) else str(x)
+BETTER, WORSE, SAME = "better", "worse", "no difference detectable"
 
 
-def _val(x) -> str:
-    return "—" if x is None else json.dumps(x)
+@dataclass
+class Row:
+    """One gated metric judged: values in percent, differences in pp (head - base)."""
+    metric: str
+    base: Optional[float]
+    head: Optional[float]
+    verdict: str
+    diff: Optional[float] = None
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    p: Optional[float] = None
+    p_holm: Optional[float] = None
+    detectable: Optional[float] = None
+    how: str = ""           # paired or not, runs per side, the seed spread
+    blind: bool = False     # cannot see a drop of the tolerance's size
+    fail: bool = False
 
 
 def load_gate(root: Path, base_sha: str, head: config.Params) -> tuple[Optional[Check], str]:
@@ -43,90 +55,104 @@ def load_gate(root: Path, base_sha: str, head: config.Params) -> tuple[Optional[
     return head.check, reference.NAME
 
 
-def judge(gate: Optional[Check], diff: dict[str, dict], rerun_metrics: set[str],
-          declared_metrics: set[str]) -> tuple[list[tuple], list[str], list[str]]:
-    """(rows, failures, notes) for the gated metrics."""
+def compared(base: Runs, head: Runs, alpha: float) -> dict:
+    """noise.runs_compared on the two sides' runs: paired when both have per-image results on the
+    same images (the same digest, the same count), else unpaired."""
+    paired = (bool(base.correct) and bool(head.correct) and base.images is not None
+              and base.images == head.images and len(base.correct[0]) == len(head.correct[0]))
+    r = noise.runs_compared(base.vectors(), head.vectors(), paired=paired, alpha=alpha)
+    kb, kh = r["runs"]
+    how = ("paired (McNemar)" if paired and kb == kh == 1 else "paired" if paired else "unpaired") + \
+        f" on {r['n']:,} images, {kb} + {kh} runs"
+    how += f", seed sd {r['seed_sd']:.2f} pp" if r["seed_sd"] is not None else ", seed spread not measured"
+    return {**r, "how": how}
+
+
+def classify(rows: list[Row], tolerance: float, alpha: float = stats.ALPHA) -> None:
+    """Holm's adjustment over the rows with a p, then each row's verdict (in place): better or worse
+    where the adjusted p is below alpha, else no difference detectable; FAIL for a drop that is both
+    beyond noise and larger than the tolerance; blind where the check could not see a drop of the
+    tolerance's size (its detectable difference is larger) or the seed spread went unmeasured."""
+    tested = [r for r in rows if r.p is not None]
+    for r, adj in zip(tested, noise.holm([r.p for r in tested])):
+        r.p_holm = adj
+        if adj < alpha:
+            r.verdict = BETTER if r.diff > 0 else WORSE
+            r.fail = r.diff < 0 and -r.diff > tolerance + 1e-9
+        else:
+            r.verdict = SAME
+            r.blind = r.detectable > tolerance or "seed spread not measured" in r.how
+
+
+# long: one rule per case of a gated metric, in the order a reader checks them
+def judge(gate: Optional[Check], outcome: Outcome, dag: dict[str, Stage]) -> tuple[list[Row], list[str], list[str]]:
+    """(rows, failures, notes) for the gated metrics whose stage was rerun."""
     rows, failures, notes = [], [], []
     if gate is None:
         notes.append("no `check:` section: no metric is gated")
         return rows, failures, notes
+    writers = {m: s for s in dag.values() for m in s.metrics}
+    todo = []
     for m in gate.metrics:
-        path = m.split(":", 1)[0]
-        if path not in declared_metrics:
+        path, key = m.split(":", 1)
+        st = writers.get(path)
+        if st is None:
             failures.append(f"{m}: no stage writes {path} (fix {reference.NAME} check.metrics)")
-            continue
-        if path not in rerun_metrics:
-            continue
-        d = diff.get(m, {})
-        old, new = d.get("old"), d.get("new")
+        elif st.name in outcome.ran:
+            todo.append((m, key, st))
+    alpha = stats.ALPHA / max(len(todo), 1)   # Holm's first step: what the detectable sizes are for
+    for m, key, st in todo:
+        old, new = outcome.metrics.get("base", {}).get(m), outcome.metrics.get("head", {}).get(m)
+        hr, br = outcome.runs.get("head", {}).get(st.name), outcome.runs.get("base", {}).get(st.name)
         if new is None:
             failures.append(f"{m} is missing after the rerun")
-            rows.append((m, old, new, None, "FAIL"))
+            rows.append(Row(m, old, new, "missing", fail=True))
         elif old is None:
-            notes.append(f"{m}: the base has no committed value; not judged")
-            rows.append((m, old, new, None, "no base"))
+            notes.append(f"{m}: the base has no value; not judged")
+            rows.append(Row(m, old, new, "no base"))
+        elif key == "accuracy" and hr is not None:
+            if br is None:
+                n = int(outcome.metrics["base"].get(f"{m.split(':')[0]}:n", 0)) or len(hr.correct[0])
+                br = Runs(acc=old, n=n)
+            c = compared(br, hr, alpha)
+            rows.append(Row(m, c["base"], c["head"], SAME, c["diff"], c["lo"], c["hi"], c["p"],
+                            detectable=c["detectable"], how=c["how"]))
         else:
             change = new - old
             bad = -change > gate.tolerance_pp + 1e-9
-            if bad:
-                failures.append(f"{m} dropped {-change:.2f} pp ({old:.2f} -> {new:.2f}), "
-                                f"beyond the {gate.tolerance_pp:g} pp tolerance")
-            rows.append((m, old, new, change, "FAIL" if bad else "ok"))
+            rows.append(Row(m, old, new, "worse" if bad else "within tolerance", change, fail=bad, blind=True,
+                            how="no per-image results: the tolerance alone"))
+    classify(rows, gate.tolerance_pp)
+    for r in rows:
+        if r.fail and r.p_holm is not None:
+            failures.append(f"{r.metric} dropped {-r.diff:.2f} pp ({r.base:.2f} -> {r.head:.2f}), beyond noise "
+                            f"(Holm p {stats.p_text(r.p_holm)}) and the {gate.tolerance_pp:g} pp tolerance")
+        elif r.fail and r.diff is not None:
+            failures.append(f"{r.metric} dropped {-r.diff:.2f} pp ({r.base:.2f} -> {r.head:.2f}), "
+                            f"beyond the {gate.tolerance_pp:g} pp tolerance")
     return rows, failures, notes
 
 
-def compare(outcome: Outcome, stages: dict[str, Stage], gate: Optional[Check], diff: dict[str, dict]
-            ) -> tuple[list[tuple], list[tuple], list[str], list[str]]:
-    """(accuracy rows, gated rows, failures, notes) of a successful rerun, from `dvc metrics diff`."""
-    acc_rows = []
-    rerun_metrics = {m for s in outcome.ran for m in stages[s].metrics}
-    for k, v in sorted(diff.items()):
-        path, key = k.split(":", 1)
-        if path in rerun_metrics and "acc" in key.lower():
-            acc_rows.append((k, v.get("old"), v.get("new"), v.get("diff")))
-    gate_rows, failures, notes = judge(gate, diff, rerun_metrics, {m for s in stages.values() for m in s.metrics})
-    return acc_rows, gate_rows, failures, notes
+def blind_spots(rows: list[Row], tolerance: float) -> list[str]:
+    """One plain sentence per gated metric the check could not see a tolerance-sized drop in."""
+    out = []
+    for r in rows:
+        if r.blind and not r.fail and r.detectable is not None:
+            out.append(f"this check cannot see a {tolerance:g} pp drop in `{r.metric}`: smallest detectable "
+                       f"{r.detectable:.1f} pp" + (" (seed spread not measured)" if "not measured" in r.how else ""))
+        elif r.blind and not r.fail:
+            out.append(f"`{r.metric}` is judged by the tolerance alone (no per-image results): "
+                       "its noise is unknown")
+    return out
 
 
-def verdict_line(failures: list[str], gate: Optional[Check], gate_rows: list[tuple]) -> str:
+def verdict_line(failures: list[str], blind: list[str], rows: list[Row], strict: bool) -> tuple[str, int]:
+    """(the verdict line, exit status)."""
     if failures:
-        return "**Verdict: FAIL** — " + "; ".join(failures)
-    return "**Verdict: OK** — " + (f"every gated metric within {gate.tolerance_pp:g} pp of the base"
-                                   if gate_rows else "no gated metric was affected")
-
-
-def summary_md(base: str, base_sha: str, profile: str, pdiff: dict, why: dict, left_out: list[str],
-               outcome: Optional[Outcome], acc_rows: list[tuple], gate_rows: list[tuple], gate_from: str,
-               gate: Optional[Check], verdict: str, notes: list[str]) -> str:
-    L = [f"## Params check against `{base}` ({base_sha[:8]}), {profile} profile", ""]
-    if pdiff:
-        L += ["| param | base | head |", "|---|---|---|"]
-        L += [f"| `{k}` | {_val(v.get('old'))} | {_val(v.get('new'))} |" for k, v in sorted(pdiff.items())]
-    else:
-        L.append("No params changed.")
-    L.append("")
-    if why:
-        L.append("Rerun: " + ", ".join(f"`{s}` ({'; '.join(r)})" for s, r in why.items()))
-        if left_out:
-            L.append(f"Not rerun (write no metrics): {', '.join(f'`{s}`' for s in left_out)}")
-    else:
-        L.append("Rerun: nothing (no stage reads a changed param or file)")
-    if outcome:
-        L.append(f"Baseline: {outcome.baseline}.")
-    L.append("")
-    if acc_rows:
-        L += ["| metric | base | head | change (pp) |", "|---|---|---|---|"]
-        L += [f"| `{m}` | {_num(o)} | {_num(n)} | {_num(c) if c is None else f'{c:+.2f}'} |"
-              for m, o, n, c in acc_rows]
-        L.append("")
-    if gate_rows:
-        L.append(f"Gate (from {gate_from}): no drop beyond {gate.tolerance_pp:g} pp")
-        L += ["", "| gated metric | base | head | change (pp) | |", "|---|---|---|---|---|"]
-        L += [f"| `{m}` | {_num(o)} | {_num(n)} | {'—' if c is None else f'{c:+.2f}'} | {s} |"
-              for m, o, n, c, s in gate_rows]
-        L.append("")
-    L += [f"- {n}" for n in notes]
-    if notes:
-        L.append("")
-    L.append(verdict)
-    return "\n".join(L) + "\n"
+        return "**Verdict: FAIL** — " + "; ".join(failures), 1
+    if blind:
+        return ("**Verdict: INCONCLUSIVE**" + (" (--strict: fails)" if strict else "") + " — " + "; ".join(blind),
+                1 if strict else 0)
+    if not rows:
+        return "**Verdict: OK** — no gated metric was affected", 0
+    return "**Verdict: OK** — no gated metric got worse beyond noise and the tolerance, and each could have seen it", 0

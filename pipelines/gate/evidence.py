@@ -1,0 +1,144 @@
+"""What the gate judges a gated metric on: per side, one or more training runs (seeds) of the variant,
+each with its per-image correctness on the validation split and the digest of that split's images.
+
+The main run is the DVC stage's own (evaluate's confusion.csv: one row per validation image, in
+order). Extra seeds are trained and evaluated outside DVC with the stages' own commands
+(`python -m stages.train --seed S`, `python -m stages.evaluate`), on the same prepared data, and kept
+in a cache keyed by everything they are computed from (params as the stages read them, the seed, the
+prepared data's digests, the code), so that checks against the same base, and heads that leave a
+variant alone, reuse them.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import subprocess
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+import yaml
+
+from pipelines.gate.repo import Stage, env
+
+CODE_DIRS = ("pipelines", "stages")
+
+
+@dataclass
+class Runs:
+    """One side's runs of one gated metric: correctness vectors (one per seed) over the images whose
+    digest is `images` (None: unknown, so never paired), or only accuracies (`acc`, `n`) where the
+    per-image results are not at hand."""
+    seeds: list[int] = field(default_factory=list)
+    correct: list[np.ndarray] = field(default_factory=list)
+    images: Optional[str] = None
+    acc: Optional[float] = None
+    n: Optional[int] = None
+    seconds: float = 0.0
+
+    def vectors(self) -> list[np.ndarray]:
+        """The correctness vectors; from the accuracy alone, one made-up vector with as many correct
+        images (enough for the unpaired, binomial comparison)."""
+        if self.correct:
+            return self.correct
+        k = int(round(self.acc / 100 * self.n))
+        return [np.arange(self.n) < k]
+
+
+def variant_of(stage: Stage) -> Optional[str]:
+    """The variant of an evaluate stage (`evaluate@<variant>`), else None."""
+    kind, _, variant = stage.name.partition("@")
+    return variant if kind == "evaluate" and variant else None
+
+
+def _prepared(stage: Stage) -> Optional[str]:
+    return next((f for f in stage.files if f.startswith("data/prepared/")), None)
+
+
+def read_run(cwd: Path, stage: Stage) -> Optional[tuple[np.ndarray, str]]:
+    """(correct per validation image, digest of the validation images) of an evaluate stage's
+    outputs in cwd; None when they are not there."""
+    data = _prepared(stage)
+    folder = next((cwd / o for o in stage.outs if (cwd / o / "confusion.csv").is_file()), None)
+    if data is None or folder is None or not (cwd / data / "meta.json").is_file():
+        return None
+    with open(folder / "confusion.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    meta = json.loads((cwd / data / "meta.json").read_text())
+    return np.array([r["actual"] == r["predicted"] for r in rows], dtype=bool), meta["files"]["val.npz"]
+
+
+def extra_seeds(seed: int, count: int) -> list[int]:
+    """The seeds of the extra runs: derived from the global seed, so that a change of `seed` alone
+    changes every run, as it changes the main one."""
+    return [1000 * seed + i for i in range(1, count)]
+
+
+def _key(cwd: Path, variant: str, seed: int, data: str) -> str:
+    """The cache key of one extra run: the params the train and evaluate stages read, the seed, the
+    prepared data's digests and the code."""
+    p = yaml.safe_load((cwd / "params.yaml").read_text())
+    read = {k: p.get(k) for k in ("protocol", "device", "precision", "defaults")}
+    read["variant"] = p["variants"][variant]
+    h = hashlib.sha256(json.dumps([read, variant, seed], sort_keys=True, default=str).encode())
+    h.update((cwd / data / "meta.json").read_bytes())
+    for d in CODE_DIRS:
+        for f in sorted((cwd / d).rglob("*.py")):
+            h.update(str(f.relative_to(cwd)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:32]
+
+
+def _train_and_evaluate(cwd: Path, variant: str, seed: int, data: str, out: Path) -> None:
+    m = out / "model"
+    cmds = [["stages.train", "--variant", variant, "--seed", str(seed), "--data", data, "--model", str(m),
+             "--out", str(out / "train"), "--metrics", str(out / "train.json")],
+            ["stages.evaluate", "--variant", variant, "--data", data, "--model", str(m),
+             "--out", str(out / "evaluate"), "--metrics", str(out / "evaluate.json")]]
+    for c in cmds:
+        print(f"$ python -m {' '.join(c)}   (in {cwd})", file=sys.stderr, flush=True)
+        r = subprocess.run([sys.executable, "-m", *c], cwd=cwd, env=env(), stdout=sys.stderr, stderr=sys.stderr)
+        if r.returncode != 0:
+            raise RuntimeError(f"`python -m {' '.join(c[:3])} --seed {seed}` failed (exit {r.returncode})")
+
+
+def extra_run(cwd: Path, stage: Stage, seed: int, cache: Path, work: Path) -> tuple[np.ndarray, bool]:
+    """(correct per validation image, whether it came from the cache) of `stage`'s variant trained with
+    `seed` on the prepared data in cwd. Raises RuntimeError when a command fails."""
+    from pipelines import io
+
+    variant, data = variant_of(stage), _prepared(stage)
+    path = cache / "runs" / f"{_key(cwd, variant, seed, data)}.npy"
+    if path.is_file():
+        return np.load(path), True
+    out = work / f"{variant}-{seed}"
+    _train_and_evaluate(cwd, variant, seed, data, out)
+    with open(out / "evaluate" / "confusion.csv", newline="") as f:
+        correct = np.array([r["actual"] == r["predicted"] for r in csv.DictReader(f)], dtype=bool)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with io.atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, correct)
+    return correct, False
+
+
+def committed_run(root: Path, rev: str, stage: Stage) -> Optional[Runs]:
+    """The per-image results of `stage` at revision rev, where DVC's cache (or remote) still holds
+    them; None otherwise."""
+    import dvc.api
+
+    data = _prepared(stage)
+    if data is None:
+        return None
+    for o in stage.outs:
+        try:
+            text = dvc.api.read(f"{o}/confusion.csv", repo=str(root), rev=rev)
+            meta = json.loads(dvc.api.read(f"{data}/meta.json", repo=str(root), rev=rev))
+        except Exception:   # noqa: BLE001 - DVC raises many kinds for "not there"; any means no pairing
+            continue
+        rows = list(csv.DictReader(text.splitlines()))
+        return Runs(seeds=[0], correct=[np.array([r["actual"] == r["predicted"] for r in rows], dtype=bool)],
+                    images=meta["files"]["val.npz"])
+    return None

@@ -1,0 +1,225 @@
+"""The params gate's judgement on constructed per-image results: McNemar's test where one run per
+side is paired, the seed spread where there are more, Holm over the gated metrics, the verdicts,
+the check that cannot see a tolerance-sized drop, and --strict."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy.stats import binomtest
+
+from pipelines import stats
+from pipelines.gate import noise
+from pipelines.gate import repo
+from pipelines.gate.evidence import Runs
+from pipelines.gate.repo import Stage
+from pipelines.gate.rerun import Outcome
+from pipelines.gate.verdict import SAME, WORSE, blind_spots, judge, verdict_line
+from pipelines.reference import Check
+
+DIGEST = "val-images-digest"
+
+
+def _flip(correct: np.ndarray, lose: int, gain: int, rng: np.random.Generator) -> np.ndarray:
+    """A copy of correct with `lose` right images made wrong and `gain` wrong ones made right."""
+    out = correct.copy()
+    out[rng.choice(np.flatnonzero(correct), lose, replace=False)] = False
+    out[rng.choice(np.flatnonzero(~correct), gain, replace=False)] = True
+    return out
+
+
+def _base(n: int, acc: float, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = np.zeros(n, dtype=bool)
+    c[rng.choice(n, int(round(acc * n)), replace=False)] = True
+    return c
+
+
+def test_one_run_per_side_is_mcnemar_on_the_discordant_images():
+    rng = np.random.default_rng(1)
+    base = _base(2000, 0.8)
+    head = _flip(base, lose=60, gain=10, rng=rng)
+    r = noise.runs_compared([base], [head])
+    assert r["paired"] and r["runs"] == (1, 1) and r["n"] == 2000
+    assert r["diff"] == pytest.approx(-50 / 2000 * 100)
+    # McNemar's exact test: 10 images only the head gets right against 60 only the base gets right.
+    assert r["p"] == pytest.approx(binomtest(10, 70, 0.5).pvalue)
+    assert r["p"] < 1e-6 and r["hi"] < 0 < -r["lo"]
+    mc = stats.mcnemar(head, base)
+    assert (r["lo"], r["hi"]) == (mc["lo"], mc["hi"])
+    assert r["seed_sd"] is None
+
+
+def test_the_seed_spread_widens_the_interval_and_can_outweigh_mcnemar():
+    """The same 1.5 pp drop: significant for one run per side judged on the images alone, not once
+    three runs per side show a seed-to-seed spread of about 2 pp."""
+    rng = np.random.default_rng(2)
+    base = _base(4000, 0.75, seed=3)
+    head = _flip(base, lose=80, gain=20, rng=rng)
+    alone = noise.runs_compared([base], [head])
+    assert alone["diff"] == pytest.approx(-1.5) and alone["p"] < 0.001
+    bases = [base, _flip(base, 90, 10, rng), _flip(base, 5, 85, rng)]     # about -2, +2 pp around it
+    heads = [head, _flip(head, 85, 5, rng), _flip(head, 10, 90, rng)]
+    spread = noise.runs_compared(bases, heads)
+    assert spread["runs"] == (3, 3) and spread["seed_sd"] > 1.5
+    assert spread["p"] > 0.05 and spread["lo"] < 0 < spread["hi"]
+    assert spread["detectable"] > 3 * alone["detectable"]
+    # Welch-Satterthwaite degrees of freedom from the 2 + 2 of the seeds.
+    assert 2 < spread["df"] < 30
+
+
+def test_different_images_are_compared_unpaired():
+    base = Runs(seeds=[1], correct=[_base(1000, 0.8)], images="a")
+    head = Runs(seeds=[1], correct=[_base(1000, 0.8, seed=5)], images="b")
+    from pipelines.gate.verdict import compared
+
+    c = compared(base, head, 0.05)
+    assert not c["paired"] and c["how"].startswith("unpaired on 1,000 images")
+    # The binomial noise of two independent 80 % accuracies on 1,000 images each: sqrt(2 * .16 / 1000).
+    assert c["se"] == pytest.approx(np.sqrt(2 * 0.8 * 0.2 / 1000) * 100)
+
+
+def test_holm_adjusts_in_step_down_order():
+    assert noise.holm([0.01, 0.04, 0.03, 0.5]) == pytest.approx([0.04, 0.09, 0.09, 0.5])
+    # Alone below 0.05, not among three whose smallest p is larger than 0.05 / 3.
+    assert noise.holm([0.03, 0.2, 0.6]) == pytest.approx([0.09, 0.4, 0.6])
+    assert noise.holm([]) == []
+
+
+def _stage(v: str) -> Stage:
+    return Stage(f"evaluate@{v}", metrics=[f"metrics/{v}/evaluate.json"])
+
+
+def _outcome(sides: dict[str, tuple[list[np.ndarray], list[np.ndarray]]]) -> tuple[Outcome, dict, Check]:
+    out = Outcome([f"evaluate@{v}" for v in sides], cwd=None, baseline="")
+    dag = {f"evaluate@{v}": _stage(v) for v in sides}
+    for side, i in (("base", 0), ("head", 1)):
+        out.runs[side] = {f"evaluate@{v}": Runs(seeds=list(range(len(r[i]))), correct=r[i], images=DIGEST)
+                          for v, r in sides.items()}
+        out.metrics[side] = {f"metrics/{v}/evaluate.json:accuracy": float(np.mean([c.mean() for c in r[i]]) * 100)
+                             for v, r in sides.items()}
+    gate = Check.model_validate({"tolerance_pp": 1.0, "metrics": [f"metrics/{v}/evaluate.json:accuracy" for v in sides]})
+    return out, dag, gate
+
+
+def _seeds(base: np.ndarray, k: int, rng, swing: int = 4) -> list[np.ndarray]:
+    """k runs around base, each a few images apart (a small seed spread)."""
+    return [base] + [_flip(base, swing, swing, rng) for _ in range(k - 1)]
+
+
+def test_a_big_drop_fails_a_small_one_is_worse_within_tolerance_and_noise_is_no_difference():
+    rng = np.random.default_rng(4)
+    big, small, same = _base(10000, 0.9, 1), _base(10000, 0.9, 2), _base(10000, 0.9, 3)
+    sides = {"big": (_seeds(big, 3, rng), _seeds(_flip(big, 400, 20, rng), 3, rng)),        # -3.8 pp
+             "small": (_seeds(small, 3, rng), _seeds(_flip(small, 80, 10, rng), 3, rng)),  # -0.7 pp
+             "same": (_seeds(same, 3, rng), _seeds(_flip(same, 15, 15, rng), 3, rng))}     # 0
+    out, dag, gate = _outcome(sides)
+    rows, failures, notes = judge(gate, out, dag)
+    by = {r.metric.split("/")[1]: r for r in rows}
+    assert by["big"].verdict == WORSE and by["big"].fail and by["big"].diff == pytest.approx(-3.8, abs=0.05)
+    assert by["small"].verdict == WORSE and not by["small"].fail      # real, but within the 1 pp tolerance
+    assert by["same"].verdict == SAME and not by["same"].blind and by["same"].detectable < 1.0
+    assert by["big"].p_holm == pytest.approx(min(1.0, 3 * by["big"].p))   # the smallest of three p: times 3
+    assert [f.split(" ")[0] for f in failures] == ["metrics/big/evaluate.json:accuracy"]
+    assert "beyond noise" in failures[0] and "1 pp tolerance" in failures[0]
+    line, rc = verdict_line(failures, blind_spots(rows, 1.0), rows, strict=False)
+    assert rc == 1 and line.startswith("**Verdict: FAIL**")
+
+
+def test_a_check_that_cannot_see_the_tolerance_says_so_and_strict_fails_it():
+    """200 images and a seed spread of a few points: a 1 pp drop is invisible; nothing fails, the
+    verdict is not OK, and --strict turns it into a failure."""
+    rng = np.random.default_rng(5)
+    base = _base(200, 0.7)
+    sides = {"tl": (_seeds(base, 3, rng, swing=6), _seeds(_flip(base, 3, 2, rng), 3, rng, swing=6))}
+    out, dag, gate = _outcome(sides)
+    rows, failures, _ = judge(gate, out, dag)
+    (row,) = rows
+    assert row.verdict == SAME and row.blind and row.detectable > 3 and not failures
+    (blind,) = blind_spots(rows, 1.0)
+    assert blind == (f"this check cannot see a 1 pp drop in `metrics/tl/evaluate.json:accuracy`: "
+                     f"smallest detectable {row.detectable:.1f} pp")
+    line, rc = verdict_line(failures, [blind], rows, strict=False)
+    assert rc == 0 and line.startswith("**Verdict: INCONCLUSIVE** — this check cannot see a 1 pp drop")
+    line, rc = verdict_line(failures, [blind], rows, strict=True)
+    assert rc == 1 and "(--strict: fails)" in line
+
+
+def test_the_detectable_size_is_what_the_test_then_finds():
+    """Simulated: a drop of the stated detectable size is found (Holm-level p below 0.05) in about 80 %
+    of repeated paired checks, a drop of a third of it rarely."""
+    rng = np.random.default_rng(6)
+    n, acc = 3000, 0.85
+    base = _base(n, acc)
+    d = noise.runs_compared([base], [_flip(base, 60, 60, rng)], alpha=0.05)["detectable"]
+
+    def found(drop_pp: float) -> float:
+        hits = 0
+        for _ in range(300):
+            lose = rng.binomial(n, 0.02 + drop_pp / 100 / 2)
+            gain = rng.binomial(n, 0.02 - drop_pp / 100 / 2)
+            hits += noise.runs_compared([base], [_flip(base, lose, gain, rng)])["p"] < 0.05
+        return hits / 300
+
+    assert 0.65 < found(d) < 0.95
+    assert found(d / 3) < 0.35
+
+
+def test_only_what_the_gated_metrics_need_reruns():
+    dag = {"prep": Stage("prep", params=["seed"], downstream={"train", "evaluate", "embed", "report"}),
+           "train": Stage("train", params=["seed", "variants.v"], metrics=["m/train.json"],
+                          downstream={"evaluate", "embed", "report"}),
+           "evaluate": Stage("evaluate", params=["seed", "variants.v"], metrics=["m/evaluate.json"],
+                             downstream={"report"}),
+           "embed": Stage("embed", params=["seed", "variants.v"], files=["tsne.py"], metrics=["m/embed.json"],
+                          downstream={"report"}),
+           "report": Stage("report", params=["seed"])}
+    gated = {"m/evaluate.json"}
+    why, left = repo.stale_stages(dag, ["seed"], [], gated)
+    assert list(why) == ["prep", "train", "evaluate"]
+    assert left == {"write no metrics": ["report"], "no gated metric reads them": ["embed"]}
+    # A change only the embed stage reads reruns it; without a gate every metric stage reruns.
+    assert list(repo.stale_stages(dag, [], ["tsne.py"], gated)[0]) == ["embed"]
+    assert set(repo.stale_stages(dag, ["seed"], [])[0]) == {"prep", "train", "evaluate", "embed", "report"}
+
+
+def test_the_summary_puts_the_gated_table_first_and_the_log_last_collapsed():
+    from pipelines.gate.summary import summary_md
+
+    rng = np.random.default_rng(7)
+    base = _base(10000, 0.9)
+    out, dag, gate = _outcome({"cnn": (_seeds(base, 3, rng), _seeds(_flip(base, 300, 20, rng), 3, rng))})
+    out.metrics["head"]["metrics/cnn/train.json:best_val_acc"] = 88.0
+    out.log = ["$ dvc repro evaluate@cnn   (12 s, exit 0)"]
+    rows, failures, notes = judge(gate, out, dag)
+    line, rc = verdict_line(failures, blind_spots(rows, 1.0), rows, strict=False)
+    md = summary_md("origin/main", "0123456789abcdef", "gate", {"variants.cnn.lr": {"old": 0.001, "new": 0.03}},
+                    {"evaluate@cnn": ["variants.cnn.lr"]}, {"write no metrics": ["report"]}, out, rows,
+                    "the base's reference.yaml", 1.0, line, notes, 42.0)
+    lines = md.splitlines()
+    table = lines.index("| gated metric | base → head (%) | difference, 95 % interval (pp) | p (Holm) | verdict | detectable (pp) |")
+    (row,) = [x for x in lines if x.startswith("| `metrics/cnn/evaluate.json:accuracy`")]
+    assert "| **FAIL**: worse |" in row and f"{rows[0].diff:+.2f} [{rows[0].lo:+.2f}, {rows[0].hi:+.2f}]" in row
+    order = [table, lines.index(line), lines.index("| `variants.cnn.lr` | 0.001 | 0.03 |"),
+             lines.index("Not rerun (write no metrics): `report`"),
+             lines.index("<details><summary>Rerun log</summary>")]
+    assert order == sorted(order) and line.startswith("**Verdict: FAIL**") and rc == 1
+    assert "| `metrics/cnn/train.json:best_val_acc` | — | 88.00 |" in md   # the others, collapsed
+    assert md.index("$ dvc repro evaluate@cnn") > md.index("<details><summary>Rerun log</summary>")
+
+
+def test_per_image_results_are_read_from_the_evaluate_stage_outputs(tmp_path):
+    from pipelines.gate import evidence
+
+    st = Stage("evaluate@cnn", files=["stages/evaluate.py", "data/prepared/mnist", "models/cnn"],
+               metrics=["metrics/cnn/evaluate.json"], outs=["results/cnn/evaluate"])
+    assert evidence.read_run(tmp_path, st) is None   # not run yet
+    (tmp_path / "results/cnn/evaluate").mkdir(parents=True)
+    (tmp_path / "results/cnn/evaluate/confusion.csv").write_text(
+        "actual,predicted\nShirt,Shirt\nShirt,T-shirt/top\nCoat,Coat\n")
+    (tmp_path / "data/prepared/mnist").mkdir(parents=True)
+    (tmp_path / "data/prepared/mnist/meta.json").write_text('{"files": {"train.npz": "aa", "val.npz": "bb"}}')
+    correct, digest = evidence.read_run(tmp_path, st)
+    assert correct.tolist() == [True, False, True] and digest == "bb"
+    assert evidence.variant_of(st) == "cnn" and evidence.variant_of(Stage("train@cnn")) is None
+    # Extra seeds follow the global seed: a seed-only change changes every run.
+    assert evidence.extra_seeds(42, 3) == [42001, 42002] and evidence.extra_seeds(43, 1) == []
