@@ -106,3 +106,13 @@ def smallest_detectable(n: int, discordant: float) -> float:
     for _ in range(50):   # fixed point of n d² = (z_a √q + z_b √(q − d²))²
         d = (Z_ALPHA * math.sqrt(q) + Z_POWER * math.sqrt(max(q - d * d, 0.0))) / math.sqrt(n)
     return d * 100
+
+
+def p_value(p: float) -> str:
+    """A p-value in a column headed "p": "< 0.001" below 0.001, else three significant digits."""
+    return "< 0.001" if p < 0.001 else f"{p:.3g}"
+
+
+def p_is(p: float) -> str:
+    """A p-value in a sentence: "p < 0.001" or "p = 0.0123"."""
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3g}"

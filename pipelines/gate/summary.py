@@ -25,7 +25,7 @@ def gate_table(rows: list[Row], tolerance: float, gate_from: str) -> list[str]:
          "|---|---|---|---|---|---|"]
     for r in rows:
         diff = "—" if r.diff is None else f"{r.diff:+.2f}" + ("" if r.lo is None else f" [{r.lo:+.2f}, {r.hi:+.2f}]")
-        p = "—" if r.p is None else f"{stats.p_text(r.p)} ({stats.p_text(r.p_holm)})"
+        p = "—" if r.p is None else f"{stats.p_value(r.p)} ({stats.p_value(r.p_holm)})"
         verdict = ("**FAIL**: " if r.fail else "") + r.verdict + (" ⚠ blind" if r.blind and not r.fail else "")
         L.append(f"| `{r.metric}` | {_pct(r.base)} → {_pct(r.head)} | {diff} | {p} | {verdict} | "
                  f"{_pct(r.detectable)} |")

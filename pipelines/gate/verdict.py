@@ -126,7 +126,7 @@ def judge(gate: Optional[Check], outcome: Outcome, dag: dict[str, Stage]) -> tup
     for r in rows:
         if r.fail and r.p_holm is not None:
             failures.append(f"{r.metric} dropped {-r.diff:.2f} pp ({r.base:.2f} -> {r.head:.2f}), beyond noise "
-                            f"(Holm p {stats.p_text(r.p_holm)}) and the {gate.tolerance_pp:g} pp tolerance")
+                            f"(Holm {stats.p_is(r.p_holm)}) and the {gate.tolerance_pp:g} pp tolerance")
         elif r.fail and r.diff is not None:
             failures.append(f"{r.metric} dropped {-r.diff:.2f} pp ({r.base:.2f} -> {r.head:.2f}), "
                             f"beyond the {gate.tolerance_pp:g} pp tolerance")

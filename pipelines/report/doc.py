@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from pipelines.config import Params
 from pipelines.report.load import FIGURES, Data, Results, load_results
-from pipelines.stats import mean_std
+from pipelines.stats import mean_std, p_is, p_value  # noqa: F401 -- the report's p formats
 
 
 @dataclass(frozen=True)
@@ -149,16 +149,6 @@ def num(x: object) -> str:
 
 def signed(x: float, digits: int = 2, unit: str = "") -> str:
     return minus(f"{x:+.{digits}f}{unit}")
-
-
-def p_value(p: float) -> str:
-    """A p-value in a column headed "p": "< 0.001" below 0.001, else three significant digits."""
-    return "< 0.001" if p < 0.001 else f"{p:.3g}"
-
-
-def p_is(p: float) -> str:
-    """A p-value in a sentence: "p < 0.001" or "p = 0.0123"."""
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3g}"
 
 
 def ratio(a: float, b: float, fewer: str, more: str) -> str:
