@@ -59,8 +59,11 @@ def seed_everything(seed: int, threads: int = 0) -> None:
         torch.set_num_threads(threads)
         if why != "params threads":
             print(f"threads: {threads} ({why})", flush=True)
-    # Same seed, same CPU numbers: forbid nondeterministic kernels where torch has a choice.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+    # Same seed, same CPU numbers: forbid nondeterministic kernels where torch has a choice. The
+    # debug-mode setter sets the same flag as use_deterministic_algorithms(True, warn_only=True)
+    # without importing the compiler stack (torch._inductor, torch._dynamo) to set its flag too:
+    # nothing here compiles, and that import cost every evaluate and embed stage about 1.4 CPU-seconds.
+    torch.set_deterministic_debug_mode("warn")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
 
