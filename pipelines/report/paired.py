@@ -8,12 +8,15 @@ chosen on the validation split only, so every test prediction comes from data th
 (2), when there are two or more seeds, the mean over seeds of the paired test-accuracy
 difference with its Student-t 95 % interval entirely on the same side of zero: one lucky pair of
 models must not decide for the training recipe. Otherwise the pair gets "no difference
-detectable at this test size (smallest detectable: y pp)".
+detectable at this test size (smallest detectable: y pp)". A deterministic option (the linear SVM
+on frozen features, the same model for every seed) is fitted once; its one model stands in for it
+under each seed of the option it is compared with, so the mean over seeds carries the other
+option's seed-to-seed spread only.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 
@@ -41,13 +44,26 @@ def verdict(label_a: str, label_b: str, main: dict, seeds: Optional[tuple[float,
     return f"{label_a} beats {label_b} by {main['diff']:.2f} pp [{main['lo']:.2f}, {main['hi']:.2f}], {p}"
 
 
-def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_seed: int) -> list[tuple]:
+def stand_in(correct: dict[int, np.ndarray], deterministic: bool, other: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """A deterministic option's one model under each seed of the option it is compared with (every seed
+    would give it the same model: config.Variant.deterministic); any other option as it is."""
+    if not deterministic or len(correct) != 1 or not other:
+        return correct
+    (vector,) = correct.values()
+    return {seed: vector for seed in other}
+
+
+def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_seed: int,
+                    deterministic: Collection[str] = ()) -> list[tuple]:
     """One row per pair of options (the HEADER's columns). options: (label, {seed: correct vector});
     the main seed is `main_seed` where both options have it, else their smallest common seed. Seeds
-    are paired by value for the mean over seeds."""
+    are paired by value for the mean over seeds; an option whose label is in `deterministic` has one
+    model, which pairs with each seed of the other option (stand_in)."""
     rows = []
-    for i, (label_1, c_1) in enumerate(options):
-        for label_2, c_2 in options[i + 1:]:
+    for i, (label_1, own_1) in enumerate(options):
+        for label_2, own_2 in options[i + 1:]:
+            c_1 = stand_in(own_1, label_1 in deterministic, own_2)
+            c_2 = stand_in(own_2, label_2 in deterministic, c_1)
             common = sorted(set(c_1) & set(c_2))
             if not common:
                 rows.append((f"{label_1} vs {label_2}", "—", "—", "—", "—", "—", 0, "—",
@@ -72,7 +88,7 @@ def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_s
 def transfer_comparison(root: Path, params: Params) -> Optional[dict]:
     """The paired verdict rows of the transfer options, from every run's per-image test predictions
     under `root`: {"n": test images, "rows": comparison_rows}; None below two options with predictions."""
-    options, first = [], None
+    options, first, deterministic = [], None, []
     for v, label in TL_OPTIONS:
         if v not in params.variants:
             continue
@@ -86,6 +102,9 @@ def transfer_comparison(root: Path, params: Params) -> Optional[dict]:
             correct[seed] = y == pred
         if correct:
             options.append((label, correct))
+            if params.variants[v].deterministic:
+                deterministic.append(label)
     if len(options) < 2:
         return None
-    return {"n": len(first[1]), "rows": comparison_rows(options, params.seed)}
+    return {"n": len(first[1]), "rows": comparison_rows(options, params.seed, deterministic),
+            "deterministic": deterministic}

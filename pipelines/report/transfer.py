@@ -45,7 +45,7 @@ def option_runs(doc: Document, src: Inputs, variant: str, label: str) -> dict:
     lab = params.lab.get(variant)
     return {"label": label, "variant": variant, "val": val, "test": test, "lab": lab.val_acc if lab else None,
             "val_n": n_val(src.data, params.variants[variant].dataset, r), "expected": 1 + expected,
-            "replicates": len(reps)}
+            "replicates": len(reps), "deterministic": params.variants[variant].deterministic}
 
 
 def comparison(doc: Document, src: Inputs, dataset: Optional[str]) -> list[dict]:
@@ -72,7 +72,20 @@ def comparison(doc: Document, src: Inputs, dataset: Optional[str]) -> list[dict]
         doc.add(f"Runs: each option's own (seed {params.seed}) and its replicates (seeds {seeds}). Mean ± sample "
                 "standard deviation over runs; 95 % CI = mean ± t(0.975, n − 1) · s / √n. The lab's single number "
                 "per option sits beside our mean.")
+    one_model(doc, src)
     return options
+
+
+def one_model(doc: Document, src: Inputs) -> None:
+    """Why a deterministic option (config.Variant.deterministic) has one run where the others have several."""
+    params = src.params
+    seeds = 1 + len(params.replicates.seeds) if params.replicates is not None else 1
+    for v, label in TL_OPTIONS:
+        if v in params.variants and params.variants[v].deterministic and seeds > 1:
+            doc.add(f"{label[0].upper() + label[1:]} (`{v}`) has one run, not {seeds} equal ones: a linear SVM on "
+                    "frozen pretrained features is the same model for every seed (the features are the pretrained "
+                    "weights'; the SVM's optimum is unique, a seed only orders the solver's steps), so it is fitted "
+                    "once, and the paired verdicts below compare its one model with each seed of the other option.")
 
 
 def noise_table(doc: Document, options: Sequence[dict]) -> None:
@@ -125,7 +138,10 @@ def noise_pairs(doc: Document, options: Sequence[dict]) -> None:
     for i, a in enumerate(ran):
         for b in ran[i + 1:]:
             ma, mb = mean_std(a["val"])[0], mean_std(b["val"])[0]
-            if len(a["val"]) >= 2 and len(b["val"]) >= 2:
+            one = _one_model(a, b) or _one_model(b, a)
+            if one:   # one model for every seed against the other's seeds: Welch's test with one variance 0
+                p, test = welch_p(*one), "one-sample t over seeds"
+            elif len(a["val"]) >= 2 and len(b["val"]) >= 2:
                 p, test = welch_p(a["val"], b["val"]), "Welch t over seeds"
             elif a.get("val_n") and b.get("val_n"):
                 p, test = two_proportion_p(ma, a["val_n"], mb, b["val_n"]), "two-proportion z (n = 1)"
@@ -142,6 +158,13 @@ def noise_pairs(doc: Document, options: Sequence[dict]) -> None:
             "z-test on the validation set's images, which measures only the sampling noise of that set, not the "
             "seed-to-seed spread.")
     doc.add("Within noise: " + ("; ".join(within) if within else "none of the pairs") + ".")
+
+
+def _one_model(fixed: dict, other: dict) -> Optional[tuple[list, list]]:
+    """A deterministic option's one run repeated under each of the other option's runs, and those runs."""
+    if fixed.get("deterministic") and len(fixed["val"]) == 1 and len(other["val"]) >= 2:
+        return fixed["val"] * len(other["val"]), other["val"]
+    return None
 
 
 def separability(doc: Document, src: Inputs) -> None:
