@@ -4,6 +4,9 @@
     python -m pipelines.cli.run --protocol offline # force one; extra arguments go to `dvc repro`
     python -m pipelines.cli.run --data transfer=~/photos   # your own image folder for a dataset (builtin: back)
 
+Before each stage it prints where the run is (stage k of n, elapsed, an estimate of what is left:
+pipelines/cli/progress.py); the last line gives the whole run's time against its arithmetic floor.
+
 Exit status: 0 when `dvc repro` succeeded, 1 when it failed (the failing stage's `error:` line says why),
 2 when an argument or params.yaml is bad (pipelines/errors.py).
 
@@ -15,7 +18,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 import time
 import urllib.error
@@ -23,6 +25,7 @@ import urllib.request
 from pathlib import Path
 
 from pipelines import config
+from pipelines.cli import progress
 from pipelines.errors import FAILURE, OK, LabError, ParamsError, one_line
 
 PROBE_TIMEOUT_S = 5
@@ -146,11 +149,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"protocol: {protocol} ({reason})" + ("; params.yaml updated" if changed else ""), flush=True)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     start = time.time()
-    rc = subprocess.call(["dvc", "repro", *[a for a in args.repro_args if a != "--"]])
-    minutes = (time.time() - start) / 60
+    rc, ran = progress.repro([a for a in args.repro_args if a != "--"])
+    seconds = time.time() - start
+    minutes = seconds / 60
     if rc == 0:
         print(f"done in {minutes:.1f} min: reports/report.html (and report.md); "
               "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
+        print(progress.floor_line(ran, seconds), flush=True)
     else:
         print(f"dvc repro failed (exit {rc}) after {minutes:.1f} min; completed stages stay cached", file=sys.stderr)
     return OK if rc == 0 else FAILURE
