@@ -42,12 +42,20 @@ def autocast(device: torch.device, precision: str):
 
 
 def seed_everything(seed: int, threads: int = 0) -> None:
+    """Seed torch and numpy; set this process's CPU threads (params `threads`, or its share of the
+    cores when several pipeline processes run: hardware.thread_share)."""
     torch.manual_seed(seed)
     np.random.seed(seed % 2**32)
+    threads, why = hardware.thread_share(threads)
     if threads:
         torch.set_num_threads(threads)
-    # Same seed, same CPU numbers: forbid nondeterministic kernels where torch has a choice.
-    torch.use_deterministic_algorithms(True, warn_only=True)
+        if why != "params threads":
+            print(f"threads: {threads} ({why})", flush=True)
+    # Same seed, same CPU numbers: forbid nondeterministic kernels where torch has a choice. The
+    # debug-mode setter sets the same flag as use_deterministic_algorithms(True, warn_only=True)
+    # without importing the compiler stack (torch._inductor, torch._dynamo) to set its flag too:
+    # nothing here compiles, and that import cost every evaluate and embed stage about 1.4 CPU-seconds.
+    torch.set_deterministic_debug_mode("warn")
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.backends.cudnn.benchmark = False
 

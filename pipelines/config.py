@@ -145,6 +145,14 @@ class Variant(Strict):
             raise ValueError(f"{v!r} is not a network; allowed: {', '.join(network_names())}")
         return v
 
+    @property
+    def deterministic(self) -> bool:
+        """Whether every seed gives the same model: a linear SVM on frozen pretrained features. The
+        features are the weights'; the SVM's objective is strictly convex, so its optimum is unique and a
+        seed only orders the solver's steps (the weights agree within its tolerance, the predictions
+        exactly). Such an option is fitted once: replicates would repeat it."""
+        return self.classifier == "svm"
+
     @model_validator(mode="after")
     def _coherent(self) -> "Variant":
         if self.classifier == "svm" and not (self.pretrained and self.freeze_backbone):
@@ -220,6 +228,10 @@ class Params(Strict):
                 if self.variants[name].dataset != r.dataset:
                     raise ValueError(f"replicates.variants: {name!r} trains on {self.variants[name].dataset!r}, "
                                      f"not replicates.dataset {r.dataset!r}")
+            for name in r.variants:
+                if self.variants[name].deterministic:
+                    raise ValueError(f"replicates.variants: {name!r} gives the same model for every seed (a linear SVM "
+                                     "on frozen pretrained features) and is fitted once; leave it out")
             if self.seed in r.seeds:
                 raise ValueError(f"replicates.seeds: {self.seed} is the global seed, already run by the variants")
             for name in r.variants:

@@ -8,9 +8,10 @@ Adding a backbone is one row here (and its name in config.BackboneName).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
-from torch import nn
+if TYPE_CHECKING:  # torch is imported by the builders only: the report and data stages read this table without it
+    from torch import nn
 
 
 def _resnet18() -> nn.Module:

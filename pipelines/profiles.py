@@ -16,7 +16,7 @@ def tiny(p: dict) -> dict:
     # 64 px: at 32 px the pretrained features barely separate the two classes (a linear SVM on
     # 12 + 12 images: 56 % of 100). 50 + 50 validation images tell learning from luck.
     p["datasets"]["transfer"].update(train_limit=40, val_limit=50, test_limit=8, image_size=64)
-    p["replicates"].update(variants=["tl_svm", "tl_finetune"], seeds=[1])
+    p["replicates"].update(variants=["tl_finetune"], seeds=[1])
     p["defaults"].update(tsne_points=60, eval_batch_size=128)
     # Tiny stages train for a second or two: sample system metrics often enough to catch them.
     p["tracking"]["system_metrics_interval_s"] = 0.5

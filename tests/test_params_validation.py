@@ -134,6 +134,9 @@ CASES = [
     # A replicate with the global seed would retrain its variant's own run: rejected, not run twice.
     Case("replicate-seed-is-global", "replicates.seeds",
          lambda raw: setin("replicates.seeds", [1, raw["seed"]])(raw)),
+    # The SVM option is the same model for every seed: a replicate of it would repeat the fit.
+    Case("replicate-of-a-deterministic-option", "replicates.variants",
+         lambda raw: setin("replicates.variants", [*raw["replicates"]["variants"], "tl_svm"])(raw), value="tl_svm"),
     Case("continuation-other-recipe", "variants.mnist_cnn_20ep.start", setin("variants.mnist_cnn_20ep.lr", 0.01)),
     Case("continuation-source-keeps-no-state", "save_state", setin(f"{V}.save_state", False)),
     Case("backbone-without-backbone-dataset", "backbone", setin(f"{V}.model", "backbone")),

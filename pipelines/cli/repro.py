@@ -6,6 +6,9 @@
     python -m pipelines.cli.repro --part 1.1         # one part of the lab (1.1, 1.2, 1.3 or transfer), then the report
     python -m pipelines.cli.repro --part report      # the report alone, from whatever has run (the rest: "not run")
 
+Before each stage it prints where the run is (stage k of n, elapsed, an estimate of what is left:
+pipelines/cli/progress.py); the last line gives the whole run's time against its arithmetic floor.
+
 Exit status: 0 when `dvc repro` succeeded, 1 when it failed (the failing stage's `error:` line says why),
 2 when an argument or params.yaml is bad (pipelines/errors.py).
 
@@ -17,7 +20,6 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import subprocess
 import sys
 import time
 import urllib.error
@@ -25,6 +27,7 @@ import urllib.request
 from pathlib import Path
 
 from pipelines import config
+from pipelines.cli import progress
 from pipelines.errors import FAILURE, OK, LabError, ParamsError, one_line
 from pipelines.reference import PART_ALIASES
 
@@ -206,16 +209,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"protocol: {protocol} ({reason})" + ("; params.yaml updated" if changed else ""), flush=True)
     os.environ.setdefault("DVC_NO_ANALYTICS", "1")
     start = time.time()
-    rc = 0
-    for cmd in commands:
-        rc = subprocess.call(cmd)
+    rc, runs = 0, []
+    for cmd in commands:   # each is `dvc repro ARGS`: run with a progress line before each stage
+        rc, ran = progress.repro(cmd[2:])
+        runs.append(ran)
         if rc != 0:
             break
-    minutes = (time.time() - start) / 60
+    seconds = time.time() - start
+    minutes = seconds / 60
     if rc == 0:
         built = "reports/report.html (and report.md)" if args.part else produced(args.repro_args)
         print(f"done in {minutes:.1f} min: {built}; "
               "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
+        print(progress.floor_line(runs[0], seconds), flush=True)
     else:
         print(f"dvc repro failed (exit {rc}) after {minutes:.1f} min; completed stages stay cached", file=sys.stderr)
     return OK if rc == 0 else FAILURE

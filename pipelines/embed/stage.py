@@ -39,7 +39,7 @@ def embed(params: Params, name: str, paths: StagePaths) -> dict:
         for role, (path, _) in modules.items():
             f = feats[role]
             t_map, info = time.perf_counter(), {}
-            # As many threads as torch's (params `threads`; 0 = every core): one on a shared machine.
+            # As many threads as torch's: params `threads`, or this process's share of the cores.
             xy, backend = tsne_2d(f, params.seed, v.tsne_perplexity, n_jobs=torch.get_num_threads(), info=info)
             t_map = time.perf_counter() - t_map
             q = quality(f, xy, sub["y"], params.seed)

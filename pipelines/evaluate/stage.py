@@ -18,9 +18,24 @@ from pipelines.runtime import Runtime, StagePaths
 from pipelines.tracking import Run
 
 
-def evaluate(params: Params, name: str, paths: StagePaths) -> dict:
-    from sklearn.metrics import confusion_matrix, precision_recall_fscore_support
+def confusion_counts(y: np.ndarray, pred: np.ndarray, k: int) -> np.ndarray:
+    """k x k counts, rows the true class, columns the predicted one (sklearn's confusion_matrix with
+    labels 0..k-1). Counted with numpy: importing sklearn cost each evaluate stage about 1.5 CPU-seconds."""
+    return np.bincount(np.asarray(y, np.int64) * k + np.asarray(pred, np.int64), minlength=k * k).reshape(k, k)
 
+
+def per_class_scores(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(precision, recall, F1, support) per class from confusion counts, as sklearn's
+    precision_recall_fscore_support computes them (F1 = 2 tp / (true + predicted)), 0 where undefined."""
+    tp, predicted, support = np.diag(cm).astype(float), cm.sum(0).astype(float), cm.sum(1)
+
+    def divide(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+        return np.divide(num, den, out=np.zeros_like(num), where=den != 0)
+
+    return divide(tp, predicted), divide(tp, support.astype(float)), divide(2 * tp, support + predicted), support
+
+
+def evaluate(params: Params, name: str, paths: StagePaths) -> dict:
     t_start = time.perf_counter()
     rt = Runtime.open(params, name, paths)
     model, cfg = rt.load_model()
@@ -33,8 +48,8 @@ def evaluate(params: Params, name: str, paths: StagePaths) -> dict:
         infer_s = time.perf_counter() - t0
         pred = logits.argmax(1).numpy()
         k = len(classes)
-        cm = confusion_matrix(y, pred, labels=list(range(k)))
-        p, r, f1, sup = precision_recall_fscore_support(y, pred, labels=list(range(k)), zero_division=0)
+        cm = confusion_counts(y, pred, k)
+        p, r, f1, sup = per_class_scores(cm)
         off = [(int(cm[i, j]), i, j) for i in range(k) for j in range(k) if i != j and cm[i, j] > 0]
         off.sort(key=lambda t: (-t[0], t[1], t[2]))
         top = [{"true": classes[i], "pred": classes[j], "count": c} for c, i, j in off[:5]]

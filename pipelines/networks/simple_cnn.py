@@ -4,6 +4,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pipelines.layers import BitDropout
+
+
 class SimpleCNN(nn.Module):
     """Part 1.1: two 3x3 convs, one max-pool, fc1 (hidden units) and fc2.
 
@@ -16,11 +19,11 @@ class SimpleCNN(nn.Module):
         self.conv1 = nn.Conv2d(in_channels, 32, 3, padding=1)
         self.conv2 = nn.Conv2d(32, 32, 3, padding=1)
         self.pool = nn.MaxPool2d(2)
-        self.drop1 = nn.Dropout(0.25)
+        self.drop1 = BitDropout(0.25)   # nn.Dropout's job with a cheaper mask (pipelines/layers.py)
         flat = 32 * (image_size // 2) ** 2
         if hidden:
             self.fc1 = nn.Linear(flat, hidden)
-            self.drop2 = nn.Dropout(0.5)
+            self.drop2 = BitDropout(0.5)
             self.fc2 = nn.Linear(hidden, n_classes)
         else:
             self.fc1 = None

@@ -11,12 +11,15 @@ from data that chose nothing. "A beats B" needs both (1) McNemar's p < 0.05 on t
 models (params `seed`) and (2), when there are two or more seeds, the mean over seeds of the paired
 test-accuracy difference with its Student-t 95 % interval entirely on the same side of zero: one
 lucky pair of models must not decide for the training recipe. Otherwise the pair gets "no
-difference detectable at this test size (smallest detectable: y pp)".
+difference detectable at this test size (smallest detectable: y pp)". A deterministic option (the
+linear SVM on frozen features, the same model for every seed) is fitted once; its one model stands in
+for it under each seed of the option it is compared with, so the mean over seeds carries the other
+option's seed-to-seed spread only.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Collection, Optional, Sequence
 
 import numpy as np
 
@@ -61,7 +64,7 @@ def option_runs(doc: Document, src: Inputs, variant: str, label: str) -> dict:
     lab = params.lab.get(variant)
     return {"label": label, "variant": variant, "val": val, "test": test, "lab": lab.val_acc if lab else None,
             "val_n": n_val(src.data, params.variants[variant].dataset, r), "expected": 1 + expected,
-            "replicates": len(reps)}
+            "replicates": len(reps), "deterministic": params.variants[variant].deterministic}
 
 
 def comparison(doc: Document, src: Inputs, dataset: Optional[str]) -> list[dict]:
@@ -90,6 +93,7 @@ def comparison(doc: Document, src: Inputs, dataset: Optional[str]) -> list[dict]
         doc.add(f"Runs: each option's own (seed {params.seed}) and its replicates (seeds {seeds}). Mean ± sample "
                 "standard deviation over runs; 95 % CI = mean ± t(0.975, n − 1) · s / √n. The lab's single number "
                 "per option sits beside our mean.")
+    one_model(doc, src)
     return options
 
 
@@ -114,6 +118,18 @@ def augmentation(doc: Document, src: Inputs, variants: Sequence[str]) -> None:
         doc.add("Training augmentation (params.yaml `augment`): " + "; ".join(said) + ". Flips suit photos of "
                 "objects, not digits or text, where a mirrored image is another symbol (docs/your-data.md, "
                 "\"Choosing augmentation\").")
+
+
+def one_model(doc: Document, src: Inputs) -> None:
+    """Why a deterministic option (config.Variant.deterministic) has one run where the others have several."""
+    params = src.params
+    seeds = 1 + len(params.replicates.seeds) if params.replicates is not None else 1
+    for v, label in params.reference.parts.transfer.items():
+        if v in params.variants and params.variants[v].deterministic and seeds > 1:
+            doc.add(f"{label[0].upper() + label[1:]} (`{v}`) has one run, not {seeds} equal ones: a linear SVM on "
+                    "frozen pretrained features is the same model for every seed (the features are the pretrained "
+                    "weights'; the SVM's optimum is unique, a seed only orders the solver's steps), so it is fitted "
+                    "once, and the paired verdicts below compare its one model with each seed of the other option.")
 
 
 def noise_table(doc: Document, options: Sequence[dict]) -> None:
@@ -166,7 +182,10 @@ def noise_pairs(doc: Document, options: Sequence[dict]) -> None:
     for i, a in enumerate(ran):
         for b in ran[i + 1:]:
             ma, mb = mean_std(a["val"])[0], mean_std(b["val"])[0]
-            if len(a["val"]) >= 2 and len(b["val"]) >= 2:
+            one = _one_model(a, b) or _one_model(b, a)
+            if one:   # one model for every seed against the other's seeds: Welch's test with one variance 0
+                p, test = welch_p(*one), "one-sample t over seeds"
+            elif len(a["val"]) >= 2 and len(b["val"]) >= 2:
                 p, test = welch_p(a["val"], b["val"]), "Welch t over seeds"
             elif a.get("val_n") and b.get("val_n"):
                 p, test = two_proportion_p(ma, a["val_n"], mb, b["val_n"]), "two-proportion z (n = 1)"
@@ -183,6 +202,13 @@ def noise_pairs(doc: Document, options: Sequence[dict]) -> None:
             "z-test on the validation set's images, which measures only the sampling noise of that set, not the "
             "seed-to-seed spread.")
     doc.add("Within noise: " + ("; ".join(within) if within else "none of the pairs") + ".")
+
+
+def _one_model(fixed: dict, other: dict) -> Optional[tuple[list, list]]:
+    """A deterministic option's one run repeated under each of the other option's runs, and those runs."""
+    if fixed.get("deterministic") and len(fixed["val"]) == 1 and len(other["val"]) >= 2:
+        return fixed["val"] * len(other["val"]), other["val"]
+    return None
 
 
 def separability(doc: Document, src: Inputs) -> None:
@@ -256,13 +282,26 @@ def interval(mid: float, lo: float, hi: float) -> str:
     return f"{signed(mid, 2, ' pp')} [{signed(lo)}, {signed(hi)}]"
 
 
-def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_seed: int) -> list[tuple]:
+def stand_in(correct: dict[int, np.ndarray], deterministic: bool, other: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """A deterministic option's one model under each seed of the option it is compared with (every seed
+    would give it the same model: config.Variant.deterministic); any other option as it is."""
+    if not deterministic or len(correct) != 1 or not other:
+        return correct
+    (vector,) = correct.values()
+    return {seed: vector for seed in other}
+
+
+def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_seed: int,
+                    deterministic: Collection[str] = ()) -> list[tuple]:
     """One row per pair of options (the HEADER's columns). options: (label, {seed: correct vector});
     the main seed is `main_seed` where both options have it, else their smallest common seed. Seeds
-    are paired by value for the mean over seeds."""
+    are paired by value for the mean over seeds; an option whose label is in `deterministic` has one
+    model, which pairs with each seed of the other option (stand_in)."""
     rows = []
-    for i, (label_1, c_1) in enumerate(options):
-        for label_2, c_2 in options[i + 1:]:
+    for i, (label_1, own_1) in enumerate(options):
+        for label_2, own_2 in options[i + 1:]:
+            c_1 = stand_in(own_1, label_1 in deterministic, own_2)
+            c_2 = stand_in(own_2, label_2 in deterministic, c_1)
             common = sorted(set(c_1) & set(c_2))
             if not common:
                 rows.append((f"{label_1} vs {label_2}", "—", "—", "—", "—", "—", 0, "—",
@@ -286,7 +325,7 @@ def comparison_rows(options: Sequence[tuple[str, dict[int, np.ndarray]]], main_s
 def transfer_comparison(root: Path, params: Params) -> Optional[dict]:
     """The paired verdict rows of the transfer options, from every run's per-image test predictions
     under `root`: {"n": test images, "rows": comparison_rows}; None below two options with predictions."""
-    options, first = [], None
+    options, first, deterministic = [], None, []
     for v, label in params.reference.parts.transfer.items():
         if v not in params.variants:
             continue
@@ -300,6 +339,9 @@ def transfer_comparison(root: Path, params: Params) -> Optional[dict]:
             correct[seed] = y == pred
         if correct:
             options.append((label, correct))
+            if params.variants[v].deterministic:
+                deterministic.append(label)
     if len(options) < 2:
         return None
-    return {"n": len(first[1]), "rows": comparison_rows(options, params.seed)}
+    return {"n": len(first[1]), "rows": comparison_rows(options, params.seed, deterministic),
+            "deterministic": deterministic}
