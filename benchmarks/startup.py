@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 
 STAGES = ("download", "preprocess", "train", "evaluate", "embed", "report")
-# The variant stages seed themselves first thing (pipelines/train/engine.py:seed_everything), which
+# The variant stages seed themselves first thing (pipelines/compute.py:seed_everything), which
 # may import more of torch: that belongs to their fixed cost.
-STAGE_CODE = {s: "import stages.{s}\nfrom pipelines.train import engine\nengine.seed_everything(0)"
+STAGE_CODE = {s: "import stages.{s}\nfrom pipelines import compute\ncompute.seed_everything(0)"
               for s in ("train", "evaluate", "embed")}
 LIBRARIES = {"interpreter": "pass", "torch": "import torch", "mlflow": "import mlflow",
              "pydantic (pipelines.config)": "import pipelines.config", "matplotlib": "import matplotlib.figure",

@@ -23,7 +23,7 @@ def test_stages_without_a_network_import_neither_torch_nor_mlflow(stage):
 
 
 def test_the_main_job_imports_neither_torch_nor_mlflow():
-    mods = _imported_after("import pipelines.cli.run")
+    mods = _imported_after("import pipelines.cli.repro")
     assert "torch" not in mods and "mlflow" not in mods
 
 
@@ -33,7 +33,7 @@ def test_evaluate_does_not_import_sklearn():
 
 def test_seeding_sets_deterministic_kernels_without_the_compiler_stack():
     mods = _imported_after(
-        "import torch\nfrom pipelines.train import engine\nengine.seed_everything(1)\n"
+        "import torch\nfrom pipelines import compute\ncompute.seed_everything(1)\n"
         "assert torch.are_deterministic_algorithms_enabled()\n"
         "assert torch.is_deterministic_algorithms_warn_only_enabled()")
     assert "torch._inductor" not in mods and "torch._dynamo" not in mods

@@ -9,7 +9,7 @@ import torch
 
 from pipelines import hardware
 from pipelines.errors import ParamsError
-from pipelines.train import engine
+from pipelines import compute
 
 
 def _fake_proc(tmp_path, *argvs):
@@ -66,7 +66,7 @@ def test_seed_everything_sets_the_share(monkeypatch, capsys):
     before = torch.get_num_threads()
     try:
         monkeypatch.setenv("LAB_THREADS", "1")
-        engine.seed_everything(0)
+        compute.seed_everything(0)
         assert torch.get_num_threads() == 1
         assert "threads: 1 (LAB_THREADS)" in capsys.readouterr().out
     finally:
