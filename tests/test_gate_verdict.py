@@ -223,3 +223,20 @@ def test_per_image_results_are_read_from_the_evaluate_stage_outputs(tmp_path):
     assert evidence.variant_of(st) == "cnn" and evidence.variant_of(Stage("train@cnn")) is None
     # Extra seeds follow the global seed: a seed-only change changes every run.
     assert evidence.extra_seeds(42, 3) == [42001, 42002] and evidence.extra_seeds(43, 1) == []
+
+
+@pytest.mark.parametrize("change", ["lr30", "svm_c", "alexnet_lr30", "cnn_small"])
+def test_the_calibration_bad_changes_are_valid_params_and_change_what_they_say(change, params_raw, reference_raw):
+    import copy
+
+    from pipelines.cli.calibrate import BAD
+    from pipelines.config import parse
+
+    p = copy.deepcopy(params_raw)
+    BAD[change][1](p)
+    changed = parse(p, copy.deepcopy(reference_raw))
+    before = parse(copy.deepcopy(params_raw), copy.deepcopy(reference_raw))
+    v = {"lr30": "mnist_cnn", "svm_c": "tl_svm", "alexnet_lr30": "cifar_alexnet", "cnn_small": "mnist_cnn"}[change]
+    assert changed.variant(v) != before.variant(v)
+    if change.endswith("lr30"):
+        assert changed.variant(v).lr == pytest.approx(30 * before.variant(v).lr)

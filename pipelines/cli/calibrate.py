@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -28,7 +29,9 @@ from pipelines.gate.repo import commit, env, git
 
 
 def _lr30(p: dict) -> None:
-    p["variants"]["mnist_cnn"]["lr"] = 30 * p["variants"]["mnist_cnn"].get("lr", p["defaults"]["lr"])
+    # mnist_cnn_20ep continues mnist_cnn's training, so it must keep the same recipe (config.py).
+    for v in ("mnist_cnn", "mnist_cnn_20ep"):
+        p["variants"][v]["lr"] = 30 * p["variants"][v].get("lr", p["defaults"]["lr"])
 
 
 def _svm_c(p: dict) -> None:
@@ -40,9 +43,11 @@ def _alexnet_lr30(p: dict) -> None:
 
 
 def _cnn_small(p: dict) -> None:
-    """The Simple CNN without its hidden layer (mnist_cnn_small's model): a smaller loss than the others."""
-    p["variants"]["mnist_cnn"]["hidden"] = 0
-    p["variants"]["mnist_cnn"]["layers"] = {"intermediate": "pool", "final": "logits"}
+    """The Simple CNN without its hidden layer (mnist_cnn_small's model), with the variants that must
+    keep its model (its continuation, the stronger recipe judged against it)."""
+    for v in ("mnist_cnn", "mnist_cnn_20ep", "mnist_cnn_plus"):
+        p["variants"][v]["hidden"] = 0
+        p["variants"][v]["layers"] = {"intermediate": "pool", "final": "logits"}
 
 
 # Known-bad changes: name -> (what it does, the edit of params.yaml). The recipes have no vertical
@@ -75,6 +80,7 @@ def scratch_base(root: Path, dst: Path, metrics: list[str]) -> None:
 def one_check(base: Path, work: Path, name: str, edit: Callable[[dict], None], args: list[str]) -> dict:
     """Branch `name` of a clone of base with edit applied to params.yaml, judged against main."""
     ws = work / name
+    shutil.rmtree(ws, ignore_errors=True)
     git(["clone", "-q", str(base), str(ws)], work)
     git(["checkout", "-q", "-b", name], ws)
     p = yaml.safe_load((ws / "params.yaml").read_text())
@@ -115,7 +121,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     work = a.work or Path(tempfile.mkdtemp(prefix="calibrate-gate-"))
     work.mkdir(parents=True, exist_ok=True)
     base = work / "base"
-    scratch_base(Path.cwd(), base, a.metrics.split(","))
+    if base.is_dir():   # an earlier calibration's: the same base commit, so its cached runs serve again
+        print(f"reusing the scratch base {base} (its gated metrics are those it was made with)", flush=True)
+    else:
+        scratch_base(Path.cwd(), base, a.metrics.split(","))
     args = ["--profile", a.profile, "--cache", str(work / "cache")] + (["--seeds", str(a.seeds)] if a.seeds else []) \
         + (["--base-seeds", str(a.base_seeds)] if a.base_seeds else [])
     print(f"calibration in {work}; each check: python -m pipelines.cli.check --base main {' '.join(args)}", flush=True)
