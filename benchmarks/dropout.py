@@ -1,7 +1,8 @@
 """torch's dropout against the bit-cut one (pipelines/layers.py): speed, and accuracy over seeds.
 
     python -m benchmarks.dropout speed [--rounds 5] [--threads 1]
-    python -m benchmarks.dropout accuracy [--seeds 1 2 3] [--train-limit 10000] [--epochs 3] [--data data/prepared]
+    python -m benchmarks.dropout accuracy [--variant mnist_cnn] [--seeds 1 2 3] [--train-limit 10000] [--epochs 3]
+                                          [--data data/prepared]
 
 speed: per round, nn.Dropout and BitDropout in turn, so a machine's changing load falls on both:
 the dropout layers alone (forward + backward, at the shapes the networks give them: the Simple CNN's
@@ -10,10 +11,10 @@ one training step of each network (batch 64 and 128, channels-last, Adam, in the
 `precision: auto` picks here: bf16 autocast on a CPU with AVX-512 BF16 or AMX, else fp32). Medians of the
 per-call milliseconds and their ratios.
 
-accuracy: the Simple CNN's lab recipe (params.yaml variant mnist_cnn) trained from each seed with
-each dropout, with the pipeline's own loop on the prepared arrays (`dvc repro preprocess@mnist`),
+accuracy: a variant's recipe (params.yaml; mnist_cnn, the Simple CNN, or cifar_alexnet) trained from each
+seed with each dropout, with the pipeline's own loop on the prepared arrays (`dvc repro preprocess@<dataset>`),
 on a seeded subset of `train-limit` training images for `epochs` epochs, validated on the whole
-validation split; Welch's test on the per-seed best accuracies (benchmarks/precision.py:verdict).
+validation split, in fp32 (or --precision bf16); Welch's test on the per-seed best accuracies, as `make precision` does.
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipelines import config, hardware, models
+from pipelines import config, hardware, models, stats
 from pipelines.networks.alexnet_cifar import AlexNetCifar
 from pipelines.layers import BitDropout
 from pipelines.networks.simple_cnn import SimpleCNN
@@ -109,18 +110,17 @@ def speed(rounds: int, reps: int, precision: str) -> None:
         print(f"| {case} | {a:.3f} | {b:.3f} | {a / b:.2f}x |")
 
 
-def accuracy(seeds: list[int], train_limit: int, epochs: int, data: Path) -> None:
-    from benchmarks.precision import verdict
+def accuracy(name: str, seeds: list[int], train_limit: int, epochs: int, data: Path, precision: str) -> None:
     from pipelines.train import engine
     from pipelines.train.recipes import recipe_for
     from pipelines.train.setup import device_split, load_prepared, model_config
 
     params = config.load()
-    v = params.variant("mnist_cnn")
+    v = params.variant(name)
     prep = load_prepared(data / v.dataset)
     pick = np.sort(np.random.default_rng(0).permutation(len(prep.train["y"]))[:train_limit])
     train = {"x": prep.train["x"][pick], "y": prep.train["y"][pick]}
-    cfg = model_config(params, "mnist_cnn", v, prep.meta)
+    cfg = model_config(params, name, v, prep.meta)
     device = torch.device("cpu")
     best = {k: [] for k in KINDS}
     for seed in seeds:
@@ -132,18 +132,18 @@ def accuracy(seeds: list[int], train_limit: int, epochs: int, data: Path) -> Non
             model = model.to(device, memory_format=torch.channels_last)
             t0 = time.perf_counter()
             res = engine.fit(model, device_split(train, cfg, device), device_split(prep.val, cfg, device),
-                             recipe_for(v, epochs=epochs), device, "fp32", seed, desc=f"{kind} seed {seed}")
+                             recipe_for(v, epochs=epochs), device, precision, seed, desc=f"{kind} seed {seed}")
             best[kind].append(res.best_val_acc)
             print(f"seed {seed} {kind}: best val acc {res.best_val_acc:.2f} % at epoch {res.best_epoch} "
                   f"({res.train_images / res.train_seconds:.0f} img/s, {time.perf_counter() - t0:.0f} s)", flush=True)
-    (m0, s0), (m1, s1) = (stats_of(best[k]) for k in KINDS)
-    print(f"\nSimple CNN, {train_limit:,} training images, {epochs} epochs, {len(prep.val['y']):,} validation images, "
-          f"seeds {seeds}: nn.Dropout {m0:.2f} ± {s0:.2f} %, BitDropout {m1:.2f} ± {s1:.2f} %; "
-          f"{verdict(best['nn.Dropout'], best['BitDropout'])['says']}")
-
-
-def stats_of(values: list[float]) -> tuple[float, float]:
-    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    (m0, s0), (m1, s1) = (stats.mean_std(best[k]) for k in KINDS)
+    p = stats.welch_p(best["nn.Dropout"], best["BitDropout"]) if len(seeds) > 1 else None
+    says = ("one seed: no noise to compare with" if p is None else
+            f"within the seeds' noise (Welch p = {p:.2f} > {stats.ALPHA})" if p > stats.ALPHA else
+            f"BitDropout {'lower' if m1 < m0 else 'higher'} beyond the noise (Welch p = {p:.3f})")
+    print(f"\n{name}, {train_limit:,} training images, {epochs} epochs, {len(prep.val['y']):,} validation images, "
+          f"{precision}, seeds {seeds}: nn.Dropout {m0:.2f} ± {s0:.2f} %, BitDropout {m1:.2f} ± {s1:.2f} % "
+          f"({m1 - m0:+.2f} pp); {says}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -156,17 +156,19 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--precision", choices=["fp32", "bf16"], default="bf16" if hardware.native_bf16() else "fp32",
                    help="of the training steps (default: what precision auto picks on this CPU)")
     a = sub.add_parser("accuracy")
+    a.add_argument("--variant", default="mnist_cnn", help="a variant of params.yaml with dropout layers")
     a.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
     a.add_argument("--train-limit", type=int, default=10000)
     a.add_argument("--epochs", type=int, default=3)
     a.add_argument("--data", type=Path, default=Path("data/prepared"))
+    a.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     args = ap.parse_args(argv)
     if args.what == "speed":
         if args.threads:
             torch.set_num_threads(args.threads)
         speed(args.rounds, args.reps, args.precision)
     else:
-        accuracy(args.seeds, args.train_limit, args.epochs, args.data)
+        accuracy(args.variant, args.seeds, args.train_limit, args.epochs, args.data, args.precision)
     return 0
 
 

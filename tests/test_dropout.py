@@ -60,6 +60,11 @@ def test_bf16_stays_bf16_and_other_probabilities_fall_back_to_torchs_dropout():
     x = torch.randn(128, 2048, dtype=torch.bfloat16)
     y = BitDropout(0.5).train()(x)
     assert y.dtype == torch.bfloat16 and set(torch.unique(y[x != 0] / x[x != 0]).tolist()) == {0.0, 2.0}
+    # 4/3 is not a bf16 number: the kept elements are x * 4/3 rounded once, not x * bf16(4/3).
+    z = torch.randn(4096, dtype=torch.bfloat16)
+    y = BitDropout(0.25).train()(z)
+    kept = y != 0
+    assert torch.equal(y[kept], (z[kept].float() * (4 / 3)).to(torch.bfloat16))
     torch.manual_seed(1)
     a = BitDropout(0.1).train()(x.float())
     torch.manual_seed(1)
