@@ -123,3 +123,26 @@ def test_a_real_repro_prints_a_line_per_stage_and_keeps_the_stages_lines(toy, ca
     lines.clear()
     rc, ran = progress.repro([], toy, out=lines.append)
     assert rc == 0 and lines == ["[run] 0 stage(s) to run"] and not ran.walls
+
+
+@pytest.mark.slow
+def test_a_fresh_project_plans_every_stage_in_dvcs_order(tmp_path):
+    # `dvc repro --dry` stops at `use`, whose input `made` does not exist yet: the plan is then DVC's
+    # own order of every stage, so a first run still says "stage k of n".
+    (tmp_path / "dvc.yaml").write_text(textwrap.dedent("""\
+        stages:
+          use:
+            cmd: cat made > used
+            deps: [made]
+            outs: [used]
+          make:
+            cmd: echo hi > made
+            outs: [made]
+        """))
+    env = {"DVC_NO_ANALYTICS": "1", "PATH": __import__("os").environ["PATH"]}
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    subprocess.run(["dvc", "init", "-q"], cwd=tmp_path, check=True, env=env)
+    dry = subprocess.run(["dvc", "repro", "--dry"], cwd=tmp_path, env=env, capture_output=True, text=True)
+    assert dry.returncode != 0
+    assert progress.plan([], tmp_path, env) == (["make", "use"], set())
+    assert progress.plan(["use"], tmp_path, env) == ([], set())   # named targets: no guess

@@ -55,7 +55,10 @@ def plan(repro_args: list[str], root: Path, env: dict) -> tuple[list[str], set[s
     """(the stages `dvc repro <args>` will run, in order; those of them DVC's run cache will restore)."""
     out = subprocess.run(["dvc", "repro", "--dry", *repro_args], cwd=root, env=env, capture_output=True, text=True)
     if out.returncode != 0:
-        return [], set()
+        # A dry run stops at the first stage whose inputs an earlier stage has yet to write (a fresh
+        # clone): a whole-lab run then runs every stage, in the order DVC plans them.
+        whole = not any(a for a in repro_args if not a.startswith("-"))
+        return (dag_order(root) if whole else []), set()
     stages, cached = [], set()
     for line in out.stdout.splitlines():
         if m := RUNNING.match(line):
@@ -63,6 +66,19 @@ def plan(repro_args: list[str], root: Path, env: dict) -> tuple[list[str], set[s
         elif m := FROM_CACHE.match(line):
             cached.add(m.group(1))
     return stages, cached
+
+
+def dag_order(root: Path) -> list[str]:
+    """Every stage of the project's dvc.yaml by the name `dvc repro` prints, in the order it runs them;
+    [] if DVC cannot say."""
+    try:
+        from dvc.repo import Repo
+        from dvc.repo.reproduce import plan_repro
+
+        with Repo(str(root)) as repo:
+            return [stage.name for stage in plan_repro(repo.index.graph)]
+    except Exception:   # noqa: BLE001 -- the progress lines then count the stages as they come
+        return []
 
 
 def clock(seconds: float) -> str:
