@@ -68,8 +68,8 @@ def read_metrics(cwd: Path, stages: list[Stage]) -> dict[str, float]:
     return out
 
 
-def collect(cwd: Path, gated: list[Stage], seed: int, seeds: int, cache: Path, work: Path, log: list[str],
-            jobs: int = 1) -> dict[str, Runs]:
+def collect(cwd: Path, dag: dict[str, Stage], gated: list[Stage], seed: int, seeds: int, cache: Path, work: Path,
+            log: list[str], jobs: int = 1) -> dict[str, Runs]:
     """The runs of each gated evaluate stage in cwd: its own, then seeds - 1 more (cached by content),
     `jobs` of those at a time."""
     found: dict[str, Runs] = {}
@@ -81,7 +81,7 @@ def collect(cwd: Path, gated: list[Stage], seed: int, seeds: int, cache: Path, w
 
     def one(job: tuple[Stage, int]) -> tuple[Stage, int, object, bool, float]:
         t0 = time.perf_counter()
-        correct, cached = evidence.extra_run(cwd, job[0], job[1], cache, work)
+        correct, cached = evidence.extra_run(cwd, job[0], job[1], cache, work, evidence.code_of(dag, job[0]))
         return job[0], job[1], correct, cached, time.perf_counter() - t0
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -104,7 +104,7 @@ def here(stages: list[str], root: Path, dag: dict[str, Stage], gated: list[Stage
         return out
     seed = yaml.safe_load((root / "params.yaml").read_text()).get("seed", 0)
     try:
-        out.runs["head"] = collect(root, gated, seed, seeds, cache, work, out.log)
+        out.runs["head"] = collect(root, dag, gated, seed, seeds, cache, work, out.log)
     except RuntimeError as e:
         out.failed = str(e)
         return out
@@ -176,7 +176,7 @@ def _reproduce_side(clone: Path, side: Side, stages: list[str], gated_names: set
         failed = "`dvc repro` failed" + (f" ({', '.join(sorted(set(bad)))})" if bad else "")
     gated = [dag[s] for s in todo if s in gated_names]
     try:
-        out.runs[name] = collect(clone, gated, side.params.get("seed", 0), side.seeds, cache,
+        out.runs[name] = collect(clone, dag, gated, side.params.get("seed", 0), side.seeds, cache,
                                  work / name, out.log, jobs(side.params))
     except RuntimeError as e:
         out.log.append(str(e))
