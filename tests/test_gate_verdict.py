@@ -221,6 +221,10 @@ def test_per_image_results_are_read_from_the_evaluate_stage_outputs(tmp_path):
     correct, digest = evidence.read_run(tmp_path, st)
     assert correct.tolist() == [True, False, True] and digest == "bb"
     assert evidence.variant_of(st) == "cnn" and evidence.variant_of(Stage("train@cnn")) is None
+    # An extra run's cache key covers the code its train and evaluate stages declare, nothing else.
+    dag = {"train@cnn": Stage("train@cnn", files=["stages/train.py", "pipelines/stats.py", "data/prepared/mnist"]),
+           "evaluate@cnn": st}
+    assert evidence.code_of(dag, st) == ["pipelines/stats.py", "stages/evaluate.py", "stages/train.py"]
     # Extra seeds follow the global seed: a seed-only change changes every run.
     assert evidence.extra_seeds(42, 3) == [42001, 42002] and evidence.extra_seeds(43, 1) == []
 

@@ -5,7 +5,7 @@ The main run is the DVC stage's own (evaluate's confusion.csv: one row per valid
 order). Extra seeds are trained and evaluated outside DVC with the stages' own commands
 (`python -m stages.train --seed S`, `python -m stages.evaluate`), on the same prepared data, and kept
 in a cache keyed by everything they are computed from (params as the stages read them, the seed, the
-prepared data's digests, the code), so that checks against the same base, and heads that leave a
+prepared data's digests, the stages' code as dvc.yaml declares it), so that checks against the same base, and heads that leave a
 variant alone, reuse them.
 """
 from __future__ import annotations
@@ -24,7 +24,6 @@ import yaml
 
 from pipelines.gate.repo import Stage, env
 
-CODE_DIRS = ("pipelines", "stages")
 
 
 @dataclass
@@ -77,17 +76,23 @@ def extra_seeds(seed: int, count: int) -> list[int]:
     return [1000 * seed + i for i in range(1, count)]
 
 
-def _key(cwd: Path, variant: str, seed: int, data: str) -> str:
+def code_of(dag: dict[str, Stage], stage: Stage) -> list[str]:
+    """The code an extra run of an evaluate stage's variant executes: the Python files its train and
+    evaluate stages declare as deps in dvc.yaml (tests/test_stage_deps.py keeps those complete)."""
+    v = variant_of(stage)
+    return sorted({f for s in (dag.get(f"train@{v}"), stage) if s for f in s.files if f.endswith(".py")})
+
+
+def _key(cwd: Path, variant: str, seed: int, data: str, code: list[str]) -> str:
     """The cache key of one extra run: the params the train and evaluate stages read, the seed, the
-    prepared data's digests and the code."""
+    prepared data's digests and the stages' code."""
     p = yaml.safe_load((cwd / "params.yaml").read_text())
-    read = {k: p.get(k) for k in ("protocol", "device", "precision", "defaults")}
+    read = {k: p.get(k) for k in ("protocol", "device", "precision", "defaults", "threads")}
     read["variant"] = p["variants"][variant]
     h = hashlib.sha256(json.dumps([read, variant, seed], sort_keys=True, default=str).encode())
     h.update((cwd / data / "meta.json").read_bytes())
-    for d in CODE_DIRS:
-        for f in sorted((cwd / d).rglob("*.py")):
-            h.update(str(f.relative_to(cwd)).encode() + b"\0" + f.read_bytes())
+    for f in code:
+        h.update(f.encode() + b"\0" + (cwd / f).read_bytes())
     return h.hexdigest()[:32]
 
 
@@ -104,13 +109,13 @@ def _train_and_evaluate(cwd: Path, variant: str, seed: int, data: str, out: Path
             raise RuntimeError(f"`python -m {' '.join(c[:3])} --seed {seed}` failed (exit {r.returncode})")
 
 
-def extra_run(cwd: Path, stage: Stage, seed: int, cache: Path, work: Path) -> tuple[np.ndarray, bool]:
+def extra_run(cwd: Path, stage: Stage, seed: int, cache: Path, work: Path, code: list[str]) -> tuple[np.ndarray, bool]:
     """(correct per validation image, whether it came from the cache) of `stage`'s variant trained with
     `seed` on the prepared data in cwd. Raises RuntimeError when a command fails."""
     from pipelines import io
 
     variant, data = variant_of(stage), _prepared(stage)
-    path = cache / "runs" / f"{_key(cwd, variant, seed, data)}.npy"
+    path = cache / "runs" / f"{_key(cwd, variant, seed, data, code)}.npy"
     if path.is_file():
         return np.load(path), True
     out = work / f"{variant}-{seed}"

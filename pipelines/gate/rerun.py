@@ -42,11 +42,11 @@ def repro(stages: list[str], cwd: Path, log: list[str]) -> int:
     print(f"$ dvc repro {' '.join(stages)}   (in {cwd})", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     # The stages' own output goes to stderr: stdout carries only the summary.
-    p = subprocess.run(["dvc", "repro", *stages], cwd=cwd, env=env(), stdout=subprocess.PIPE,
+    p = subprocess.run(["dvc", "repro", "--keep-going", *stages], cwd=cwd, env=env(), stdout=subprocess.PIPE,
                        stderr=subprocess.STDOUT, text=True)
     sys.stderr.write(p.stdout)
     log.append(f"$ dvc repro {' '.join(stages)}   ({time.perf_counter() - t0:.0f} s, exit {p.returncode})")
-    log += [line for line in p.stdout.splitlines() if line.startswith(("Running stage", "Stage '"))]
+    log += [line for line in p.stdout.splitlines() if line.startswith(("Running stage", "Stage '", "ERROR: "))]
     return p.returncode
 
 
@@ -68,8 +68,8 @@ def read_metrics(cwd: Path, stages: list[Stage]) -> dict[str, float]:
     return out
 
 
-def collect(cwd: Path, gated: list[Stage], seed: int, seeds: int, cache: Path, work: Path, log: list[str],
-            jobs: int = 1) -> dict[str, Runs]:
+def collect(cwd: Path, dag: dict[str, Stage], gated: list[Stage], seed: int, seeds: int, cache: Path, work: Path,
+            log: list[str], jobs: int = 1) -> dict[str, Runs]:
     """The runs of each gated evaluate stage in cwd: its own, then seeds - 1 more (cached by content),
     `jobs` of those at a time."""
     found: dict[str, Runs] = {}
@@ -81,7 +81,7 @@ def collect(cwd: Path, gated: list[Stage], seed: int, seeds: int, cache: Path, w
 
     def one(job: tuple[Stage, int]) -> tuple[Stage, int, object, bool, float]:
         t0 = time.perf_counter()
-        correct, cached = evidence.extra_run(cwd, job[0], job[1], cache, work)
+        correct, cached = evidence.extra_run(cwd, job[0], job[1], cache, work, evidence.code_of(dag, job[0]))
         return job[0], job[1], correct, cached, time.perf_counter() - t0
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
@@ -104,7 +104,7 @@ def here(stages: list[str], root: Path, dag: dict[str, Stage], gated: list[Stage
         return out
     seed = yaml.safe_load((root / "params.yaml").read_text()).get("seed", 0)
     try:
-        out.runs["head"] = collect(root, gated, seed, seeds, cache, work, out.log)
+        out.runs["head"] = collect(root, dag, gated, seed, seeds, cache, work, out.log)
     except RuntimeError as e:
         out.failed = str(e)
         return out
@@ -140,11 +140,26 @@ class Side:
     seeds: int
 
 
+def _clear_outputs(clone: Path, stages: list[Stage]) -> None:
+    """Remove the stages' outputs (the base's, in the shared clone), so that a head stage that fails
+    leaves nothing of the base's behind to be read as the head's."""
+    for st in stages:
+        for o in st.outs:
+            path = clone / o
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
 def _reproduce_side(clone: Path, side: Side, stages: list[str], gated_names: set[str], cache: Path,
-                    work: Path, out: Outcome, name: str) -> bool:
+                    work: Path, out: Outcome, name: str) -> Optional[str]:
+    """Reproduce one side in the clone and collect its runs into out; what failed, or None. A stage
+    that fails does not stop the others (`dvc repro --keep-going`): the gated metrics it does not
+    feed are still judged."""
     (clone / "params.yaml").write_text(yaml.safe_dump(side.params, sort_keys=False))
-    # One DVC cache for every check (.dvc/config.local, git-ignored): unchanged data stages
-    # (download, preprocess) come back from DVC's run cache instead of running again.
+    # One DVC cache for every check (.dvc/config.local, git-ignored): stages whose inputs an earlier
+    # check already ran come back from DVC's run cache instead of running again.
     run(["dvc", "cache", "dir", "--local", str((cache / "dvc").resolve())], clone)
     dag = read_dag(clone)
     # The stale stages were found in the full-size DAG; the shrunk one may fan out over fewer
@@ -152,19 +167,22 @@ def _reproduce_side(clone: Path, side: Side, stages: list[str], gated_names: set
     todo = [s for s in stages if s in dag]
     if name == "head":
         out.ran = todo
+        _clear_outputs(clone, [dag[s] for s in todo])
     else:
         out.ran_base = todo
+    failed = None
     if todo and repro(todo, clone, out.log) != 0:
-        return False
+        bad = [line.split("'")[1] for line in out.log if line.startswith("ERROR: failed to reproduce '")]
+        failed = "`dvc repro` failed" + (f" ({', '.join(sorted(set(bad)))})" if bad else "")
     gated = [dag[s] for s in todo if s in gated_names]
     try:
-        out.runs[name] = collect(clone, gated, side.params.get("seed", 0), side.seeds, cache,
+        out.runs[name] = collect(clone, dag, gated, side.params.get("seed", 0), side.seeds, cache,
                                  work / name, out.log, jobs(side.params))
     except RuntimeError as e:
         out.log.append(str(e))
-        return False
+        return str(e)
     out.metrics[name] = read_metrics(clone, [dag[s] for s in todo])
-    return True
+    return failed
 
 
 def _base_dir(cache: Path, base: Side) -> Path:
@@ -218,14 +236,16 @@ def profiled(root: Path, base: Side, head: Side, stages: list[str], outs: list[s
         out.log.append(f"base: from the cache ({folder})")
     else:
         git(["checkout", "-q", "--detach", base.sha], clone)
-        if not _reproduce_side(clone, base, stages, gated_names, cache, work, out, "base"):
-            out.failed = f"the base does not reproduce on the {note}"
+        failed = _reproduce_side(clone, base, stages, gated_names, cache, work, out, "base")
+        if failed:
+            out.failed = f"the base does not reproduce on the {note}: {failed}"
             return out
         _base_to_cache(folder, clone, out)
     git(["checkout", "-q", "-f", "--detach", head.sha], clone)
     _overlay_worktree(root, clone, outs)
-    if not _reproduce_side(clone, head, stages, gated_names, cache, work, out, "head"):
-        out.failed = f"`dvc repro` or an extra seed's run failed on the {note}"
+    failed = _reproduce_side(clone, head, stages, gated_names, cache, work, out, "head")
+    if failed:
+        out.failed = f"on the {note}: {failed}"
     return out
 
 

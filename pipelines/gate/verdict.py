@@ -1,5 +1,6 @@
 """The gate's judgement: its settings (reference.yaml `check:`, the base's own), each gated metric
-against the base, and the Markdown summary CI shows."""
+against the base (better, worse, or no difference detectable, with Holm over the gated metrics),
+and the verdict line (pipelines/gate/summary.py writes the rest of the summary)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,8 +11,8 @@ import yaml
 from pydantic import ValidationError
 
 from pipelines import config, reference, stats, yamlfile
-from pipelines.gate import noise
 from pipelines.errors import CheckError
+from pipelines.gate import noise
 from pipelines.gate.evidence import Runs
 from pipelines.gate.repo import Stage, git
 from pipelines.gate.rerun import Outcome
