@@ -16,7 +16,7 @@ import pytest
 import yaml
 
 from pipelines import profiles
-from pipelines.cli import edge
+from pipelines.cli.variant_stage import variant_stage
 from pipelines.io import ANY_TEMP, file_digest
 import isolation
 
@@ -164,7 +164,8 @@ def test_every_stage_clears_its_own_leftovers_as_it_starts(tmp_path, monkeypatch
     for p in kept:
         p.write_bytes(b"mine")
     if module in ("stages.train", "stages.evaluate", "stages.embed"):
-        code = edge.variant_stage(module.split(".")[1], lambda *a, **k: None, argv)
+        options = __import__("stages.train", fromlist=["train_options"]).train_options if module == "stages.train" else None
+        code = variant_stage(module.split(".")[1], lambda *a, **k: None, argv, options=options)
     else:
         code = __import__(module, fromlist=["main"]).main(argv)
     assert code == 2   # params.yaml missing: a bad-input stop, after the clearing
