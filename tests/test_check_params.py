@@ -267,9 +267,9 @@ def test_only_the_report_declares_reference_data():
     with Repo(str(isolation.REPO)) as repo:
         declared = {s.name: sorted(k for d in s.deps if hasattr(d, "params") and d.def_path == "reference.yaml"
                                    for k in d.params) for s in repo.index.stages}
-    assert {s: k for s, k in declared.items() if k} == {"report": ["lab", "recipes"]}
+    assert {s: k for s, k in declared.items() if k} == {"report": ["lab", "parts", "recipes"]}
     # ... and every section the report reads is declared there.
-    assert set(config.REFERENCE_KEYS) - {"check"} == {"lab", "recipes"}
+    assert set(config.REFERENCE_KEYS) - {"check"} == {"lab", "parts", "recipes"}
 
 
 @pytest.mark.slow
