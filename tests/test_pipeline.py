@@ -236,13 +236,14 @@ def check_report_numbers(root: Path, md: str, variants: list[str]) -> int:
         train, ev, _ = _metrics(root, v)
         diag = train["diagnosis"]
         finite = lambda x: isinstance(x, (int, float)) and math.isfinite(x)
+        minus = lambda t: t.replace("-", "\u2212")   # the report prints signed numbers with a real minus sign
         expect = {"epochs": count(train["epochs"]), "best validation accuracy": pct(train["best_val_acc"]),
                   "best epoch": count(train["best_epoch"]), "best accuracy epoch": count(diag.get("best_acc_epoch")),
                   "min val loss epoch": count(diag.get("min_val_loss_epoch")),
                   "trainable parameters": count(train["params_total"]), "macro F1": f"{ev['macro_f1']:.4g}",
-                  "final loss gap (val − train)": f"{diag['final_loss_gap']:.4f}"
+                  "final loss gap (val − train)": minus(f"{diag['final_loss_gap']:.4f}")
                   if finite(diag.get("final_loss_gap")) else "—",
-                  "final accuracy gap (train − val)": f"{diag['final_acc_gap']:+.2f} pp"
+                  "final accuracy gap (train − val)": minus(f"{diag['final_acc_gap']:+.2f} pp")
                   if finite(diag.get("final_acc_gap")) else "—",
                   "verdict": diag["verdict"]}
         for col, cell in row.items():
