@@ -143,10 +143,10 @@ def test_a_regression_beyond_tolerance_fails_and_names_the_metric(wide_base, tmp
     verdict = next(line for line in r.stdout.splitlines() if line.startswith("**Verdict"))
     assert verdict.startswith("**Verdict: FAIL**")
     m = re.search(re.escape(GATED) + r" dropped ([\d.]+) pp \(([\d.]+) -> ([\d.]+)\), beyond noise "
-                  r"\(Holm p ([\d.e-]+|below 0.001)\) and the 1 pp tolerance", verdict)
+                  r"\(Holm p (< 0\.001|= [\d.e-]+)\) and the 1 pp tolerance", verdict)
     assert m, verdict
     assert float(m[3]) < float(m[2]) - 1.0  # it really got worse, beyond the 1 pp tolerance
-    assert m[4] == "below 0.001" or float(m[4]) < 0.05
+    assert m[4] == "< 0.001" or float(m[4][2:]) < 0.05
     assert _row(r.stdout)[4] == "**FAIL**: worse"
     assert "dvc.lock is stale for changed params" in verdict and "train@tl_svm: variants.tl_svm" in verdict
 
