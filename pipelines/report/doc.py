@@ -12,7 +12,7 @@ from typing import Optional, Sequence
 
 from pipelines.config import Params
 from pipelines.report.load import FIGURES, Data, Results, load_results
-from pipelines.stats import mean_std, p_is, p_value  # noqa: F401 -- the report's p formats
+from pipelines.stats import mean_std
 
 
 @dataclass(frozen=True)

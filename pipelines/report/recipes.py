@@ -3,10 +3,10 @@ here) at the same model, epochs and data, with the goal params.yaml names and th
 from __future__ import annotations
 
 from pipelines.config import Params
-from pipelines.report.doc import Document, Inputs, p_value, pct, pp
+from pipelines.report.doc import Document, Inputs, pct, pp
 from pipelines.report.load import Results, is_kind
 from pipelines.report.readings import accuracy, n_val
-from pipelines.stats import ALPHA, two_proportion_p
+from pipelines.stats import ALPHA, p_value, two_proportion_p
 
 RECIPE_FIELDS = ("batch_size", "optimizer", "lr", "momentum", "weight_decay", "schedule", "label_smoothing", "augment")
 

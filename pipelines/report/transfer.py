@@ -26,11 +26,11 @@ import numpy as np
 from pipelines import stats
 from pipelines.config import Params
 from pipelines.errors import ReportError
-from pipelines.report.doc import Document, Inputs, finite, mean_cell, minus, num, p_is, p_value, pct, pp, signed
+from pipelines.report.doc import Document, Inputs, finite, mean_cell, minus, num, pct, pp, signed
 from pipelines.report.load import is_kind, load_replicates, load_test_predictions
 from pipelines.report.readings import data_line, final_layer, how_to_run, n_val, on_data, variant_diagnosis
 from pipelines.report.variant import embedding, evaluation, layer_cell, sizes, verdict_line
-from pipelines.stats import ALPHA, mean_std, smallest_detectable, t_interval, two_proportion_p, welch_p
+from pipelines.stats import ALPHA, mean_std, p_is, p_value, smallest_detectable, t_interval, two_proportion_p, welch_p
 
 
 def section(doc: Document, src: Inputs) -> None:
