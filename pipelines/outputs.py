@@ -145,6 +145,13 @@ class Diagnosis(Output):
     rule: Optional[str] = Field(None, description="the rule behind the verdict, in words")
 
 
+class StageClock(Output):
+    """When a stage process started, its body began and it wrote its metrics (Unix epoch seconds)."""
+    process_start_epoch_seconds: float = Field(description="the process's creation, as the kernel recorded it")
+    body_start_epoch_seconds: float = Field(description="the stage body's start, after the interpreter and imports")
+    end_epoch_seconds: float = Field(description="just before this metrics file was written")
+
+
 class TrainMetrics(Output):
     """metrics/<v>/train.json, and metrics/replicates/<v>-<seed>.json (the variant retrained with `seed`)."""
     variant: Optional[str] = Field(None, description="the params `variants` key")
@@ -182,6 +189,7 @@ class TrainMetrics(Output):
     mlflow_run_id: Optional[str] = Field(None, description="the variant's MLflow run; its model is `runs:/<mlflow_run_id>/model`")
     model_log_seconds: Optional[float] = Field(None, description="time logging that MLflow model took (part of `seconds`)")
     seconds: Optional[float] = Field(None, description="the whole stage body, data loading to the logged model")
+    clock: Optional[StageClock] = Field(None, description="the stage process's start, body and end times")
 
 
 class RunRecord(Output):
@@ -213,6 +221,7 @@ class EvaluateMetrics(Output):
     test_accuracy: Optional[float] = Field(None, description="accuracy on the held-out test split (%), with a test split")
     test_n: Optional[int] = Field(None, description="held-out test images, with a test split")
     seconds: Optional[float] = Field(None, description="the stage body up to this file")
+    clock: Optional[StageClock] = Field(None, description="the stage process's start, body and end times")
 
 
 class PerClassRow(Row):
@@ -270,6 +279,7 @@ class EmbedMetrics(Output):
     layers: dict[str, LayerMap] = Field(description="`intermediate` and `final` (params `layers`)")
     tsne_backend: Optional[str] = Field(None, description="`openTSNE` or `scikit-learn`")
     seconds: Optional[float] = Field(None, description="feature extraction, maps and measures")
+    clock: Optional[StageClock] = Field(None, description="the stage process's start, body and end times")
 
 
 class TsneRow(Row):

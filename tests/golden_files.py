@@ -5,6 +5,7 @@ Rebuild from a finished tiny-profile run (only when an output is meant to change
 commit):
 
     python tests/golden_files.py <root of a finished tiny run>
+    python tests/golden_files.py --report-only    # the report's code changed: rebuild report.md/html only
 
 It copies the run's params.yaml and reference.yaml, every `data/prepared/*/{meta.json,sizes.csv}`, `metrics/` and every CSV
 under `results/` into tests/golden/workspace, replaces each figure by a tiny PNG of its own (the
@@ -34,7 +35,7 @@ NOW = datetime(2026, 1, 2, 3, 4, tzinfo=timezone.utc)   # the report's "Generate
 # runs of the same code on the same machine, so the digests leave them out. So does openTSNE's final
 # KL divergence: its last digits follow the threads' summation order (the map itself is identical).
 VOLATILE_SUFFIXES = ("seconds", "seconds_here", "img_per_s", "gflop_per_s", "pct_of_peak", "run_id", "kl_divergence")
-VOLATILE_KEYS = {"experiment_id", "tracking_uri"}
+VOLATILE_KEYS = {"experiment_id", "tracking_uri", "clock"}   # clock: the stage process's start and end times
 
 
 def volatile(key: str) -> bool:
@@ -120,19 +121,26 @@ def _copy_inputs(run: Path) -> None:
                 shutil.copy(f, dst)
 
 
-def main(run: Path) -> None:
+def main(run: Path | None) -> None:
+    """Rebuild from the finished tiny run `run`; with None, only the report from today's workspace (the
+    report's code changed, the run's outputs did not)."""
     sys.path.insert(0, str(GOLDEN.parents[1]))
     import test_golden   # the one place that knows how to build the report from a workspace
 
-    _copy_inputs(run)
+    if run is not None:
+        _copy_inputs(run)
     with tempfile.TemporaryDirectory() as tmp:   # outside any git checkout, as in the test
         ws = Path(tmp) / "ws"
         shutil.copytree(WORKSPACE, ws)
         md, page = test_golden.build_report(ws, Path(tmp) / "out")
     (GOLDEN / "report.md").write_text(md)
     (GOLDEN / "report.html").write_text(page)
+    if run is None:
+        return
     (GOLDEN / "metrics.json").write_text(json.dumps({"cpu": cpu_signature(), "files": digests(run)}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
-    main(Path(sys.argv[1]).resolve())
+    if len(sys.argv) != 2:
+        raise SystemExit("usage: python tests/golden_files.py <finished tiny run> | --report-only")
+    main(None if sys.argv[1] == "--report-only" else Path(sys.argv[1]).resolve())

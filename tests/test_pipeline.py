@@ -92,6 +92,31 @@ def test_every_stage_ran_and_wrote_its_outputs(ws):
     assert "not run" not in md.lower()
 
 
+def test_the_run_accounts_for_the_time_outside_the_stage_bodies(ws):
+    # Every variant stage records its process's clock; the report and the main job's last line split the
+    # run into the stages' bodies, their start-up and the rest, and the parts add up.
+    root, log = ws
+    clocked = [f"metrics/{v}/{s}.json" for v in VARIANTS for s in ("train", "evaluate", "embed")]
+    clocked += [f"metrics/replicates/{r.split('@')[1]}.json" for r in REPLICATES]
+    clocks = [json.loads((root / f).read_text())["clock"] for f in clocked]
+    for c in clocks:
+        assert c["process_start_epoch_seconds"] < c["body_start_epoch_seconds"] < c["end_epoch_seconds"]
+    # The stage processes ran one after another.
+    spans = sorted((c["process_start_epoch_seconds"], c["end_epoch_seconds"]) for c in clocks)
+    assert all(a[1] <= b[0] for a, b in zip(spans, spans[1:]))
+    md = (root / "reports/report.md").read_text()
+    m = re.search(r"\*\*([\d,]+) s outside the (\d+) clocked stages' bodies\*\*: ([\d,]+) s of process start-up .*? and "
+                  r"([\d,]+) s between one stage's metrics and the next stage's process \((\d+) gaps", md)
+    assert m, "the report's 'Outside the stages' work' paragraph is missing"
+    total, n, startup, gaps, n_gaps = (int(g.replace(",", "")) for g in m.groups())
+    assert n == len(clocks) and n_gaps == len(clocks) - 1   # one run: every stage but the first has a gap
+    assert abs(total - startup - gaps) <= 1 and startup > 0 and gaps > 0
+    startup_clocks = sum(c["body_start_epoch_seconds"] - c["process_start_epoch_seconds"] for c in clocks)
+    assert abs(startup - startup_clocks) <= 1
+    last = re.search(r"of which the bodies of the (\d+) clocked stages (\d+):(\d\d):(\d\d), their process start-up", log)
+    assert last and int(last.group(1)) == len(clocks), log[-2000:]
+
+
 # Variants whose validation accuracy the tiny profile's budget cannot lift beyond chance, with
 # what was measured (2026-11-28, tiny profile, 2 vCPU): they are still held to fitting their
 # training images beyond chance.

@@ -62,6 +62,21 @@ def test_floor_line_sums_the_floors_of_the_training_stages_that_ran(tmp_path):
     assert "no training stage ran" in progress.floor_line(p, 9.0)
 
 
+def test_outside_line_splits_the_run_into_bodies_start_up_and_the_rest(tmp_path):
+    def clock(start, body, end):
+        return {"process_start_epoch_seconds": start, "body_start_epoch_seconds": body, "end_epoch_seconds": end}
+    _metrics(tmp_path, "train@a", seconds=40.0, clock=clock(1000.0, 1003.0, 1043.0))   # body 40, start-up 3
+    _metrics(tmp_path, "evaluate@a", seconds=5.0, clock=clock(1050.0, 1052.0, 1057.0))  # body 5, start-up 2
+    _metrics(tmp_path, "embed@a", seconds=9.0)   # older metrics without a clock: not counted
+    p = progress.Progress(["train@a", "evaluate@a", "embed@a"], set(), tmp_path)
+    p.walls = {"train@a": 48.0, "evaluate@a": 9.0, "embed@a": 12.0}
+    line = progress.outside_line(p, 100.0)
+    assert line.startswith("of which the bodies of the 2 clocked stages 0:00:45, their process start-up 0:00:05, "
+                           "and the rest 0:00:50 ("), line
+    p.walls = {"preprocess@x": 3.0}
+    assert progress.outside_line(p, 3.0) is None
+
+
 TOY_STAGE = ("import json, os, sys, time; key = sys.argv[1]; os.makedirs(f'metrics/{key}', exist_ok=True); "
              "time.sleep(0.3); json.dump({'seconds': 0.3, 'floor_seconds': 0.1}, open(f'metrics/{key}/train.json', 'w')); "
              "print(f'[001] epoch line of {key}', flush=True)")

@@ -148,6 +148,29 @@ def repro(repro_args: list[str], root: Path = Path("."), out: Callable[[str], No
     return rc, progress
 
 
+def clock_of(stage: str, root: Path) -> Optional[dict]:
+    """The clock (process start, body start, end) the stage's metrics file recorded, or None."""
+    path = metrics_file(stage, root)
+    try:
+        clock = read_json(path).get("clock") if path is not None else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    return clock if isinstance(clock, dict) else None
+
+
+def outside_line(progress: Progress, seconds: float) -> Optional[str]:
+    """How much of the whole run the stages' bodies took, and what was left to everything else."""
+    clocks = [c for c in (clock_of(s, progress.root) for s in progress.walls if s not in progress.cached) if c]
+    if not clocks:
+        return None
+    body = sum(c["end_epoch_seconds"] - c["body_start_epoch_seconds"] for c in clocks)
+    startup = sum(c["body_start_epoch_seconds"] - c["process_start_epoch_seconds"] for c in clocks)
+    rest = seconds - body - startup
+    return (f"of which the bodies of the {len(clocks)} clocked stages {clock(body)}, their process start-up "
+            f"{clock(startup)}, and the rest {clock(rest)} (DVC's bookkeeping, process exits, the data stages, "
+            f"the report); the report's \"Where the time went\" has each stage")
+
+
 def floor_line(progress: Progress, seconds: float) -> str:
     """The whole run's time against its floor: the sum of floor_seconds of the training stages that ran."""
     ran = [s for s in progress.walls if s.partition("@")[0] in TRAINING and s not in progress.cached]

@@ -222,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"done in {minutes:.1f} min: {built}; "
               "MLflow UI: mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000")
         print(progress.floor_line(runs[0], seconds), flush=True)
+        if (outside := progress.outside_line(runs[0], seconds)) is not None:
+            print(outside, flush=True)
     else:
         print(f"dvc repro failed (exit {rc}) after {minutes:.1f} min; completed stages stay cached", file=sys.stderr)
     return OK if rc == 0 else FAILURE

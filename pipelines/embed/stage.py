@@ -12,6 +12,7 @@ import numpy as np
 import torch
 
 from pipelines import inference, io, models, plots
+from pipelines.clock import StageClock
 from pipelines.config import Params
 from pipelines.embed.tsne import quality, tsne_2d
 from pipelines.outputs import EmbedMetrics, TsneRow
@@ -20,6 +21,7 @@ from pipelines.tracking import Run
 
 
 def embed(params: Params, name: str, paths: StagePaths) -> dict:
+    clock = StageClock()
     rt = Runtime.open(params, name, paths)
     v, prep = rt.variant, rt.prep
     model, cfg = rt.load_model()
@@ -50,6 +52,7 @@ def embed(params: Params, name: str, paths: StagePaths) -> dict:
             panels.append((f"{role}: {path} ({f.shape[1]}-d)", xy, sub["y"]))
             run.log_metrics({f"embed_{role}_{k}": val for k, val in q.items() if k != "seconds"})
         result["seconds"] = time.perf_counter() - t0
+        result["clock"] = clock.record()
         io.write_csv(paths.out / "tsne.csv", ["layer", "x", "y", "label"], rows)
         plots.save_figure(plots.tsne(panels, prep.meta["classes"], f"{name}: t-SNE of {len(idx)} validation images"),
                           paths.out / "tsne.png")

@@ -12,6 +12,7 @@ import time
 import numpy as np
 
 from pipelines import inference, io, plots
+from pipelines.clock import StageClock
 from pipelines.config import Params
 from pipelines.outputs import ConfusionMatrixRow, ConfusionRow, EvaluateMetrics, PerClassRow
 from pipelines.runtime import Runtime, StagePaths
@@ -36,7 +37,7 @@ def per_class_scores(cm: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
 
 
 def evaluate(params: Params, name: str, paths: StagePaths) -> dict:
-    t_start = time.perf_counter()
+    t_start, clock = time.perf_counter(), StageClock()
     rt = Runtime.open(params, name, paths)
     model, cfg = rt.load_model()
     val_d = rt.on_device(rt.prep.val, cfg)
@@ -64,6 +65,7 @@ def evaluate(params: Params, name: str, paths: StagePaths) -> dict:
                       for i in range(k)])
         _write_confusions(rt, cm, pred, off)
         result["seconds"] = time.perf_counter() - t_start   # the stage body up to its metrics
+        result["clock"] = clock.record()
         result = EvaluateMetrics.model_validate(result).dump()
         io.write_json(paths.metrics, result)
         headline = {"val_accuracy": acc, "val_macro_f1": result["macro_f1"],

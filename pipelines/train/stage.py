@@ -15,6 +15,7 @@ from typing import Optional
 import torch
 
 from pipelines import config, hardware, io, models, plots
+from pipelines.clock import StageClock
 from pipelines.compute import DeviceData
 from pipelines.config import Params
 from pipelines.errors import DataError, ParamsError
@@ -30,7 +31,7 @@ CURVE_KEYS = ("train_loss", "train_acc", "val_loss", "val_acc", "lr")   # logged
 def train(params: Params, name: str, paths: StagePaths, seed: Optional[int] = None,
           checkpoint: Optional[Path] = None, resume: bool = False) -> dict:
     """Train one variant (with `seed`, default the global one); write the model, history, tables."""
-    t_start = time.perf_counter()
+    t_start, clock = time.perf_counter(), StageClock()
     rt = Runtime.open(params, name, paths, seed, distributed=True)
     job = _Training.start(rt, checkpoint, resume)
     if rt.rank != 0:
@@ -55,7 +56,8 @@ def train(params: Params, name: str, paths: StagePaths, seed: Optional[int] = No
         _write_and_log(run, job, res, summary)
         log_s = _log_model(run, rt, job.built.cfg)
         # The whole stage body, data loading to the logged model (only the metrics write comes after).
-        summary.update(mlflow_run_id=run.run_id, model_log_seconds=log_s, seconds=time.perf_counter() - t_start)
+        summary.update(mlflow_run_id=run.run_id, model_log_seconds=log_s, seconds=time.perf_counter() - t_start,
+                       clock=clock.record())
         run.log_metrics({"model_log_seconds": log_s, "stage_seconds": summary["seconds"],
                          **{k: summary[k] for k in ("peak_gflop_per_s", "train_pct_of_peak", "floor_seconds")}})
         summary = TrainMetrics.model_validate(summary).dump()
