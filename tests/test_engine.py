@@ -240,3 +240,24 @@ def test_gemm_peak_times_a_real_matrix_product():
     import time
     calls = iter([0.05, 0.2, 0.02, 0.2])   # warm-up, then three timed calls
     assert 0.02 <= hardware.best_seconds(lambda: time.sleep(next(calls)), 3, 0.0) < 0.1
+
+
+def test_embed_stops_in_one_line_on_the_features_of_a_diverged_model():
+    # A model whose weights went to NaN (as a far too high learning rate leaves them) gives NaN features
+    # through the real extraction; the embed stage's check names the layer and the count.
+    from pipelines import inference
+    from pipelines.errors import StageError
+
+    compute.seed_everything(0)
+    m = models.build(dict(model="simple_cnn", in_channels=1, image_size=28, n_classes=10, hidden=8))
+    path, fc = next((n, mod) for n, mod in m.named_modules() if isinstance(mod, torch.nn.Linear))
+    feats = inference.extract(m, {"final": fc}, _data(), 16, torch.device("cpu"), "fp32")["final"]
+    tsne.check_finite(feats, "embed@v", "final", path)   # a healthy model passes
+    with torch.no_grad():
+        fc.weight[0, 0] = float("nan")
+    feats = inference.extract(m, {"final": fc}, _data(), 16, torch.device("cpu"), "fp32")["final"]
+    with pytest.raises(StageError) as e:
+        tsne.check_finite(feats, "embed@v", "final", path)
+    msg = str(e.value)
+    assert "\n" not in msg and f"`{path}`" in msg and f"for {len(feats)} of {len(feats)} images" in msg
+    assert msg.startswith("embed@v: the final layer")

@@ -14,7 +14,7 @@ import torch
 from pipelines import inference, io, models, plots
 from pipelines.clock import StageClock
 from pipelines.config import Params
-from pipelines.embed.tsne import quality, tsne_2d
+from pipelines.embed.tsne import check_finite, quality, tsne_2d
 from pipelines.outputs import EmbedMetrics, TsneRow
 from pipelines.runtime import Runtime, StagePaths
 from pipelines.tracking import Run
@@ -34,6 +34,8 @@ def embed(params: Params, name: str, paths: StagePaths) -> dict:
     t0 = time.perf_counter()
     feats = inference.extract(model, {r: m for r, (_, m) in modules.items()}, data, v.eval_batch_size, rt.device,
                               rt.precision)
+    for role, (path, _) in modules.items():
+        check_finite(feats[role], f"embed@{name}", role, path)
     result = {"points": int(len(idx)), "layers": {}}
     rows = []
     with Run(params, "embed", name, resume=paths.model / "run.json", system_metrics=False) as run:

@@ -6,6 +6,8 @@ from typing import Optional
 
 import numpy as np
 
+from pipelines.errors import StageError
+
 # t-SNE schedule: openTSNE's early exaggeration (250 iterations, factor 12), then plain iterations until
 # the KL divergence falls by less than TSNE_TOL (relative) over TSNE_CHECK_EVERY iterations, at most
 # TSNE_MAX_ITER. On 10,000 Fashion-MNIST features, 5-NN accuracy and trustworthiness of the map stay
@@ -28,6 +30,16 @@ PCA_COMPONENTS = 50
 # runs: 60 points 0.15 s on one thread against 0.91 s on two, worst 0.4 s against 4.4 s; 2,000 points
 # 7.0 s against 16.0 s), with the same map (identical coordinates, checked at 60 and 2,000 points).
 TSNE_THREADS_FROM = 10_000
+
+
+def check_finite(feats: np.ndarray, stage: str, role: str, module: str) -> None:
+    """Stop in one line when a layer's features hold NaN or inf (a model whose training diverged):
+    neither a map nor its quality measures can be computed from them."""
+    bad = int((~np.isfinite(feats).all(axis=1)).sum())
+    if bad:
+        raise StageError(f"{stage}: the {role} layer `{module}` gives non-finite features (NaN or inf) for {bad} "
+                         f"of {len(feats)} images, so no t-SNE map can be made; the model's training diverged "
+                         f"(its train metrics' `diagnosis` and learning curves show where)")
 
 
 def tsne_2d(x: np.ndarray, seed: int, perplexity: float, n_jobs: int = -1,
