@@ -43,13 +43,20 @@ GATE_TRAIN = {"mnist": 16384, "cifar10": 16384}
 def gate(p: dict) -> dict:
     """The gate's profile (`python -m pipelines.cli.check`, CI's): the tiny profile's training budgets,
     larger where a gated network's seed spread needs it, and every validation image the real params
-    evaluate on, so that base and head are judged on the same full split, image by image
-    (docs/ci-gate.md has the measured times and detectable differences)."""
+    evaluate on (validation and test), so that base and head are judged on the same full split, image
+    by image (docs/ci-gate.md has the measured times and detectable differences)."""
     val = {k: d.get("val_limit", 0) for k, d in p["datasets"].items()}
+    test = {k: d.get("test_limit") for k, d in p["datasets"].items()}
     tiny(p)
     for k in ("mnist", "cifar10"):
         p["datasets"][k].update(train_limit=GATE_TRAIN[k], val_limit=val[k])
-    p["datasets"]["transfer"]["val_limit"] = val["transfer"]
+    # The held-out test split as the real params hold it (the transfer set's 1,800 images): the
+    # transfer options are gated on it, nine times the validation split's images, for seconds of
+    # inference at the tiny profile's image size.
+    for k, d in p["datasets"].items():
+        d["val_limit"], d["test_limit"] = val[k], test[k]
+        if test[k] is None:
+            d.pop("test_limit")
     # One thread per process, and the extra seeds' runs side by side, one per core: on two shared
     # cores a stage on two threads ran up to 10 times slower under load (AlexNet, 4,096 images for two
     # epochs: 21 s at load 1.7, 220 s at load 6.6), while one-thread runs only share the cores.

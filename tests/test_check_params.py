@@ -26,7 +26,7 @@ from scratch_repo import FASHION, git, sh
 
 needs_fashion = pytest.mark.skipif(not FASHION.exists(), reason="needs Debian's dataset-fashion-mnist (.ci/setup installs it)")
 
-GATED = "metrics/tl_svm/evaluate.json:accuracy"
+GATED = "metrics/tl_svm/evaluate.json:test_accuracy"   # judged on the held-out test split
 
 
 @pytest.fixture(scope="module")
@@ -34,18 +34,18 @@ def base(tmp_path_factory) -> Path:
     return scratch_repo.tiny_base(tmp_path_factory)
 
 
-VAL_PER_CLASS = 250   # the gate tests' transfer validation images per class
+TEST_PER_CLASS = 250   # the gate tests' transfer test images per class
 
 
 @pytest.fixture(scope="module")
 def wide_base(base, tmp_path_factory) -> Path:
-    """The tiny base with 250 + 250 transfer validation images instead of 50 + 50, committed as its
-    `main` (nothing reproduced: the gate reproduces the base on its profile itself). On 100 images
-    one image is 1 pp, too coarse for the gate to tell the SVM's drops from noise reliably."""
+    """The tiny base with 250 + 250 transfer test images instead of 8 + 8, committed as its `main`
+    (nothing reproduced: the gate reproduces the base on its profile itself). On 16 images one image
+    is 6 pp, far too coarse for the gate to tell the SVM's drops from noise."""
     root = tmp_path_factory.mktemp("wide-base") / "repo"
     git(["clone", "-q", str(base), str(root)], root.parent)
-    _edit_yaml(root / "params.yaml", lambda p: p["datasets"]["transfer"].update(val_limit=VAL_PER_CLASS))
-    git(["commit", "-qam", "wider transfer validation split"], root)
+    _edit_yaml(root / "params.yaml", lambda p: p["datasets"]["transfer"].update(test_limit=TEST_PER_CLASS))
+    git(["commit", "-qam", "wider transfer test split"], root)
     return root
 
 
@@ -116,7 +116,7 @@ def test_a_change_that_keeps_the_metric_is_no_difference_and_the_check_could_see
     old, new = (float(x) for x in values.split(" → "))
     assert old == new and diff.startswith("+0.00") and verdict == "no difference detectable"
     # The SVM on frozen features gives the same predictions for every seed: the noise left is that
-    # of the 500 validation images, the least one discordant image in 500 allows: 2.8 x 0.2 pp.
+    # of the 500 test images, the least one discordant image in 500 allows: 2.8 x 0.2 pp.
     assert re.search(r"`: paired on 500 images, 2 \+ 2 runs, seed sd [\d.]+ pp", r.stdout), r.stdout
     assert float(detectable) == pytest.approx(0.56, abs=0.01)
     assert "**Verdict: OK** — no gated metric got worse beyond noise and the tolerance, and each could have seen it" in r.stdout
@@ -132,7 +132,7 @@ def test_a_change_that_keeps_the_metric_is_no_difference_and_the_check_could_see
 @pytest.mark.slow
 @needs_fashion
 def test_a_regression_beyond_tolerance_fails_and_names_the_metric(wide_base, tmp_path, cache):
-    # C=1e-6 shrinks the SVM to its regulariser: on the gate profile its accuracy on 500 validation
+    # C=1e-6 shrinks the SVM to its regulariser: on the gate profile its accuracy on 500 test
     # images drops by more than the tolerance and beyond noise (asserted below, so a data change
     # that hides the drop is reported as such).
     # The commit claims to be reproduced without a new dvc.lock: that fails on its own too.

@@ -125,6 +125,25 @@ def test_a_big_drop_fails_a_small_one_is_worse_within_tolerance_and_noise_is_no_
     assert rc == 1 and line.startswith("**Verdict: FAIL**")
 
 
+def test_test_accuracy_is_judged_on_the_test_split_runs():
+    # A gated test_accuracy reads the runs' test split (here 3,000 images with a 4 pp drop), while the
+    # validation split (500 images, unchanged) would have seen nothing.
+    rng = np.random.default_rng(9)
+    val, test = _base(500, 0.8, 1), _base(3000, 0.8, 2)
+    out, dag, _ = _outcome({"tl": (_seeds(val, 3, rng), _seeds(val, 3, rng))})
+    for side, runs in (("base", _seeds(test, 3, rng)), ("head", _seeds(_flip(test, 150, 30, rng), 3, rng))):
+        out.runs[side]["evaluate@tl"].test = Runs(seeds=[0, 1, 2], correct=runs, images="t")
+        out.metrics[side]["metrics/tl/evaluate.json:test_accuracy"] = float(np.mean([c.mean() for c in runs]) * 100)
+    gate = Check.model_validate({"tolerance_pp": 1.0, "metrics": ["metrics/tl/evaluate.json:test_accuracy",
+                                                                  "metrics/tl/evaluate.json:accuracy"]})
+    rows, failures, _ = judge(gate, out, dag)
+    by = {r.metric.split(":")[1]: r for r in rows}
+    assert by["test_accuracy"].fail and by["test_accuracy"].diff == pytest.approx(-4.0, abs=0.05)
+    assert "paired on 3,000 images, 3 + 3 runs" in by["test_accuracy"].how
+    assert by["accuracy"].verdict == SAME and "on 500 images" in by["accuracy"].how
+    assert len(failures) == 1 and failures[0].startswith("metrics/tl/evaluate.json:test_accuracy dropped 4.0")
+
+
 def test_a_check_that_cannot_see_the_tolerance_says_so_and_strict_fails_it():
     """200 images and a seed spread of a few points: a 1 pp drop is invisible; nothing fails, the
     verdict is not OK, and --strict turns it into a failure."""
@@ -220,6 +239,12 @@ def test_per_image_results_are_read_from_the_evaluate_stage_outputs(tmp_path):
     (tmp_path / "data/prepared/mnist/meta.json").write_text('{"files": {"train.npz": "aa", "val.npz": "bb"}}')
     correct, digest = evidence.read_run(tmp_path, st)
     assert correct.tolist() == [True, False, True] and digest == "bb"
+    assert evidence.read_run(tmp_path, st, "test") is None   # no test split
+    (tmp_path / "results/cnn/evaluate/test_predictions.csv").write_text("index,label,pred\n0,1,1\n1,0,1\n2,0,0\n3,1,0\n")
+    assert evidence.read_run(tmp_path, st, "test") is None   # a file, but meta.json lists no test split
+    (tmp_path / "data/prepared/mnist/meta.json").write_text('{"files": {"val.npz": "bb", "test.npz": "cc"}}')
+    correct, digest = evidence.read_run(tmp_path, st, "test")
+    assert correct.tolist() == [True, False, True, False] and digest == "cc"
     assert evidence.variant_of(st) == "cnn" and evidence.variant_of(Stage("train@cnn")) is None
     # An extra run's cache key covers the code its train and evaluate stages declare, nothing else.
     dag = {"train@cnn": Stage("train@cnn", files=["stages/train.py", "pipelines/stats.py", "data/prepared/mnist"]),
@@ -244,3 +269,20 @@ def test_the_calibration_bad_changes_are_valid_params_and_change_what_they_say(c
     assert changed.variant(v) != before.variant(v)
     if change.endswith("lr30"):
         assert changed.variant(v).lr == pytest.approx(30 * before.variant(v).lr)
+
+
+def test_the_gate_profile_judges_on_every_validation_and_test_image_the_real_params_evaluate(params_raw):
+    import copy
+
+    from pipelines import config, profiles
+
+    real = copy.deepcopy(params_raw)
+    real["datasets"]["transfer"].update(val_limit=100, test_limit=0)   # 0: every image the validation split leaves
+    real["datasets"]["mnist"].pop("test_limit", None)
+    gate = profiles.gate(copy.deepcopy(real))
+    t = gate["datasets"]["transfer"]
+    assert (t["val_limit"], t["test_limit"]) == (100, 0)
+    assert t["train_limit"] == profiles.tiny(copy.deepcopy(real))["datasets"]["transfer"]["train_limit"]   # training shrinks
+    assert "test_limit" not in gate["datasets"]["mnist"]   # no test split in the real params: none here
+    assert gate["datasets"]["mnist"]["train_limit"] == profiles.GATE_TRAIN["mnist"]
+    config.parse(gate)   # still valid params

@@ -1,8 +1,9 @@
 """What the gate judges a gated metric on: per side, one or more training runs (seeds) of the variant,
-each with its per-image correctness on the validation split and the digest of that split's images.
+each with its per-image correctness on the validation split and the digest of that split's images,
+and on the held-out test split too where the dataset has one (a gated `test_accuracy`).
 
 The main run is the DVC stage's own (evaluate's confusion.csv: one row per validation image, in
-order). Extra seeds are trained and evaluated outside DVC with the stages' own commands
+order; its test_predictions.csv: one row per test image). Extra seeds are trained and evaluated outside DVC with the stages' own commands
 (`python -m stages.train --seed S`, `python -m stages.evaluate`), on the same prepared data, and kept
 in a cache keyed by everything they are computed from (params as the stages read them, the seed, the
 prepared data's digests, the stages' code as dvc.yaml declares it), so that checks against the same base, and heads that leave a
@@ -23,6 +24,7 @@ import numpy as np
 import yaml
 
 from pipelines.gate.repo import Stage, env
+from pipelines.outputs import TEST_PREDICTIONS
 
 
 
@@ -37,6 +39,7 @@ class Runs:
     acc: Optional[float] = None
     n: Optional[int] = None
     seconds: float = 0.0
+    test: Optional["Runs"] = None   # the same runs on the held-out test split, where there is one
 
     def vectors(self) -> list[np.ndarray]:
         """The correctness vectors; from the accuracy alone, one made-up vector with as many correct
@@ -45,6 +48,10 @@ class Runs:
             return self.correct
         k = int(round(self.acc / 100 * self.n))
         return [np.arange(self.n) < k]
+
+
+# The per-image file of each split an evaluate stage writes (docs/outputs.md).
+SPLIT_FILES = {"val": "confusion.csv", "test": TEST_PREDICTIONS}
 
 
 def variant_of(stage: Stage) -> Optional[str]:
@@ -57,17 +64,28 @@ def _prepared(stage: Stage) -> Optional[str]:
     return next((f for f in stage.files if f.startswith("data/prepared/")), None)
 
 
-def read_run(cwd: Path, stage: Stage) -> Optional[tuple[np.ndarray, str]]:
-    """(correct per validation image, digest of the validation images) of an evaluate stage's
-    outputs in cwd; None when they are not there."""
+def correct_of(text: str, split: str) -> np.ndarray:
+    """Per-image correctness from an evaluate stage's per-image file of `split`: confusion.csv
+    (actual, predicted) for "val", test_predictions.csv (index, label, pred) for "test"."""
+    rows = list(csv.DictReader(text.splitlines()))
+    if split == "test":
+        return np.array([r["label"] == r["pred"] for r in rows], dtype=bool)
+    return np.array([r["actual"] == r["predicted"] for r in rows], dtype=bool)
+
+
+def read_run(cwd: Path, stage: Stage, split: str = "val") -> Optional[tuple[np.ndarray, str]]:
+    """(correct per image of `split`, digest of that split's images) of an evaluate stage's outputs in
+    cwd; None when they are not there (for "test": a dataset without a test split)."""
     data = _prepared(stage)
-    folder = next((cwd / o for o in stage.outs if (cwd / o / "confusion.csv").is_file()), None)
+    name = SPLIT_FILES[split]
+    folder = next((cwd / o for o in stage.outs if (cwd / o / name).is_file()), None)
     if data is None or folder is None or not (cwd / data / "meta.json").is_file():
         return None
-    with open(folder / "confusion.csv", newline="") as f:
-        rows = list(csv.DictReader(f))
     meta = json.loads((cwd / data / "meta.json").read_text())
-    return np.array([r["actual"] == r["predicted"] for r in rows], dtype=bool), meta["files"]["val.npz"]
+    digest = meta["files"].get(f"{split}.npz")
+    if digest is None:
+        return None
+    return correct_of((folder / name).read_text(), split), digest
 
 
 def extra_seeds(seed: int, count: int) -> list[int]:
@@ -109,29 +127,32 @@ def _train_and_evaluate(cwd: Path, variant: str, seed: int, data: str, out: Path
             raise RuntimeError(f"`python -m {' '.join(c[:3])} --seed {seed}` failed (exit {r.returncode})")
 
 
-def extra_run(cwd: Path, stage: Stage, seed: int, cache: Path, work: Path, code: list[str]) -> tuple[np.ndarray, bool]:
-    """(correct per validation image, whether it came from the cache) of `stage`'s variant trained with
-    `seed` on the prepared data in cwd. Raises RuntimeError when a command fails."""
+def extra_run(cwd: Path, stage: Stage, seed: int, cache: Path, work: Path,
+              code: list[str]) -> tuple[np.ndarray, Optional[np.ndarray], bool]:
+    """(correct per validation image, per test image or None without a test split, whether it came from
+    the cache) of `stage`'s variant trained with `seed` on the prepared data in cwd. Raises
+    RuntimeError when a command fails."""
     from pipelines import io
 
     variant, data = variant_of(stage), _prepared(stage)
-    path = cache / "runs" / f"{_key(cwd, variant, seed, data, code)}.npy"
+    path = cache / "runs" / f"{_key(cwd, variant, seed, data, code)}.npz"
     if path.is_file():
-        return np.load(path), True
+        with np.load(path) as z:
+            return z["val"], (z["test"] if "test" in z else None), True
     out = work / f"{variant}-{seed}"
     _train_and_evaluate(cwd, variant, seed, data, out)
-    with open(out / "evaluate" / "confusion.csv", newline="") as f:
-        correct = np.array([r["actual"] == r["predicted"] for r in csv.DictReader(f)], dtype=bool)
+    got = {split: correct_of((out / "evaluate" / name).read_text(), split)
+           for split, name in SPLIT_FILES.items() if (out / "evaluate" / name).is_file()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with io.atomic_path(path) as tmp:
         with open(tmp, "wb") as f:
-            np.save(f, correct)
-    return correct, False
+            np.savez(f, **got)
+    return got["val"], got.get("test"), False
 
 
 def committed_run(root: Path, rev: str, stage: Stage) -> Optional[Runs]:
-    """The per-image results of `stage` at revision rev, where DVC's cache (or remote) still holds
-    them; None otherwise."""
+    """The per-image results of `stage` at revision rev (validation, and test where there is a test
+    split), where DVC's cache (or remote) still holds them; None otherwise."""
     import dvc.api
 
     data = _prepared(stage)
@@ -143,7 +164,12 @@ def committed_run(root: Path, rev: str, stage: Stage) -> Optional[Runs]:
             meta = json.loads(dvc.api.read(f"{data}/meta.json", repo=str(root), rev=rev))
         except Exception:   # noqa: BLE001 - DVC raises many kinds for "not there"; any means no pairing
             continue
-        rows = list(csv.DictReader(text.splitlines()))
-        return Runs(seeds=[0], correct=[np.array([r["actual"] == r["predicted"] for r in rows], dtype=bool)],
-                    images=meta["files"]["val.npz"])
+        runs = Runs(seeds=[0], correct=[correct_of(text, "val")], images=meta["files"]["val.npz"])
+        if "test.npz" in meta["files"]:
+            try:
+                test = dvc.api.read(f"{o}/{TEST_PREDICTIONS}", repo=str(root), rev=rev)
+                runs.test = Runs(seeds=[0], correct=[correct_of(test, "test")], images=meta["files"]["test.npz"])
+            except Exception:   # noqa: BLE001 - as above: the test split is then judged unpaired
+                pass
+        return runs
     return None

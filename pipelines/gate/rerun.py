@@ -77,17 +77,23 @@ def collect(cwd: Path, dag: dict[str, Stage], gated: list[Stage], seed: int, see
         main = evidence.read_run(cwd, st)
         if main is not None:
             found[st.name] = Runs(seeds=[seed], correct=[main[0]], images=main[1])
+            test = evidence.read_run(cwd, st, "test")
+            if test is not None:
+                found[st.name].test = Runs(seeds=[seed], correct=[test[0]], images=test[1])
     todo = [(st, s) for st in gated if st.name in found for s in evidence.extra_seeds(seed, seeds)]
 
-    def one(job: tuple[Stage, int]) -> tuple[Stage, int, object, bool, float]:
+    def one(job: tuple[Stage, int]) -> tuple[Stage, int, object, object, bool, float]:
         t0 = time.perf_counter()
-        correct, cached = evidence.extra_run(cwd, job[0], job[1], cache, work, evidence.code_of(dag, job[0]))
-        return job[0], job[1], correct, cached, time.perf_counter() - t0
+        val, test, cached = evidence.extra_run(cwd, job[0], job[1], cache, work, evidence.code_of(dag, job[0]))
+        return job[0], job[1], val, test, cached, time.perf_counter() - t0
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
-        for st, s, correct, cached, took in pool.map(one, todo):
+        for st, s, correct, test, cached, took in pool.map(one, todo):
             found[st.name].seeds.append(s)
             found[st.name].correct.append(correct)
+            if found[st.name].test is not None and test is not None:
+                found[st.name].test.seeds.append(s)
+                found[st.name].test.correct.append(test)
             log.append(f"{evidence.variant_of(st)} seed {s}: "
                        + ("from the cache" if cached else f"trained and evaluated ({took:.0f} s)"))
     return found

@@ -19,6 +19,8 @@ from pipelines.gate.rerun import Outcome
 from pipelines.reference import Check
 
 BETTER, WORSE, SAME = "better", "worse", "no difference detectable"
+# The evaluate metrics judged on per-image results, with the metrics key of their image count.
+PER_IMAGE = {"accuracy": "n", "test_accuracy": "test_n"}
 
 
 @dataclass
@@ -111,9 +113,12 @@ def judge(gate: Optional[Check], outcome: Outcome, dag: dict[str, Stage]) -> tup
         elif old is None:
             notes.append(f"{m}: the base has no value; not judged")
             rows.append(Row(m, old, new, "no base"))
-        elif key == "accuracy" and hr is not None:
+        elif key in PER_IMAGE and hr is not None and (key == "accuracy" or hr.test is not None):
+            # accuracy: the validation split; test_accuracy: the held-out test split, judged the same way
+            if key == "test_accuracy":
+                hr, br = hr.test, (br.test if br is not None else None)
             if br is None:
-                n = int(outcome.metrics["base"].get(f"{m.split(':')[0]}:n", 0)) or len(hr.correct[0])
+                n = int(outcome.metrics["base"].get(f"{m.split(':')[0]}:{PER_IMAGE[key]}", 0)) or len(hr.correct[0])
                 br = Runs(acc=old, n=n)
             c = compared(br, hr, alpha)
             rows.append(Row(m, c["base"], c["head"], SAME, c["diff"], c["lo"], c["hi"], c["p"],
