@@ -14,6 +14,16 @@ The mask comes from torch's global generator, so the same seed gives the same ma
 another random stream than nn.Dropout's, so a network trained with it follows other numbers (its
 accuracy stays within the seeds' noise: docs/speed.md). A p that is not a multiple of 1/256 falls
 back to torch's own dropout. In eval mode the input passes unchanged.
+
+Depthwise convolutions whose gradients are computed in float32 under bf16 autocast on a CPU
+(`DepthwiseConv2d`, put in place by `fp32_depthwise_backward`). On CPUs with AVX-512 BF16 and no
+AMX, oneDNN runs the bf16 backward of a depthwise convolution through generic grouped kernels
+(`brgconv_strided` for the input's gradient, `jit_bf16` for the weights'), several times slower
+than its float32 depthwise kernels (`jit_dw`, `jit`), while its bf16 forward kernel (`brdgmm_dw`)
+is the fastest form. So the forward pass stays exactly what autocast computes (bf16 input and
+weight, bf16 output), and only the backward pass widens the saved bf16 tensors to float32; the
+weight's gradient comes out in float32, as the master weight is held. Without autocast, on
+another device, or with no gradient wanted, the layer is a plain `nn.Conv2d`.
 """
 from __future__ import annotations
 
@@ -90,3 +100,51 @@ class BitDropout(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+class _DepthwiseBf16(torch.autograd.Function):
+    """conv2d in bf16 forward (autocast's arithmetic), gradients in float32."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, stride, padding, dilation, groups):
+        xb, wb = x.to(torch.bfloat16), weight.to(torch.bfloat16)
+        ctx.save_for_backward(xb, wb)
+        ctx.conf = (stride, padding, dilation, groups, x.dtype, None if bias is None else bias.shape)
+        return F.conv2d(xb, wb, None if bias is None else bias.to(torch.bfloat16), stride, padding, dilation, groups)
+
+    @staticmethod
+    def backward(ctx, grad):
+        xb, wb = ctx.saved_tensors
+        stride, padding, dilation, groups, x_dtype, bias_shape = ctx.conf
+        fmt = torch.channels_last if xb.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+        want = [ctx.needs_input_grad[0], ctx.needs_input_grad[1], bias_shape is not None and ctx.needs_input_grad[2]]
+        gx, gw, gb = torch.ops.aten.convolution_backward(
+            grad.float().contiguous(memory_format=fmt), xb.float().contiguous(memory_format=fmt),
+            wb.float().contiguous(memory_format=fmt), list(bias_shape) if bias_shape is not None else None,
+            stride, padding, dilation, False, [0, 0], groups, want)
+        return (gx.to(x_dtype) if want[0] else None), (gw if want[1] else None), \
+            (gb if want[2] else None), None, None, None, None
+
+
+class DepthwiseConv2d(nn.Conv2d):
+    """nn.Conv2d (groups = in = out channels) whose backward runs in float32 under CPU bf16 autocast."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if (x.device.type != "cpu" or self.padding_mode != "zeros" or not torch.is_grad_enabled()
+                or not torch.is_autocast_enabled("cpu") or torch.get_autocast_dtype("cpu") != torch.bfloat16
+                or not (x.requires_grad or self.weight.requires_grad)):
+            return super().forward(x)
+        with torch.autocast("cpu", enabled=False):
+            return _DepthwiseBf16.apply(x, self.weight, self.bias, self.stride, self.padding, self.dilation,
+                                        self.groups)
+
+
+def fp32_depthwise_backward(model: nn.Module) -> int:
+    """Make every depthwise nn.Conv2d of model a DepthwiseConv2d, in place (same parameters, same
+    state dict); the number of layers changed."""
+    n = 0
+    for m in model.modules():
+        if type(m) is nn.Conv2d and 1 < m.groups == m.in_channels == m.out_channels:
+            m.__class__ = DepthwiseConv2d
+            n += 1
+    return n
