@@ -24,6 +24,11 @@ is the fastest form. So the forward pass stays exactly what autocast computes (b
 weight, bf16 output), and only the backward pass widens the saved bf16 tensors to float32; the
 weight's gradient comes out in float32, as the master weight is held. Without autocast, on
 another device, or with no gradient wanted, the layer is a plain `nn.Conv2d`.
+
+`channels_last_grad`: the identity, whose gradient is handed back in channels-last memory. A
+flatten after a channels-last pooling returns its gradient in NCHW order; max-pooling's backward
+then copies its input and indices to that order and back (about a sixth of a Simple CNN training
+step on the CPU). The values are the same either way: only where the copy happens moves.
 """
 from __future__ import annotations
 
@@ -148,3 +153,18 @@ def fp32_depthwise_backward(model: nn.Module) -> int:
             m.__class__ = DepthwiseConv2d
             n += 1
     return n
+
+
+class _ChannelsLastGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous(memory_format=torch.channels_last) if grad.dim() == 4 else grad
+
+
+def channels_last_grad(x: torch.Tensor) -> torch.Tensor:
+    """x itself, whose gradient flows back in channels-last memory (4-d tensors)."""
+    return _ChannelsLastGrad.apply(x) if torch.is_grad_enabled() and x.requires_grad else x

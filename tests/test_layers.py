@@ -1,12 +1,14 @@
-"""Depthwise convolutions with float32 gradients under CPU bf16 autocast (pipelines/layers.py):
-autocast's own forward pass, exact float32 gradients, the same parameters and state dict."""
+"""pipelines/layers.py beyond the dropout: depthwise convolutions with float32 gradients under CPU
+bf16 autocast (autocast's own forward pass, exact float32 gradients, the same parameters and state
+dict), and the identity that hands its gradient back in channels-last memory (the same numbers)."""
 import copy
 
 import pytest
 import torch
 from torch import nn
 
-from pipelines.layers import DepthwiseConv2d, fp32_depthwise_backward
+import pipelines.networks.simple_cnn as simple_cnn
+from pipelines.layers import DepthwiseConv2d, channels_last_grad, fp32_depthwise_backward
 from pipelines.networks.backbone import BackboneClassifier
 
 
@@ -73,3 +75,41 @@ def test_the_backbone_keeps_its_parameters_and_state_dict_and_only_depthwise_lay
         loss = model(x).float().logsumexp(1).sum()
     loss.backward()
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_channels_last_grad_is_the_identity_with_a_channels_last_gradient():
+    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    y = channels_last_grad(x)
+    assert torch.equal(y, x)
+    seen = []
+    y.register_hook(lambda g: seen.append(g))
+    (y.flatten(1) * torch.arange(60.0)).sum().backward()
+    assert seen[0].is_contiguous()   # what the flatten hands back: NCHW order
+    assert x.grad.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(x.grad, torch.arange(60.0).view(1, 3, 4, 5).expand(2, 3, 4, 5))
+    with torch.no_grad():
+        assert channels_last_grad(x) is x
+
+
+@pytest.mark.parametrize("hidden", [128, 0])
+def test_the_simple_cnn_trains_to_the_same_weights_with_and_without_it(monkeypatch, hidden):
+    def train(identity: bool) -> list[torch.Tensor]:
+        if identity:
+            monkeypatch.setattr(simple_cnn, "channels_last_grad", lambda t: t)
+        else:
+            monkeypatch.setattr(simple_cnn, "channels_last_grad", channels_last_grad)
+        torch.manual_seed(0)
+        model = simple_cnn.SimpleCNN(hidden=hidden).to(memory_format=torch.channels_last)
+        opt = torch.optim.Adam(model.parameters(), 1e-3)
+        g = torch.Generator().manual_seed(1)
+        for _ in range(3):
+            x = torch.randn(16, 1, 28, 28, generator=g).to(memory_format=torch.channels_last)
+            y = torch.randint(0, 10, (16,), generator=g)
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                loss = torch.nn.functional.cross_entropy(model(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return [p.detach().clone() for p in model.parameters()]
+
+    assert all(torch.equal(a, b) for a, b in zip(train(identity=True), train(identity=False)))
