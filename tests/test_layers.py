@@ -78,15 +78,17 @@ def test_the_backbone_keeps_its_parameters_and_state_dict_and_only_depthwise_lay
 
 
 def test_channels_last_grad_is_the_identity_with_a_channels_last_gradient():
-    x = torch.randn(2, 3, 4, 5, requires_grad=True)
+    leaf = torch.randn(2, 3, 4, 5, requires_grad=True)
+    x = leaf * 1.0
     y = channels_last_grad(x)
     assert torch.equal(y, x)
-    seen = []
-    y.register_hook(lambda g: seen.append(g))
+    seen = {}
+    y.register_hook(lambda g: seen.setdefault("out", g))
+    x.register_hook(lambda g: seen.setdefault("in", g))
     (y.flatten(1) * torch.arange(60.0)).sum().backward()
-    assert seen[0].is_contiguous()   # what the flatten hands back: NCHW order
-    assert x.grad.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(x.grad, torch.arange(60.0).view(1, 3, 4, 5).expand(2, 3, 4, 5))
+    assert seen["out"].is_contiguous()   # what the flatten hands back: NCHW order
+    assert seen["in"].is_contiguous(memory_format=torch.channels_last) and not seen["in"].is_contiguous()
+    assert torch.equal(leaf.grad, torch.arange(60.0).view(1, 3, 4, 5).expand(2, 3, 4, 5))
     with torch.no_grad():
         assert channels_last_grad(x) is x
 
