@@ -164,11 +164,16 @@ def _decode_folder(ds: Dataset, record: dict, log: Callable[[str], None]) -> tup
 
 
 def decode_splits(name: str, params: Params, raw_dir: Path, log: Callable[[str], None] = lambda msg: None,
-          record: Optional[dict] = None) -> tuple[dict[str, np.ndarray], list[str]]:
-    """The train/val arrays and class names of dataset `name` (raw files already verified)."""
+          record: Optional[dict] = None, seed: Optional[int] = None) -> tuple[dict[str, np.ndarray], list[str]]:
+    """The train/val arrays and class names of dataset `name` (raw files already verified). The seeded
+    subsets (training, validation, test) are drawn with `seed`, params' `seed` when None."""
     ds = params.dataset(name)
     source = ds.source(params.protocol)
+    seed = params.seed if seed is None else seed
     if source == "image_folder":
+        if seed != params.seed:
+            raise DataError(f"datasets.{name} is an image folder, whose splits the download stage drew with "
+                            f"params' seed {params.seed} (SOURCE.json); another seed ({seed}) cannot redraw them here")
         return _decode_folder(ds, record if record is not None else read_source(raw_dir), log)
     data = _decode(source, ds, raw_dir)
     log(f"  decoded {source}: train {data.x_train.shape}, val {data.x_val.shape}")
@@ -184,8 +189,8 @@ def decode_splits(name: str, params: Params, raw_dir: Path, log: Callable[[str],
         classes = [classes[k] for k in keep]
     # A dataset with a backbone is the transfer role, whose limits count per class (balanced).
     per_class = ds.backbone(params.protocol) is not None
-    i_tr = subset(y_tr, ds.train_limit, np.random.default_rng([params.seed, 0]), per_class)
-    i_va, i_te = split_pool(y_va, ds.val_limit, ds.test_limit, np.random.default_rng([params.seed, 1]), per_class)
+    i_tr = subset(y_tr, ds.train_limit, np.random.default_rng([seed, 0]), per_class)
+    i_va, i_te = split_pool(y_va, ds.val_limit, ds.test_limit, np.random.default_rng([seed, 1]), per_class)
     if ds.test_limit is not None and not len(i_te):
         raise DataError(f"datasets.{name}.test_limit = {ds.test_limit}: no images left for a test split after "
                         f"val_limit = {ds.val_limit}; lower val_limit")
@@ -213,13 +218,14 @@ def _write_backbone(name: str, params: Params, raw_dir: Path, record: dict, tmp_
 
 
 def prepare(name: str, params: Params, raw_dir: Path | str, out_dir: Path | str,
-            log: Callable[[str], None] = lambda msg: None) -> dict:
-    """Write train.npz, val.npz (test.npz), meta.json, sizes.csv (+ backbone.pt) to out_dir; return meta."""
+            log: Callable[[str], None] = lambda msg: None, seed: Optional[int] = None) -> dict:
+    """Write train.npz, val.npz (test.npz), meta.json, sizes.csv (+ backbone.pt) to out_dir; return meta.
+    `seed` draws the seeded subsets instead of params' `seed` (decode_splits)."""
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     ds = params.dataset(name)
     record = verify_raw(name, params, raw_dir)
     log(f"  verified {len(record['files'])} raw file(s) against {raw_dir}/SOURCE.json")
-    arrays, classes = decode_splits(name, params, raw_dir, log, record)
+    arrays, classes = decode_splits(name, params, raw_dir, log, record, seed)
     with atomic_dir(out_dir) as tmp:
         save_npz(tmp / "train.npz", x=arrays["x_train"], y=arrays["y_train"])
         save_npz(tmp / "val.npz", x=arrays["x_val"], y=arrays["y_val"])
