@@ -163,6 +163,22 @@ def test_a_check_that_cannot_see_the_tolerance_says_so_and_strict_fails_it():
     assert rc == 1 and "(--strict: fails)" in line
 
 
+def test_redrawn_runs_without_a_measured_spread_are_blind_and_say_so():
+    """One run a side, each its own draw: the draw-to-draw spread is unknown, so the row is never a
+    clean "no difference" (INCONCLUSIVE; --strict fails it)."""
+    out, dag, gate = _outcome({"tl": ([_base(2000, 0.8, 1)], [_base(2000, 0.8, 2)])})
+    for side in ("base", "head"):
+        out.runs[side]["evaluate@tl"].redrawn = True
+    rows, failures, _ = judge(gate, out, dag)
+    (row,) = rows
+    assert row.how == "unpaired, each run its own draw of the data (2,000 images a run), 1 + 1 runs, " \
+                      "draw-and-seed spread not measured"
+    assert row.verdict == SAME and row.blind and not failures
+    (blind,) = blind_spots(rows, 1.0)
+    assert blind.endswith(f"smallest detectable {row.detectable:.1f} pp (draw-and-seed spread not measured)")
+    assert verdict_line(failures, [blind], rows, strict=True)[1] == 1
+
+
 def test_the_detectable_size_is_what_the_test_then_finds():
     """Simulated: a drop of the stated detectable size is found (Holm-level p below 0.05) in about 80 %
     of repeated paired checks, a drop of a third of it rarely."""
@@ -250,6 +266,11 @@ def test_per_image_results_are_read_from_the_evaluate_stage_outputs(tmp_path):
     dag = {"train@cnn": Stage("train@cnn", files=["stages/train.py", "pipelines/stats.py", "data/prepared/mnist"]),
            "evaluate@cnn": st}
     assert evidence.code_of(dag, st) == ["pipelines/stats.py", "stages/evaluate.py", "stages/train.py"]
+    # A run that redraws the data runs the dataset's preprocess stage too.
+    dag["preprocess@mnist"] = Stage("preprocess@mnist", files=["stages/preprocess.py", "data/raw/mnist"])
+    assert evidence.dataset_of(st) == "mnist"
+    assert evidence.code_of(dag, st, redraw=True) == ["pipelines/stats.py", "stages/evaluate.py",
+                                                      "stages/preprocess.py", "stages/train.py"]
     # Extra seeds follow the global seed: a seed-only change changes every run.
     assert evidence.extra_seeds(42, 3) == [42001, 42002] and evidence.extra_seeds(43, 1) == []
 

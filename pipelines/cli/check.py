@@ -16,11 +16,15 @@
    temporary clone on that profile of pipelines/profiles.py, the base first (or from the cache of
    an earlier check of the same base and profile), then the head's working tree; each side trains
    every gated variant several times (the stage's own run and more seeds, cached by content): the
-   head --seeds times, the base --base-seeds times (more: it is paid once per base).
+   head --seeds times, the base --base-seeds times (more: it is paid once per base). Where the two
+   sides' main runs of a variant were judged on different images (a change of `seed` redraws the
+   transfer set), the extra runs of both sides each prepare their own draw of the data too
+   (`python -m stages.preprocess --seed S`).
    `--profile full`: here, on the params as they are, against the base's committed metrics.
 5. Each gated accuracy judged on per-image results (pipelines/gate/verdict.py, pipelines/stats.py):
-   paired on the same validation images, the seed-to-seed spread in the interval, Holm over the
-   gated metrics; better, worse, or no difference detectable, with the smallest detectable difference.
+   paired on the same images, the seed-to-seed spread in the interval; where the runs redrew the
+   data, Welch's t on the two sides' run accuracies; Holm over the gated metrics; better, worse, or
+   no difference detectable, with the smallest detectable difference.
 6. A Markdown summary on stdout (also --summary FILE and $GITHUB_STEP_SUMMARY): the gated metrics'
    table and the verdict, the params diff, the rerun log collapsed. docs/ci-gate.md explains it.
 
@@ -113,8 +117,20 @@ class Options:
     json: Optional[Path] = None
 
 
-def _rerun(root: Path, base_sha: str, opt: Options, dag: dict[str, Stage], order: list[str], gated: set[str],
-           work: Optional[Path]) -> Outcome:
+def judged_splits(dag: dict[str, Stage], gate) -> dict[str, set[str]]:
+    """{stage that writes a gated metric: the splits its gated metrics are judged on}: "test" for a
+    `test_accuracy`, "val" for anything else (verdict.PER_IMAGE)."""
+    out: dict[str, set[str]] = {}
+    for m in gate.metrics if gate else []:
+        path, _, key = m.partition(":")
+        for s in dag.values():
+            if path in s.metrics:
+                out.setdefault(s.name, set()).add("test" if key == "test_accuracy" else "val")
+    return out
+
+
+def _rerun(root: Path, base_sha: str, opt: Options, dag: dict[str, Stage], order: list[str],
+           gated: dict[str, set[str]], work: Optional[Path]) -> Outcome:
     if opt.profile == "full":
         def base_runs(stages: list[Stage]) -> dict:
             found = {s.name: evidence.committed_run(root, base_sha, s) for s in stages}
@@ -160,7 +176,7 @@ def check(root: Path, opt: Options) -> int:
     dag = repo.read_dag(root)
     gated_paths = {m.split(":", 1)[0] for m in gate.metrics} if gate else set()
     why, left_out = repo.stale_stages(dag, list(pdiff), repo.changed_files(base_sha, root), gated_paths)
-    gated = {s.name for s in dag.values() if set(s.metrics) & gated_paths}
+    gated = judged_splits(dag, gate)
     failures, notes = _claim(root)
     order = [s for s in dag if s in why]  # dvc.yaml order, upstream first
     work = Path(tempfile.mkdtemp(prefix="check-params-")) if order else None

@@ -78,3 +78,61 @@ def image_variance(base: np.ndarray, head: np.ndarray, paired: bool) -> float:
         a = min(max(float(x.mean()), 1 / n), 1 - 1 / n)
         v += a * (1 - a) / n * 1e4
     return v
+
+
+def draws_compared(base: Sequence[float], head: Sequence[float], n_base: int, n_head: int,
+                   alpha: float = ALPHA) -> dict:
+    """Head against base where every run is its own draw of the data (training, validation and test
+    subsets) and seed: two independent samples of run accuracies (pp), compared by Welch's t on the
+    difference of their means, head - base. `n_base`, `n_head`: the images each run was judged on.
+
+    Each run's accuracy varies with its draw of the training images, its seed and its own draw of
+    the judged images, so the sample variance of a side's runs already holds the images' sampling:
+    the binomial variance is not added to it. It is the least a run's variance can be (a run's
+    accuracy on n images drawn at random varies at least that much), so it floors the variance of
+    the difference where the runs happen to agree more than that (a few runs of a deterministic
+    model). A side with one run borrows the other side's variance (pooled over both sides' degrees
+    of freedom); with one run on each side the spread is not measured and only that floor is left,
+    on the normal. `detectable` as runs_compared's."""
+    from scipy.stats import norm, t
+
+    a_b, a_h = np.asarray(base, dtype=float), np.asarray(head, dtype=float)
+    if a_b.ndim != 1 or a_h.ndim != 1 or not len(a_b) or not len(a_h) or min(n_base, n_head) < 1:
+        raise ValueError(f"need one or more run accuracies per side on some images; got {a_b.shape} and {a_h.shape}")
+    kb, kh = len(a_b), len(a_h)
+    diff = float(a_h.mean() - a_b.mean())
+    var = [float(a.var(ddof=1)) if len(a) > 1 else None for a in (a_b, a_h)]
+    if var[0] is None and var[1] is not None:
+        var[0] = var[1]
+    elif var[1] is None and var[0] is not None:
+        var[1] = var[0]
+    floor = 0.0
+    for a, n, k in ((a_b, n_base, kb), (a_h, n_head, kh)):
+        p = min(max(float(a.mean()) / 100, 1 / n), 1 - 1 / n)
+        floor += p * (1 - p) / n / k * 1e4
+    measured = var[0] is not None
+    if measured:
+        parts = (var[0] / kb, var[1] / kh)
+        v_welch = sum(parts)
+        if kb > 1 and kh > 1:
+            dfs = (kb - 1, kh - 1)
+            df = v_welch ** 2 / sum(x ** 2 / d for x, d in zip(parts, dfs)) if v_welch > 0 else math.inf
+        else:
+            df = float(kb + kh - 2)   # one side's variance stands for both
+    else:
+        v_welch, df = 0.0, math.inf
+    if v_welch < floor:
+        v, df = floor, math.inf
+    else:
+        v = v_welch
+    se = math.sqrt(v)
+    q = (lambda x: float(t.ppf(x, df))) if math.isfinite(df) else (lambda x: float(norm.ppf(x)))
+    half = q(1 - ALPHA / 2) * se
+    p = 2 * (float(t.sf(abs(diff) / se, df)) if math.isfinite(df) else float(norm.sf(abs(diff) / se)))
+    sd = [math.sqrt(x) if x is not None and len(a) > 1 else None for x, a in zip(var, (a_b, a_h))]
+    pooled = (sum(float(((a - a.mean()) ** 2).sum()) for a in (a_b, a_h)) / (kb + kh - 2)) if kb + kh > 2 else None
+    return {"n": min(n_base, n_head), "paired": False, "redrawn": True, "runs": (kb, kh),
+            "base": float(a_b.mean()), "head": float(a_h.mean()), "diff": diff, "se": se, "df": float(df),
+            "seed_sd": math.sqrt(pooled) if pooled is not None else None, "sd_base": sd[0], "sd_head": sd[1],
+            "floored": measured and v_welch < floor, "detectable": (q(1 - alpha / 2) + q(POWER)) * se,
+            "lo": diff - half, "hi": diff + half, "p": min(p, 1.0)}

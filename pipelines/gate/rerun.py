@@ -1,7 +1,9 @@
 """`dvc repro` of the stale stages and the evidence the gate judges: here on the params as they are
-(full profile), or in a temporary clone on a shrunk profile of pipelines/profiles.py, where the base
-is reproduced on the same profile first (or taken from the cache of an earlier check of the same
-base and profile) and both sides get the same number of training runs per gated variant."""
+(full profile), or in temporary clones (one a side) on a shrunk profile of pipelines/profiles.py,
+where the base is reproduced on the same profile first (or taken from the cache of an earlier check
+of the same base and profile) and both sides get the same number of training runs per gated variant. Where the
+two sides' main runs of a gated variant were judged on different images (their split digests
+differ), the extra runs of both sides redraw the data too (evidence.extra_run with redraw)."""
 from __future__ import annotations
 
 import copy
@@ -68,10 +70,9 @@ def read_metrics(cwd: Path, stages: list[Stage]) -> dict[str, float]:
     return out
 
 
-def collect(cwd: Path, dag: dict[str, Stage], gated: list[Stage], seed: int, seeds: int, cache: Path, work: Path,
-            log: list[str], jobs: int = 1) -> dict[str, Runs]:
-    """The runs of each gated evaluate stage in cwd: its own, then seeds - 1 more (cached by content),
-    `jobs` of those at a time."""
+def main_runs(cwd: Path, gated: list[Stage], seed: int) -> dict[str, Runs]:
+    """The DVC stage's own run of each gated evaluate stage in cwd (validation, and test where there is
+    a test split), under the global seed; stages without per-image results are left out."""
     found: dict[str, Runs] = {}
     for st in gated:
         main = evidence.read_run(cwd, st)
@@ -80,12 +81,28 @@ def collect(cwd: Path, dag: dict[str, Stage], gated: list[Stage], seed: int, see
             test = evidence.read_run(cwd, st, "test")
             if test is not None:
                 found[st.name].test = Runs(seeds=[seed], correct=[test[0]], images=test[1])
-    todo = [(st, s) for st in gated if st.name in found for s in evidence.extra_seeds(seed, seeds)]
+    return found
+
+
+def add_extras(cwd: Path, dag: dict[str, Stage], found: dict[str, Runs], seed: int, seeds: int, cache: Path,
+               work: Path, log: list[str], jobs: int = 1, redraw: Optional[dict[str, bool]] = None) -> None:
+    """Add seeds - 1 more runs (cached by content) to each gated stage's runs in `found` (its main
+    run), `jobs` at a time; a stage that `redraw` names with True redraws the data in each of them
+    (its Runs then say `redrawn`). Raises RuntimeError when a run fails."""
+    redraw = redraw or {}
+    for name in found:
+        if redraw.get(name):
+            found[name].redrawn = True
+            if found[name].test is not None:
+                found[name].test.redrawn = True
+    todo = [(dag[name], s) for name in found for s in evidence.extra_seeds(seed, seeds)]
 
     def one(job: tuple[Stage, int]) -> tuple[Stage, int, object, object, bool, float]:
+        st, s = job
         t0 = time.perf_counter()
-        val, test, cached = evidence.extra_run(cwd, job[0], job[1], cache, work, evidence.code_of(dag, job[0]))
-        return job[0], job[1], val, test, cached, time.perf_counter() - t0
+        again = bool(redraw.get(st.name))
+        val, test, cached = evidence.extra_run(cwd, st, s, cache, work, evidence.code_of(dag, st, again), again)
+        return st, s, val, test, cached, time.perf_counter() - t0
 
     with ThreadPoolExecutor(max(1, jobs)) as pool:
         for st, s, correct, test, cached, took in pool.map(one, todo):
@@ -94,9 +111,31 @@ def collect(cwd: Path, dag: dict[str, Stage], gated: list[Stage], seed: int, see
             if found[st.name].test is not None and test is not None:
                 found[st.name].test.seeds.append(s)
                 found[st.name].test.correct.append(test)
-            log.append(f"{evidence.variant_of(st)} seed {s}: "
-                       + ("from the cache" if cached else f"trained and evaluated ({took:.0f} s)"))
+            log.append(f"{evidence.variant_of(st)} seed {s}" + (" (its own draw of the data)" if redraw.get(st.name) else "")
+                       + ": " + ("from the cache" if cached else f"trained and evaluated ({took:.0f} s)"))
+
+
+def collect(cwd: Path, dag: dict[str, Stage], gated: list[Stage], seed: int, seeds: int, cache: Path, work: Path,
+            log: list[str], jobs: int = 1) -> dict[str, Runs]:
+    """The runs of each gated evaluate stage in cwd: its own, then seeds - 1 more on the same data
+    (cached by content), `jobs` of those at a time."""
+    found = main_runs(cwd, gated, seed)
+    add_extras(cwd, dag, found, seed, seeds, cache, work, log, jobs)
     return found
+
+
+def redraws(base: dict[str, Runs], head: dict[str, Runs], splits: dict[str, set[str]]) -> dict[str, bool]:
+    """Per gated stage both sides' main runs are known: whether the images of a split it is judged on
+    (`splits`: "val", "test") differ between the two sides (their digests), so that its extra runs
+    must redraw the data."""
+    out = {}
+    for name in sorted(base.keys() & head.keys()):
+        differ = False
+        for split in splits.get(name) or {"val"}:
+            b, h = (base[name], head[name]) if split == "val" else (base[name].test, head[name].test)
+            differ |= b is not None and h is not None and b.images != h.images
+        out[name] = differ
+    return out
 
 
 def here(stages: list[str], root: Path, dag: dict[str, Stage], gated: list[Stage], base_runs: Callable,
@@ -147,8 +186,8 @@ class Side:
 
 
 def _clear_outputs(clone: Path, stages: list[Stage]) -> None:
-    """Remove the stages' outputs (the base's, in the shared clone), so that a head stage that fails
-    leaves nothing of the base's behind to be read as the head's."""
+    """Remove the stages' outputs in the head's clone before its `dvc repro`, so that a stage that
+    fails leaves nothing behind (restored from DVC's cache, or an earlier side's) to be read as the head's."""
     for st in stages:
         for o in st.outs:
             path = clone / o
@@ -158,11 +197,18 @@ def _clear_outputs(clone: Path, stages: list[Stage]) -> None:
                 path.unlink()
 
 
-def _reproduce_side(clone: Path, side: Side, stages: list[str], gated_names: set[str], cache: Path,
-                    work: Path, out: Outcome, name: str) -> Optional[str]:
-    """Reproduce one side in the clone and collect its runs into out; what failed, or None. A stage
-    that fails does not stop the others (`dvc repro --keep-going`): the gated metrics it does not
-    feed are still judged."""
+def _clone(root: Path, dst: Path, sha: str) -> Path:
+    # --shared borrows the objects: no copy of the history, nothing written to this repository.
+    if not dst.exists():
+        git(["clone", "-q", "--shared", "--no-checkout", str(root), str(dst)], root)
+    git(["checkout", "-q", "-f", "--detach", sha], dst)
+    return dst
+
+
+def _repro_side(clone: Path, side: Side, stages: list[str], cache: Path, out: Outcome,
+                clear: bool = False) -> tuple[dict[str, Stage], list[str], Optional[str]]:
+    """(the DAG, the stages run, what failed or None) of `dvc repro` of one side's stages in its clone.
+    A stage that fails does not stop the others (`dvc repro --keep-going`)."""
     (clone / "params.yaml").write_text(yaml.safe_dump(side.params, sort_keys=False))
     # One DVC cache for every check (.dvc/config.local, git-ignored): stages whose inputs an earlier
     # check already ran come back from DVC's run cache instead of running again.
@@ -171,87 +217,133 @@ def _reproduce_side(clone: Path, side: Side, stages: list[str], gated_names: set
     # The stale stages were found in the full-size DAG; the shrunk one may fan out over fewer
     # replicates, and `dvc repro` refuses a stage that does not exist.
     todo = [s for s in stages if s in dag]
-    if name == "head":
-        out.ran = todo
+    if clear:
         _clear_outputs(clone, [dag[s] for s in todo])
-    else:
-        out.ran_base = todo
     failed = None
     if todo and repro(todo, clone, out.log) != 0:
         bad = [line.split("'")[1] for line in out.log if line.startswith("ERROR: failed to reproduce '")]
         failed = "`dvc repro` failed" + (f" ({', '.join(sorted(set(bad)))})" if bad else "")
-    gated = [dag[s] for s in todo if s in gated_names]
-    try:
-        out.runs[name] = collect(clone, dag, gated, side.params.get("seed", 0), side.seeds, cache,
-                                 work / name, out.log, jobs(side.params))
-    except RuntimeError as e:
-        out.log.append(str(e))
-        return str(e)
-    out.metrics[name] = read_metrics(clone, [dag[s] for s in todo])
-    return failed
+    return dag, todo, failed
 
 
 def _base_dir(cache: Path, base: Side) -> Path:
     """The base's cache folder: its commit, its shrunk params and the runs per variant; one file per stage."""
-    blob = json.dumps([base.sha, base.params, base.seeds], sort_keys=True, default=str)
+    # "main+extras": each stage's file holds its main run and its extra runs by kind (_base_to_cache).
+    blob = json.dumps([base.sha, base.params, base.seeds, "main+extras"], sort_keys=True, default=str)
     return cache / "base" / hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
-def _base_from_cache(folder: Path, stages: list[str], out: Outcome) -> bool:
-    """Fill out's base side from the cache when every stage of `stages` the base has is there."""
+def _base_from_cache(folder: Path, stages: list[str]) -> Optional[dict[str, dict]]:
+    """{stage: what _base_to_cache kept of it} when every stage of `stages` the base has is there, else None."""
     names = [s for s in stages if (folder / f"{s}.pkl").is_file()]
     listed = folder / "stages.json"
     if not listed.is_file() or set(stages) & set(json.loads(listed.read_text())) - set(names):
-        return False
-    out.runs["base"], out.metrics["base"] = {}, {}
-    for s in names:
-        saved = pickle.loads((folder / f"{s}.pkl").read_bytes())
-        out.metrics["base"].update(saved["metrics"])
-        if saved["runs"] is not None:
-            out.runs["base"][s] = saved["runs"]
-    return True
+        return None
+    return {s: pickle.loads((folder / f"{s}.pkl").read_bytes()) for s in names}
 
 
-def _base_to_cache(folder: Path, clone: Path, out: Outcome) -> None:
+def _base_to_cache(folder: Path, saved: dict[str, dict], dag_names: Optional[list[str]] = None) -> None:
+    """Keep the base's stages: per stage its metrics, its main run ("main", None where it has no
+    per-image results) and its runs with extra seeds by kind ("extras": "same data" or "redrawn",
+    each a Runs of the main run and the extras); `dag_names`, the base's whole DAG, when known."""
     folder.mkdir(parents=True, exist_ok=True)
-    dag = read_dag(clone)
-    for s in out.ran_base:
+    for s, entry in saved.items():
         tmp = folder / f".{s}.tmp"
-        tmp.write_bytes(pickle.dumps({"runs": out.runs["base"].get(s),
-                                      "metrics": read_metrics(clone, [dag[s]])}))
+        tmp.write_bytes(pickle.dumps(entry))
         tmp.replace(folder / f"{s}.pkl")
-    tmp = folder / ".stages.tmp"
-    tmp.write_text(json.dumps(sorted(dag)))   # the base's whole DAG: a stage it lacks needs no run
-    tmp.replace(folder / "stages.json")
+    if dag_names is not None:
+        tmp = folder / ".stages.tmp"
+        tmp.write_text(json.dumps(sorted(dag_names)))   # the base's whole DAG: a stage it lacks needs no run
+        tmp.replace(folder / "stages.json")
 
 
-# long: one sequence, base then head in one clone, each step's failure reported as it happens
-def profiled(root: Path, base: Side, head: Side, stages: list[str], outs: list[str], gated_names: set[str],
+def _kind(redrawn: bool) -> str:
+    return "redrawn" if redrawn else "same data"
+
+
+# long: one sequence, base then head then each side's extra runs, each step's failure reported as it happens
+def profiled(root: Path, base: Side, head: Side, stages: list[str], outs: list[str], gated: dict[str, set[str]],
              work: Path, cache: Path, note: str) -> Outcome:
-    """A shrunk profile in a clone under work: the base (from the cache when an earlier check of the
-    same base and profile ran these stages), then the head's working tree, each with `seeds` runs per
-    gated variant. `note` names the profile for the summary."""
-    clone = work / "repo"
-    # --shared borrows the objects: no copy of the history, nothing written to this repository.
-    git(["clone", "-q", "--shared", "--no-checkout", str(root), str(clone)], root)
-    out = Outcome([], clone, f"the base reproduced on the {note} here")
+    """A shrunk profile in clones under work: the base (from the cache when an earlier check of the
+    same base and profile ran these stages), then the head's working tree; then, per gated variant
+    (`gated`: evaluate stage -> the splits it is judged on), `seeds` runs a side, which redraw the
+    data where the two sides' main runs were judged on different images. `note` names the profile
+    for the summary."""
+    out = Outcome([], work / "repo", f"the base reproduced on the {note} here")
     cache.mkdir(parents=True, exist_ok=True)
     folder = _base_dir(cache, base)
-    if _base_from_cache(folder, stages, out):
+    saved = _base_from_cache(folder, stages)
+    base_clone: Optional[Path] = None
+    base_dag: dict[str, Stage] = {}
+    if saved is not None:
         out.baseline = f"the base on the {note}, from the cache of an earlier check of the same base"
         out.log.append(f"base: from the cache ({folder})")
+        out.ran_base = sorted(saved)
     else:
-        git(["checkout", "-q", "--detach", base.sha], clone)
-        failed = _reproduce_side(clone, base, stages, gated_names, cache, work, out, "base")
+        base_clone = _clone(root, work / "base", base.sha)
+        base_dag, todo, failed = _repro_side(base_clone, base, stages, cache, out)
+        out.ran_base = todo
         if failed:
             out.failed = f"the base does not reproduce on the {note}: {failed}"
             return out
-        _base_to_cache(folder, clone, out)
-    git(["checkout", "-q", "-f", "--detach", head.sha], clone)
-    _overlay_worktree(root, clone, outs)
-    failed = _reproduce_side(clone, head, stages, gated_names, cache, work, out, "head")
+        found = main_runs(base_clone, [base_dag[s] for s in todo if s in gated], base.params.get("seed", 0))
+        saved = {s: {"metrics": read_metrics(base_clone, [base_dag[s]]), "main": found.get(s), "extras": {}}
+                 for s in todo}
+        _base_to_cache(folder, saved, list(base_dag))
+    out.metrics["base"] = {k: v for e in saved.values() for k, v in e["metrics"].items()}
+    base_main = {s: copy.deepcopy(e["main"]) for s, e in saved.items() if e["main"] is not None}
+
+    head_clone = _clone(root, work / "repo", head.sha)
+    _overlay_worktree(root, head_clone, outs)
+    dag, out.ran, failed = _repro_side(head_clone, head, stages, cache, out, clear=True)
     if failed:
         out.failed = f"on the {note}: {failed}"
+    found = main_runs(head_clone, [dag[s] for s in out.ran if s in gated], head.params.get("seed", 0))
+    out.metrics["head"] = read_metrics(head_clone, [dag[s] for s in out.ran])
+    redraw = {s: r and evidence.can_redraw(head_clone, dag[s])
+              for s, r in redraws(base_main, found, gated).items()}
+    try:
+        add_extras(head_clone, dag, found, head.params.get("seed", 0), head.seeds, cache, work / "head", out.log,
+                   jobs(head.params), redraw)
+    except RuntimeError as e:
+        out.log.append(str(e))
+        out.failed = out.failed or f"on the {note}: {e}"
+        return out
+    out.runs["head"] = found
+
+    # The base's extra runs of the kind each variant needs: from the cache, else made in its clone
+    # (reproduced again where the base came from the cache: DVC's run cache restores its outputs).
+    out.runs["base"] = {}
+    missing = []
+    for s, main in base_main.items():
+        if s not in found:   # the head has no per-image results to judge it on
+            out.runs["base"][s] = main
+            continue
+        kept = saved[s]["extras"].get(_kind(redraw.get(s, False)))
+        if kept is not None:
+            out.runs["base"][s] = copy.deepcopy(kept)
+        else:
+            missing.append(s)
+    if missing:
+        if base_clone is None:
+            base_clone = _clone(root, work / "base", base.sha)
+            base_dag, _, failed = _repro_side(base_clone, base, stages, cache, out)
+            if failed:
+                out.failed = out.failed or f"the base does not reproduce on the {note}: {failed}"
+                return out
+        todo = {s: base_main[s] for s in missing}
+        try:
+            add_extras(base_clone, base_dag, todo, base.params.get("seed", 0), base.seeds, cache, work / "base-runs",
+                       out.log, jobs(base.params), {s: redraw.get(s, False) for s in missing})
+        except RuntimeError as e:
+            out.log.append(str(e))
+            out.failed = out.failed or f"the base's extra runs on the {note}: {e}"
+            del out.runs["base"]
+            return out
+        for s, runs in todo.items():
+            out.runs["base"][s] = runs
+            saved[s]["extras"][_kind(redraw.get(s, False))] = copy.deepcopy(runs)
+        _base_to_cache(folder, {s: saved[s] for s in missing})
     return out
 
 

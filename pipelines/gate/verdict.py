@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
+import numpy as np
 import yaml
 from pydantic import ValidationError
 
@@ -60,7 +61,22 @@ def load_gate(root: Path, base_sha: str, head: config.Params) -> tuple[Optional[
 
 def compared(base: Runs, head: Runs, alpha: float) -> dict:
     """noise.runs_compared on the two sides' runs: paired when both have per-image results on the
-    same images (the same digest, the same count), else unpaired."""
+    same images (the same digest, the same count), else unpaired; noise.draws_compared on the runs'
+    accuracies where the runs redrew the data (every run its own draw: Welch's t)."""
+    if (base.redrawn or head.redrawn) and base.correct and head.correct:
+        acc = [[float(np.mean(c)) * 100 for c in r.correct] for r in (base, head)]
+        n = [min(len(c) for c in r.correct) for r in (base, head)]
+        r = noise.draws_compared(acc[0], acc[1], n[0], n[1], alpha=alpha)
+        kb, kh = r["runs"]
+        how = f"unpaired, each run its own draw of the data ({r['n']:,} images a run), {kb} + {kh} runs"
+        if r["sd_base"] is None and r["sd_head"] is None:
+            how += ", draw-and-seed spread not measured"
+        else:
+            how += ", draw-and-seed sd " + " / ".join("—" if x is None else f"{x:.2f}" for x in (r["sd_base"], r["sd_head"])) \
+                + " pp (base / head)"
+        if r["floored"]:
+            how += "; the runs agree more closely than their images' binomial variance allows, which stands in"
+        return {**r, "how": how}
     paired = (bool(base.correct) and bool(head.correct) and base.images is not None
               and base.images == head.images and len(base.correct[0]) == len(head.correct[0]))
     r = noise.runs_compared(base.vectors(), head.vectors(), paired=paired, alpha=alpha)
@@ -84,7 +100,7 @@ def classify(rows: list[Row], tolerance: float, alpha: float = stats.ALPHA) -> N
             r.fail = r.diff < 0 and -r.diff > tolerance + 1e-9
         else:
             r.verdict = SAME
-            r.blind = r.detectable > tolerance or "seed spread not measured" in r.how
+            r.blind = r.detectable > tolerance or "spread not measured" in r.how
 
 
 # long: one rule per case of a gated metric, in the order a reader checks them
@@ -145,7 +161,8 @@ def blind_spots(rows: list[Row], tolerance: float) -> list[str]:
     for r in rows:
         if r.blind and not r.fail and r.detectable is not None:
             out.append(f"this check cannot see a {tolerance:g} pp drop in `{r.metric}`: smallest detectable "
-                       f"{r.detectable:.1f} pp" + (" (seed spread not measured)" if "not measured" in r.how else ""))
+                       f"{r.detectable:.1f} pp" + (f" ({'draw-and-seed' if 'draw-and-seed' in r.how else 'seed'} spread not measured)"
+                                                 if "not measured" in r.how else ""))
         elif r.blind and not r.fail:
             out.append(f"`{r.metric}` is judged by the tolerance alone (no per-image results): "
                        "its noise is unknown")
