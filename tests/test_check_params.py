@@ -133,6 +133,41 @@ def test_a_change_that_keeps_the_metric_is_no_difference_and_the_check_could_see
     assert not ran & {"train@tl_svm", "evaluate@tl_svm"}, ran
 
 
+@pytest.fixture(scope="module")
+def svm_gated_base(wide_base, tmp_path_factory) -> Path:
+    """The wide base gating only tl_svm's test accuracy, committed as its `main`: a change of the
+    global `seed` then reruns the transfer set's chain alone (the networks read `seed` too, but no
+    gated metric needs them)."""
+    root = tmp_path_factory.mktemp("svm-gated-base") / "repo"
+    git(["clone", "-q", str(wide_base), str(root)], root.parent)
+    _edit_yaml(root / "reference.yaml", lambda r: r["check"].update(metrics=[GATED]))
+    git(["commit", "-qam", "gate tl_svm's test accuracy alone"], root)
+    return root
+
+
+@pytest.mark.slow
+@needs_fashion
+def test_a_seed_only_change_redraws_the_data_on_both_sides_and_is_no_difference(svm_gated_base, tmp_path, cache):
+    # A new seed draws other training, validation and test images of the transfer set: base and head
+    # are judged on different images, so each side's extra run draws its own data too, and the two
+    # sides' runs are compared as independent draws.
+    seed = yaml.safe_load((svm_gated_base / "params.yaml").read_text())["seed"]
+    ws = _branch(svm_gated_base, tmp_path, "seed", lambda p: p.update(seed=seed + 1))
+    r, ran = _check(ws, tmp_path / "summary.md", cache)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert {"preprocess@transfer", "train@tl_svm", "evaluate@tl_svm"} <= ran
+    assert not {s for s in ran if re.search(r"embed|mnist|cifar|scratch|finetune|^report$", s)}, ran
+    _, _, _, _, verdict, _ = _row(r.stdout)
+    assert verdict.startswith("no difference detectable"), r.stdout
+    assert re.search(re.escape(GATED) + r"`: unpaired, each run its own draw of the data \(1,900 images a run\), "
+                     r"2 \+ 2 runs, draw-and-seed sd [\d.]+ / [\d.]+ pp \(base / head\)", r.stdout), r.stdout
+    for s in (1000 * seed + 1, 1000 * (seed + 1) + 1):   # the base's extra run and the head's
+        assert re.search(rf"tl_svm seed {s} \(its own draw of the data\): trained and evaluated", r.stdout), r.stdout
+    # ... prepared from the side's raw files with its seed, as the DVC stage prepares the main run's.
+    assert re.search(rf"\$ python -m stages\.preprocess --dataset transfer --raw data/raw/transfer --out \S+ "
+                     rf"--seed {1000 * seed + 1}", r.stderr), r.stderr[-3000:]
+
+
 @pytest.mark.slow
 @needs_fashion
 def test_a_regression_beyond_tolerance_fails_and_names_the_metric(wide_base, tmp_path, cache):
