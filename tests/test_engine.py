@@ -136,6 +136,29 @@ def test_a_wide_layer_is_mapped_through_pca_and_keeps_its_neighbours():
     assert "pca_components" not in narrow
 
 
+def test_tsne_neighbours_are_exact_up_to_the_limit_and_equal_brute_force():
+    from openTSNE import affinity
+    from sklearn.neighbors import NearestNeighbors
+
+    assert tsne.neighbour_search(10_000)["method"] == "exact"
+    assert tsne.neighbour_search(tsne.EXACT_NEIGHBOURS_UP_TO + 1)["method"] == "annoy"
+    assert tsne.neighbour_search(50, "annoy")["method"] == "annoy"
+    with pytest.raises(ValueError, match="neighbours 'fast': allowed are auto, exact, annoy"):
+        tsne.neighbour_search(50, "fast")
+    rng = np.random.default_rng(4)
+    f = rng.normal(size=(1500, 12)).astype(np.float32)
+    aff = affinity.PerplexityBasedNN(f, perplexity=10, n_jobs=1, random_state=0, **tsne.neighbour_search(len(f)))
+    # Every point's nonzero affinities are its 30 (3 x perplexity) true nearest neighbours, before symmetrising.
+    _, true = NearestNeighbors(n_neighbors=31).fit(f).kneighbors(f)
+    p = aff.P.tocsr()
+    hits = [len(set(p[i].indices) & set(true[i, 1:])) for i in range(0, 1500, 50)]
+    assert min(hits) == 30, hits
+    xy, _ = tsne.tsne_2d(f, 0, 10, n_jobs=1)
+    assert np.array_equal(xy, tsne.tsne_2d(f, 0, 10, n_jobs=1)[0])
+    approx, _ = tsne.tsne_2d(f, 0, 10, n_jobs=1, neighbours="annoy")
+    assert approx.shape == xy.shape
+
+
 @pytest.mark.parametrize("steps", [1, 2, 3, 4, 5, 7, 40])
 def test_onecycle_runs_on_a_handful_of_steps(steps):
     # A one-epoch run of a few batches (the tiny CI profile) once divided by zero inside OneCycleLR.

@@ -30,6 +30,12 @@ PCA_COMPONENTS = 50
 # runs: 60 points 0.15 s on one thread against 0.91 s on two, worst 0.4 s against 4.4 s; 2,000 points
 # 7.0 s against 16.0 s), with the same map (identical coordinates, checked at 60 and 2,000 points).
 TSNE_THREADS_FROM = 10_000
+# Up to this many points the perplexity's neighbours are found exactly, by brute force (scikit-learn's
+# blocked distance matrix: one matrix product per block of rows), rather than by Annoy's approximate
+# forest: on 10,000 points of 10 to 512 dimensions it took 1.3 to 4.5 s against Annoy's 8 to 10 s
+# (2 shared cores, benchmarks/tsne.py; docs/speed.md), and it is exact. Its cost grows with the
+# square of the points, so larger maps keep Annoy.
+EXACT_NEIGHBOURS_UP_TO = 20_000
 
 
 def check_finite(feats: np.ndarray, stage: str, role: str, module: str) -> None:
@@ -42,13 +48,26 @@ def check_finite(feats: np.ndarray, stage: str, role: str, module: str) -> None:
                          f"(its train metrics' `diagnosis` and learning curves show where)")
 
 
+def neighbour_search(n: int, neighbours: str = "auto") -> dict:
+    """openTSNE's neighbour search for n points: "auto" is exact by brute force up to
+    EXACT_NEIGHBOURS_UP_TO, else Annoy ("exact" and "annoy" force one). Either on one thread (the
+    caller's n_jobs=1): Annoy's multi-threaded build may order its trees differently per run."""
+    if neighbours not in ("auto", "exact", "annoy"):
+        raise ValueError(f"neighbours {neighbours!r}: allowed are auto, exact, annoy")
+    if neighbours == "exact" or (neighbours == "auto" and n <= EXACT_NEIGHBOURS_UP_TO):
+        return {"method": "exact", "knn_kwargs": {"algorithm": "brute"}}
+    return {"method": "annoy"}
+
+
 def tsne_2d(x: np.ndarray, seed: int, perplexity: float, n_jobs: int = -1,
-            info: Optional[dict] = None) -> tuple[np.ndarray, str]:
+            info: Optional[dict] = None, neighbours: str = "auto") -> tuple[np.ndarray, str]:
     """2-D t-SNE of a layer's features (of their PCA_COMPONENTS leading components, for a wide layer):
-    openTSNE (FFT gradient from 10,000 points, Barnes-Hut below; Annoy approximate neighbours from
-    1,000 points) on `n_jobs` threads (-1: every core; one below TSNE_THREADS_FROM points), stopped once converged;
+    openTSNE (FFT gradient from 10,000 points, Barnes-Hut below; exact neighbours up to
+    EXACT_NEIGHBOURS_UP_TO points, Annoy's approximate ones beyond) on `n_jobs` threads (-1: every
+    core; one below TSNE_THREADS_FROM points), stopped once converged;
     scikit-learn's Barnes-Hut when openTSNE is not installed. `info`, if given, receives the
-    iterations run, the final KL divergence and, for a wide layer, the PCA components it was reduced to."""
+    iterations run, the final KL divergence and, for a wide layer, the PCA components it was reduced to.
+    `neighbours`: neighbour_search's choice (benchmarks/tsne.py compares them)."""
     perplexity = min(perplexity, max(2.0, (len(x) - 1) / 3))
     x = x.astype(np.float32)
     if x.shape[1] > PCA_ABOVE_DIMS and len(x) >= PCA_MIN_POINTS:
@@ -66,8 +85,8 @@ def tsne_2d(x: np.ndarray, seed: int, perplexity: float, n_jobs: int = -1,
         return np.asarray(xy, dtype=np.float32), "scikit-learn"
     if len(x) < TSNE_THREADS_FROM:
         n_jobs = 1
-    # Neighbours on one thread: Annoy's multi-threaded build may order its trees differently per run.
-    aff = affinity.PerplexityBasedNN(x, perplexity=perplexity, method="auto", n_jobs=1, random_state=seed)
+    aff = affinity.PerplexityBasedNN(x, perplexity=perplexity, n_jobs=1, random_state=seed,
+                                     **neighbour_search(len(x), neighbours))
     emb = TSNEEmbedding(initialization.pca(x, random_state=seed), aff, n_jobs=n_jobs, random_state=seed)
     emb = emb.optimize(TSNE_EXAGGERATION_ITER, exaggeration=12, momentum=0.8)
     kls: list[float] = []
