@@ -123,3 +123,25 @@ def test_roofline_figures_agree_with_the_paths_they_describe(result):
         forms = result["forms"][key]["forms"]
         assert set(forms) == set(studies.FORMS) and forms["fp32 channels-last"]["train_vs_fp32"] == 1.0
         assert all(_finite(f["train_img_per_s"]) and _finite(f["loss_after"]) for f in forms.values())
+
+
+def test_the_depthwise_benchmark_times_each_form_of_a_layer_and_its_main_prints_both_step_rates(capsys):
+    from benchmarks import depthwise
+
+    assert all(depthwise.layer_ms(16, 8, 3, 1, form, calls=2) > 0 for form in ("bf16", "fp32", "ours"))
+    assert depthwise.main(["--rounds", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "training img/s (median): bf16 " in out and "float32 gradients " in out
+    assert out.count("/") >= 2 * len(depthwise.SHAPES)
+
+
+def test_the_tsne_benchmarks_map_and_floor_on_clustered_points():
+    from benchmarks import tsne as bench
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.arange(3), 100)
+    f = (rng.normal(size=(300, 8)) + 6 * y[:, None]).astype(np.float32)
+    for neighbours in ("auto", "annoy"):
+        m = bench.one_map(f, y, 0, 30, neighbours)
+        assert m["seconds"] > 0 and m["knn_acc_tsne"] > 95 and 0.8 < m["trustworthiness"] <= 1, m
+    assert bench.floor_seconds(f, 0, 30) > 0
