@@ -118,10 +118,15 @@ def test_a_change_that_keeps_the_metric_is_no_difference_and_the_check_could_see
     metric, values, diff, _, verdict, detectable = _row(r.stdout)
     old, new = (float(x) for x in values.split(" → "))
     assert old == new and diff.startswith("+0.00") and verdict == "no difference detectable"
-    # The SVM on frozen features gives the same predictions for every seed: the noise left is that
-    # of the n test images, the least one discordant image in n allows: 2.8 x 100 / n pp.
-    m = re.search(r"`: paired on ([\d,]+) images, 2 \+ 2 runs, seed sd [\d.]+ pp", r.stdout)
+    # The SVM on frozen features gives the same predictions for every seed, so each side fits it once
+    # (no extra seed is trained) and the noise left is that of the n test images, the least one
+    # discordant image in n allows: 2.8 x 100 / n pp.
+    m = re.search(r"`: paired \(McNemar\) on ([\d,]+) images, one fit per side \(every seed gives the same model\)",
+                  r.stdout)
     assert m and int(m[1].replace(",", "")) == 1900, r.stdout
+    assert "tl_svm: every seed gives the same model on the same data (a linear SVM on frozen features), " \
+           "so its one run stands for all 2" in r.stdout
+    assert not re.search(r"tl_svm seed \d+", r.stdout), r.stdout
     assert float(detectable) == pytest.approx(2.8 * 100 / 1900, abs=0.01)
     assert "**Verdict: OK** — no gated metric got worse beyond noise and the tolerance, and each could have seen it" in r.stdout
     # --strict changes nothing for a check that could see the tolerance; the base's side now comes

@@ -179,6 +179,47 @@ def test_redrawn_runs_without_a_measured_spread_are_blind_and_say_so():
     assert verdict_line(failures, [blind], rows, strict=True)[1] == 1
 
 
+def test_a_deterministic_option_is_fitted_once_a_side_and_its_zero_spread_is_not_unmeasured(tmp_path, params_raw,
+                                                                                            reference_raw):
+    """The SVM on frozen features (config.Variant.deterministic) on the same data: add_extras trains no
+    extra seed of it (one would need prepared data this folder lacks, and fail), and a drop on 2,000
+    paired images is judged by McNemar with the seed spread known to be zero, not unmeasured; a
+    variant trained end to end still gets its extra seeds."""
+    import yaml
+
+    from pipelines.gate import rerun
+
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params_raw, sort_keys=False))
+    (tmp_path / "reference.yaml").write_text(yaml.safe_dump(reference_raw, sort_keys=False))
+    assert params_raw["variants"]["tl_svm"]["classifier"] == "svm"
+    dag = {f"evaluate@{v}": Stage(f"evaluate@{v}", files=["data/prepared/transfer"]) for v in ("tl_svm", "tl_finetune")}
+    (tmp_path / "data/prepared/transfer").mkdir(parents=True)
+    (tmp_path / "data/prepared/transfer/meta.json").write_text("{}")   # prepared data without its images
+    base = _base(2000, 0.8, 1)
+    found = {"evaluate@tl_svm": Runs(seeds=[42], correct=[base], images=DIGEST)}
+    log: list[str] = []
+    rerun.add_extras(tmp_path, dag, found, 42, 5, tmp_path / "cache", tmp_path / "work", log)
+    assert found["evaluate@tl_svm"].deterministic and found["evaluate@tl_svm"].seeds == [42]
+    assert log == ["tl_svm: every seed gives the same model on the same data (a linear SVM on frozen features), "
+                   "so its one run stands for all 5"]
+    trained = {"evaluate@tl_finetune": Runs(seeds=[42], correct=[base], images=DIGEST)}
+    with pytest.raises(RuntimeError, match="tl_finetune --seed 42001` failed"):
+        rerun.add_extras(tmp_path, dag, trained, 42, 2, tmp_path / "cache", tmp_path / "work", log)
+    assert not trained["evaluate@tl_finetune"].deterministic
+
+    out, dag, gate = _outcome({"tl": ([base], [_flip(base, 60, 10, np.random.default_rng(3))])})
+    for side in ("base", "head"):
+        out.runs[side]["evaluate@tl"].deterministic = True
+    rows, failures, _ = judge(gate, out, dag)
+    (row,) = rows
+    assert row.how == "paired (McNemar) on 2,000 images, one fit per side (every seed gives the same model)"
+    assert row.fail and row.p == pytest.approx(binomtest(10, 70, 0.5).pvalue)
+    out.runs["head"]["evaluate@tl"].correct = [base]     # the same predictions: seen, and not blind
+    rows, failures, _ = judge(gate, out, dag)
+    assert rows[0].verdict == SAME and not rows[0].blind and not failures
+    assert rows[0].detectable == pytest.approx(2.8 * 100 / 2000, abs=0.01)
+
+
 def test_the_detectable_size_is_what_the_test_then_finds():
     """Simulated: a drop of the stated detectable size is found (Holm-level p below 0.05) in about 80 %
     of repeated paired checks, a drop of a third of it rarely."""

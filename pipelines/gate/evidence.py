@@ -51,6 +51,9 @@ class Runs:
     # The extra runs each drew their own data (training, validation and test subsets) with their
     # seed: every run is an independent draw, compared by its accuracy alone (noise.draws_compared).
     redrawn: bool = False
+    # Every seed gives this side's variant the same model on this data (config.Variant.deterministic):
+    # its one run stands for every seed, and its seed spread is zero, not unmeasured.
+    deterministic: bool = False
 
     def vectors(self) -> list[np.ndarray]:
         """The correctness vectors; from the accuracy alone, one made-up vector with as many correct
@@ -127,6 +130,34 @@ def read_run(cwd: Path, stage: Stage, split: str = "val") -> Optional[tuple[np.n
     if digest is None:
         return None
     return correct_of((folder / name).read_text(), split), digest
+
+
+def deterministic(cwd: Path, variant: str) -> bool:
+    """Whether every seed gives `variant` the same model on the same data, by the params in cwd
+    (config.Variant.deterministic: a linear SVM on frozen pretrained features)."""
+    from pipelines import config
+
+    params = config.load(cwd / "params.yaml")
+    return variant in params.variants and params.variants[variant].deterministic
+
+
+def deterministic_at(root: Path, rev: str, variant: Optional[str]) -> bool:
+    """deterministic() by the params committed at rev; False where they cannot be read or validated
+    (the row then says its seed spread went unmeasured)."""
+    from pipelines import config, reference
+    from pipelines.errors import CheckError, LabError
+    from pipelines.gate.repo import git
+
+    try:
+        raw = yaml.safe_load(git(["show", f"{rev}:params.yaml"], root))
+        try:
+            ref = yaml.safe_load(git(["show", f"{rev}:{reference.NAME}"], root))
+        except CheckError:
+            ref = None
+        params = config.parse(raw, ref)
+    except (LabError, yaml.YAMLError, ValueError):   # ParamsError, CheckError; pydantic's errors are ValueErrors
+        return False
+    return variant in params.variants and params.variants[variant].deterministic
 
 
 def extra_seeds(seed: int, count: int) -> list[int]:
@@ -231,11 +262,13 @@ def committed_run(root: Path, rev: str, stage: Stage) -> Optional[Runs]:
             meta = json.loads(dvc.api.read(f"{data}/meta.json", repo=str(root), rev=rev))
         except Exception:   # noqa: BLE001 - DVC raises many kinds for "not there"; any means no pairing
             continue
-        runs = Runs(seeds=[0], correct=[correct_of(text, "val")], images=meta["files"]["val.npz"])
+        fixed = deterministic_at(root, rev, variant_of(stage))
+        runs = Runs(seeds=[0], correct=[correct_of(text, "val")], images=meta["files"]["val.npz"], deterministic=fixed)
         if "test.npz" in meta["files"]:
             try:
                 test = dvc.api.read(f"{o}/{TEST_PREDICTIONS}", repo=str(root), rev=rev)
-                runs.test = Runs(seeds=[0], correct=[correct_of(test, "test")], images=meta["files"]["test.npz"])
+                runs.test = Runs(seeds=[0], correct=[correct_of(test, "test")], images=meta["files"]["test.npz"],
+                                 deterministic=fixed)
             except Exception:   # noqa: BLE001 - as above: the test split is then judged unpaired
                 pass
         return runs

@@ -88,14 +88,24 @@ def add_extras(cwd: Path, dag: dict[str, Stage], found: dict[str, Runs], seed: i
                work: Path, log: list[str], jobs: int = 1, redraw: Optional[dict[str, bool]] = None) -> None:
     """Add seeds - 1 more runs (cached by content) to each gated stage's runs in `found` (its main
     run), `jobs` at a time; a stage that `redraw` names with True redraws the data in each of them
-    (its Runs then say `redrawn`). Raises RuntimeError when a run fails."""
+    (its Runs then say `redrawn`). A deterministic variant on the same data gets none: every seed would
+    fit the same model again (its Runs then say `deterministic`). Raises RuntimeError when a run fails."""
     redraw = redraw or {}
+    fixed = set()
     for name in found:
         if redraw.get(name):
             found[name].redrawn = True
             if found[name].test is not None:
                 found[name].test.redrawn = True
-    todo = [(dag[name], s) for name in found for s in evidence.extra_seeds(seed, seeds)]
+        elif evidence.deterministic(cwd, evidence.variant_of(dag[name])):
+            fixed.add(name)
+            for runs in (found[name], found[name].test):
+                if runs is not None:
+                    runs.deterministic = True
+            if seeds > 1:
+                log.append(f"{evidence.variant_of(dag[name])}: every seed gives the same model on the same data "
+                           f"(a linear SVM on frozen features), so its one run stands for all {seeds}")
+    todo = [(dag[name], s) for name in found if name not in fixed for s in evidence.extra_seeds(seed, seeds)]
 
     def one(job: tuple[Stage, int]) -> tuple[Stage, int, object, object, bool, float]:
         st, s = job

@@ -82,7 +82,11 @@ def compared(base: Runs, head: Runs, alpha: float) -> dict:
     r = noise.runs_compared(base.vectors(), head.vectors(), paired=paired, alpha=alpha)
     kb, kh = r["runs"]
     how = ("paired (McNemar)" if paired and kb == kh == 1 else "paired" if paired else "unpaired") + \
-        f" on {r['n']:,} images, {kb} + {kh} runs"
+        f" on {r['n']:,} images"
+    if base.deterministic and head.deterministic and kb == kh == 1:
+        # Nothing to measure: each side's every seed fits its one model (config.Variant.deterministic).
+        return {**r, "seed_sd": 0.0, "how": how + ", one fit per side (every seed gives the same model)"}
+    how += f", {kb} + {kh} runs"
     how += f", seed sd {r['seed_sd']:.2f} pp" if r["seed_sd"] is not None else ", seed spread not measured"
     return {**r, "how": how}
 
