@@ -65,6 +65,21 @@ def test_runs_that_agree_closer_than_their_images_allow_fall_back_to_the_binomia
     assert one["se"] == pytest.approx(np.sqrt((0.9 * 0.1 + 0.88 * 0.12) / 1000) * 100)
 
 
+def test_the_floor_stands_in_per_side_and_keeps_the_few_runs_degrees_of_freedom():
+    # Two base draws that happen to agree (0.27 pp apart, far less than 1,900 images allow) and two
+    # head draws 5 pp higher: each side's variance is kept at least the binomial one, and with two
+    # runs a side the interval stays Student's on about 2 degrees of freedom, so this is no
+    # difference (on the normal, as if the floor were known exactly, it would have been p < 0.001).
+    base, head = [70.946, 71.214], [75.161, 76.999]
+    r = noise.draws_compared(base, head, 1900, 1900)
+    least = [m / 100 * (1 - m / 100) / 1900 * 1e4 for m in (np.mean(base), np.mean(head))]
+    vb, vh = max(np.var(base, ddof=1), least[0]) / 2, max(np.var(head, ddof=1), least[1]) / 2
+    assert np.var(base, ddof=1) < least[0] < np.var(head, ddof=1) and r["floored"]
+    assert r["se"] == pytest.approx(np.sqrt(vb + vh))
+    assert r["df"] == pytest.approx((vb + vh) ** 2 / (vb ** 2 + vh ** 2)) and 1.5 < r["df"] < 2.5
+    assert r["p"] == pytest.approx(2 * sps.t.sf(5.0 / np.sqrt(vb + vh), r["df"]), rel=1e-3) and r["p"] > 0.05
+
+
 def test_a_side_with_one_run_borrows_the_others_spread():
     r = noise.draws_compared([80.0, 84.0, 82.0], [81.0], 2000, 2000)
     s2 = np.var([80.0, 84.0, 82.0], ddof=1)

@@ -89,9 +89,9 @@ def draws_compared(base: Sequence[float], head: Sequence[float], n_base: int, n_
     Each run's accuracy varies with its draw of the training images, its seed and its own draw of
     the judged images, so the sample variance of a side's runs already holds the images' sampling:
     the binomial variance is not added to it. It is the least a run's variance can be (a run's
-    accuracy on n images drawn at random varies at least that much), so it floors the variance of
-    the difference where the runs happen to agree more than that (a few runs of a deterministic
-    model). A side with one run borrows the other side's variance (pooled over both sides' degrees
+    accuracy on n images drawn at random varies at least that much), so it floors each side's
+    variance where its runs happen to agree more than that (a few runs of a deterministic model,
+    or two draws that score alike), keeping the Welch-Satterthwaite degrees of freedom of the runs. A side with one run borrows the other side's variance (pooled over both sides' degrees
     of freedom); with one run on each side the spread is not measured and only that floor is left,
     on the normal. `detectable` as runs_compared's."""
     from scipy.stats import norm, t
@@ -106,25 +106,24 @@ def draws_compared(base: Sequence[float], head: Sequence[float], n_base: int, n_
         var[0] = var[1]
     elif var[1] is None and var[0] is not None:
         var[1] = var[0]
-    floor = 0.0
-    for a, n, k in ((a_b, n_base, kb), (a_h, n_head, kh)):
+    least = []   # per side, the variance of one run's accuracy on its n images drawn at random
+    for a, n in ((a_b, n_base), (a_h, n_head)):
         p = min(max(float(a.mean()) / 100, 1 / n), 1 - 1 / n)
-        floor += p * (1 - p) / n / k * 1e4
+        least.append(p * (1 - p) / n * 1e4)
     measured = var[0] is not None
     if measured:
-        parts = (var[0] / kb, var[1] / kh)
-        v_welch = sum(parts)
+        # Each side's spread kept at least its images' binomial variance; the degrees of freedom stay
+        # those of its few runs, whose spread is uncertain whether or not the floor stands in.
+        floored = var[0] < least[0] or var[1] < least[1]
+        parts = (max(var[0], least[0]) / kb, max(var[1], least[1]) / kh)
+        v = sum(parts)
         if kb > 1 and kh > 1:
-            dfs = (kb - 1, kh - 1)
-            df = v_welch ** 2 / sum(x ** 2 / d for x, d in zip(parts, dfs)) if v_welch > 0 else math.inf
+            df = v ** 2 / sum(x ** 2 / d for x, d in zip(parts, (kb - 1, kh - 1)))
         else:
             df = float(kb + kh - 2)   # one side's variance stands for both
     else:
-        v_welch, df = 0.0, math.inf
-    if v_welch < floor:
-        v, df = floor, math.inf
-    else:
-        v = v_welch
+        floored = False
+        v, df = least[0] / kb + least[1] / kh, math.inf
     se = math.sqrt(v)
     q = (lambda x: float(t.ppf(x, df))) if math.isfinite(df) else (lambda x: float(norm.ppf(x)))
     half = q(1 - ALPHA / 2) * se
@@ -134,5 +133,5 @@ def draws_compared(base: Sequence[float], head: Sequence[float], n_base: int, n_
     return {"n": min(n_base, n_head), "paired": False, "redrawn": True, "runs": (kb, kh),
             "base": float(a_b.mean()), "head": float(a_h.mean()), "diff": diff, "se": se, "df": float(df),
             "seed_sd": math.sqrt(pooled) if pooled is not None else None, "sd_base": sd[0], "sd_head": sd[1],
-            "floored": measured and v_welch < floor, "detectable": (q(1 - alpha / 2) + q(POWER)) * se,
+            "floored": floored, "detectable": (q(1 - alpha / 2) + q(POWER)) * se,
             "lo": diff - half, "hi": diff + half, "p": min(p, 1.0)}
