@@ -138,12 +138,17 @@ def _metrics(root: Path, v: str) -> tuple[dict, dict, dict]:
     return tuple(json.loads((root / f"metrics/{v}/{s}.json").read_text()) for s in ("train", "evaluate", "embed"))
 
 
-def _shape(obj: object) -> object:
-    """A JSON value's structure: its keys, nested, with every leaf reduced to its type."""
+def _shape(obj: object, other: object = None) -> object:
+    """A JSON value's structure: its keys, nested, with every leaf reduced to its type. With `other`
+    (the same file of another run), a leaf that is null in either is "optional": a field such as the
+    curve diagnosis's `worse_from_epoch` is a number on one run's curve and null on another's."""
     if isinstance(obj, dict):
-        return {k: _shape(v) for k, v in obj.items()}
+        o = other if isinstance(other, dict) else {}
+        return {k: _shape(v, o.get(k)) for k, v in obj.items()}
     if isinstance(obj, list):
-        return [_shape(v) for v in obj[:1]]
+        return [_shape(v, other[0] if isinstance(other, list) and other else None) for v in obj[:1]]
+    if obj is None or other is None:
+        return "optional"
     return type(obj).__name__ if not isinstance(obj, (int, float)) or isinstance(obj, bool) else "number"
 
 
@@ -163,7 +168,8 @@ def test_metrics_files_match_the_golden_run(ws):
     for f in got:
         mine, theirs = root / f, golden_files.WORKSPACE / f
         if f.endswith(".json"):
-            assert _shape(json.loads(golden_files.canonical(mine))) == _shape(json.loads(golden_files.canonical(theirs))), f
+            a, b = json.loads(golden_files.canonical(mine)), json.loads(golden_files.canonical(theirs))
+            assert _shape(a, b) == _shape(b, a), f
         else:
             assert mine.read_text().splitlines()[:1] == theirs.read_text().splitlines()[:1], f
 
