@@ -137,7 +137,10 @@ def deterministic(cwd: Path, variant: str) -> bool:
     (config.Variant.deterministic: a linear SVM on frozen pretrained features)."""
     from pipelines import config
 
-    params = config.load(cwd / "params.yaml")
+    return _fitted_once(config.load(cwd / "params.yaml"), variant)
+
+
+def _fitted_once(params, variant: Optional[str]) -> bool:
     return variant in params.variants and params.variants[variant].deterministic
 
 
@@ -157,7 +160,7 @@ def deterministic_at(root: Path, rev: str, variant: Optional[str]) -> bool:
         params = config.parse(raw, ref)
     except (LabError, yaml.YAMLError, ValueError):   # ParamsError, CheckError; pydantic's errors are ValueErrors
         return False
-    return variant in params.variants and params.variants[variant].deterministic
+    return _fitted_once(params, variant)
 
 
 def extra_seeds(seed: int, count: int) -> list[int]:

@@ -91,9 +91,10 @@ def draws_compared(base: Sequence[float], head: Sequence[float], n_base: int, n_
     the binomial variance is not added to it. It is the least a run's variance can be (a run's
     accuracy on n images drawn at random varies at least that much), so it floors each side's
     variance where its runs happen to agree more than that (a few runs of a deterministic model,
-    or two draws that score alike), keeping the Welch-Satterthwaite degrees of freedom of the runs. A side with one run borrows the other side's variance (pooled over both sides' degrees
-    of freedom); with one run on each side the spread is not measured and only that floor is left,
-    on the normal. `detectable` as runs_compared's."""
+    or two draws that score alike), keeping the Welch-Satterthwaite degrees of freedom of the runs.
+    A side with one run borrows the other side's variance (pooled over both sides' degrees of
+    freedom); with one run on each side the spread is not measured and only that floor is left, on
+    the normal. `detectable` as runs_compared's."""
     from scipy.stats import norm, t
 
     a_b, a_h = np.asarray(base, dtype=float), np.asarray(head, dtype=float)
