@@ -129,7 +129,8 @@ def test_the_depthwise_benchmark_times_each_form_of_a_layer_and_its_main_prints_
     from benchmarks import depthwise
 
     assert all(depthwise.layer_ms(16, 8, 3, 1, form, calls=2) > 0 for form in ("bf16", "fp32", "ours"))
-    assert depthwise.main(["--rounds", "1"]) == 0
+    assert depthwise.main(["--rounds", "1", "--calls", "1", "--steps", "1", "--batch", "2", "--eval-batch", "2",
+                           "--size", "32"]) == 0
     out = capsys.readouterr().out
     assert "training img/s (median): bf16 " in out and "float32 gradients " in out
     assert out.count("/") >= 2 * len(depthwise.SHAPES)
