@@ -8,7 +8,7 @@ inputs (batch 32, channels-last) in bf16, in float32, and as DepthwiseConv2d und
 median ms of 10 calls per round. steps: training steps of the transfer backbone (EfficientNet-Lite0
 with a 2-way head, 112 px, batch 32, Adam, bf16 autocast) with plain depthwise layers and with
 DepthwiseConv2d, then evaluation (batch 100) of both, each round in turn so that the machine's load
-falls on both alike; median img/s.
+falls on both alike; median img/s. The sizes above are the defaults; the options change them.
 """
 from __future__ import annotations
 
