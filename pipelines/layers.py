@@ -15,6 +15,11 @@ another random stream than nn.Dropout's, so a network trained with it follows ot
 accuracy stays within the seeds' noise: docs/speed.md). A p that is not a multiple of 1/256 falls
 back to torch's own dropout. In eval mode the input passes unchanged.
 
+Under data parallelism (`batch_part`) each process holds rows rank::world of a global batch. A
+BitDropout then draws the mask of the whole batch, as one process would, and keeps its rows: the
+ranks together drop exactly what one process drops, and every rank's generator stays in step with
+one process's. Random augmentation (pipelines/train/engine.py) draws the same way.
+
 Depthwise convolutions whose gradients are computed in float32 under bf16 autocast on a CPU
 (`DepthwiseConv2d`, put in place by `fp32_depthwise_backward`). On CPUs with AVX-512 BF16 and no
 AMX, oneDNN runs the bf16 backward of a depthwise convolution through generic grouped kernels
@@ -32,7 +37,12 @@ step on the CPU). The values are the same either way: only where the copy happen
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import math
 import sys
+from dataclasses import dataclass
+from typing import Iterator, Optional
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +74,47 @@ def random_bytes(n: int, device=None) -> torch.Tensor:
     return words.view(torch.uint8).view(-1, 8)[:, RANDOM_BYTES].reshape(-1)[:n]
 
 
+@dataclass(frozen=True)
+class BatchPart:
+    """Rows rank, rank + world, ... of a global batch of `rows`: one data-parallel process's slice."""
+    rank: int
+    world: int
+    rows: int
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.rows, self.world))
+
+    def take(self, t: torch.Tensor) -> torch.Tensor:
+        """This process's rows of `t`, a tensor whose first dimension is the global batch."""
+        return t[self.rank::self.world]
+
+
+_PART: contextvars.ContextVar[Optional[BatchPart]] = contextvars.ContextVar("batch_part", default=None)
+
+
+@contextlib.contextmanager
+def batch_part(rank: int, world: int, rows: int) -> Iterator[Optional[BatchPart]]:
+    """Within: random layers see this process's slice of a global batch of `rows` (world > 1), or a
+    whole batch (world = 1: nothing changes). Yields the part, None for world = 1."""
+    if world == 1:
+        yield None
+        return
+    token = _PART.set(BatchPart(rank, world, rows))
+    try:
+        yield _PART.get()
+    finally:
+        _PART.reset(token)
+
+
+def current_part(batch: int) -> Optional[BatchPart]:
+    """The BatchPart in force for an input of `batch` rows, None outside batch_part."""
+    part = _PART.get()
+    if part is not None and len(part) != batch:
+        raise RuntimeError(f"an input of {batch} rows under batch_part(rank={part.rank}, world={part.world}, "
+                           f"rows={part.rows}): this process's slice holds {len(part)}")
+    return part
+
+
 class BitDropout(nn.Module):
     """nn.Dropout(p) (inverted: kept elements scaled by 1 / (1 - p)) with its mask from random bits."""
 
@@ -82,9 +133,18 @@ class BitDropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
+        part = current_part(x.shape[0])
+        # The mask of the whole batch (under batch_part: of every process's rows), then this input's rows.
+        shape = x.shape if part is None else (part.rows, *x.shape[1:])
+        channels_last = x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)
         if self.table is None:
-            return F.dropout(x, self.p, True)
-        n = x.numel()
+            if part is None:
+                return F.dropout(x, self.p, True)
+            ones = torch.ones(shape, dtype=x.dtype, device=x.device)
+            if channels_last:
+                ones = ones.contiguous(memory_format=torch.channels_last)
+            return x * part.take(F.dropout(ones, self.p, True))
+        n = math.prod(shape)
         # The scale goes into the table in float32 and wider (torch's dropout multiplies in x's dtype
         # there too) and where x's dtype holds it exactly (p = 0.5: 2); else (p = 0.25 in bf16: 4/3) it
         # multiplies afterwards, each product computed in float32 and rounded once, as torch rounds it.
@@ -96,11 +156,13 @@ class BitDropout(nn.Module):
         index = random_bytes(-(-n // self.per_byte), x.device).to(torch.int32)
         mask = table.index_select(0, index).view(-1)[:n]
         # Laid out as x is in memory (channels-last after a convolution), so the product is one pass.
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            b, c, h, w = x.shape
+        if channels_last:
+            b, c, h, w = shape
             mask = mask.view(b, h, w, c).permute(0, 3, 1, 2)
         else:
-            mask = mask.view(x.shape)
+            mask = mask.view(shape)
+        if part is not None:
+            mask = part.take(mask)
         return x * mask if exact else (x * mask).mul_(self.scale)
 
     def extra_repr(self) -> str:

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.networks.alexnet_cifar import AlexNetCifar
-from pipelines.layers import BitDropout, bit_fields, random_bytes
+from pipelines.layers import BitDropout, batch_part, bit_fields, random_bytes
 from pipelines.networks.simple_cnn import SimpleCNN
 
 
@@ -71,6 +71,25 @@ def test_bf16_stays_bf16_and_other_probabilities_fall_back_to_torchs_dropout():
     assert torch.equal(a, F.dropout(x.float(), 0.1, True))
     with pytest.raises(ValueError, match=r"dropout probability 1: allowed are 0 <= p < 1"):
         BitDropout(1)
+
+
+@pytest.mark.parametrize("p", [0.25, 0.5, 0.1])   # 0.1: torch's dropout behind it
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_each_rank_drops_its_rows_of_the_mask_one_process_draws(p, layout):
+    # Three ranks, a global batch of 7 (slices of 3, 2 and 2 rows): each rank's output is its rows of
+    # one process's output, and each rank's generator ends where that process's does.
+    d = BitDropout(p).train()
+    x = torch.randn(7, 3, 4, 5).contiguous(memory_format=layout)
+    torch.manual_seed(0)
+    whole, after = d(x), torch.get_rng_state()
+    for rank in range(3):
+        torch.manual_seed(0)
+        with batch_part(rank, 3, len(x)):
+            mine = d(x[rank::3].contiguous(memory_format=layout))
+        assert torch.equal(mine, whole[rank::3]) and torch.equal(torch.get_rng_state(), after)
+    with batch_part(1, 3, len(x)), pytest.raises(RuntimeError, match="an input of 3 rows under batch_part"
+                                                 r"\(rank=1, world=3, rows=7\): this process's slice holds 2"):
+        d(x[:3])
 
 
 def test_both_networks_use_it_and_keep_their_state_dict_keys():

@@ -5,6 +5,7 @@ import torch
 
 from pipelines import compute, hardware, inference, models
 from pipelines.embed import tsne
+from pipelines.layers import batch_part
 from pipelines.train import engine
 from pipelines.train.svm import fit_linear_svm
 
@@ -23,6 +24,21 @@ def test_augments_keep_shape_dtype_and_are_seeded(name):
     b = engine.augment(name, d.x, torch.Generator().manual_seed(1))
     assert a.shape == d.x.shape and a.dtype == torch.uint8
     assert torch.equal(a, b)
+
+
+@pytest.mark.parametrize("name", list(engine.AUGMENTS))
+def test_each_rank_augments_its_rows_as_one_process_does(name):
+    # Under batch_part a rank holds rows rank::world of the global batch; its images come out as
+    # those rows of the whole batch augmented by one process, and its generator ends where that one does.
+    x = _data(9, 12, 3).x
+    gen = torch.Generator().manual_seed(5)
+    whole = engine.augment(name, x, gen)
+    for rank in range(2):
+        g = torch.Generator().manual_seed(5)
+        with batch_part(rank, 2, len(x)) as part:
+            mine = engine.augment(name, x[rank::2], g, part)
+        assert torch.equal(mine, whole[rank::2])
+        assert torch.equal(g.get_state(), gen.get_state())
 
 
 def test_crop_moves_pixels_and_flip_mirrors():

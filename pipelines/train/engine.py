@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from pipelines.compute import DeviceData, autocast, batch_indices, dist_info
 from pipelines.inference import evaluate
+from pipelines.layers import BatchPart, batch_part
 from pipelines.models import logits_of
 
 if TYPE_CHECKING:
@@ -75,24 +76,36 @@ def recipe_for(v: "Variant", **changes) -> Recipe:
 
 
 # ---------------------------------------------------------------------------- augmentation on device
-def _random_crop(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
+# Each random draw is one value per row of the global batch (`part`: this process's rows of it under
+# data parallelism; None: x is the whole batch), of which x's rows keep theirs: every rank then
+# augments its images as one process would, and all ranks' generators stay in step.
+def _rows(x: torch.Tensor, part: Optional[BatchPart]) -> int:
+    return x.shape[0] if part is None else part.rows
+
+
+def _mine(t: torch.Tensor, part: Optional[BatchPart]) -> torch.Tensor:
+    return t if part is None else part.take(t)
+
+
+def _random_crop(x: torch.Tensor, pad: int, gen: torch.Generator, part: Optional[BatchPart] = None) -> torch.Tensor:
     n, h, w, _ = x.shape
     padded = F.pad(x, (0, 0, pad, pad, pad, pad))  # zero padding of H and W on NHWC
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=gen).to(x.device)
+    dy = _mine(torch.randint(0, 2 * pad + 1, (_rows(x, part),), generator=gen), part).to(x.device)
+    dx = _mine(torch.randint(0, 2 * pad + 1, (_rows(x, part),), generator=gen), part).to(x.device)
     rows = (dy[:, None] + torch.arange(h, device=x.device))[:, :, None]
     cols = (dx[:, None] + torch.arange(w, device=x.device))[:, None, :]
     return padded[torch.arange(n, device=x.device)[:, None, None], rows, cols]
 
 
-def _random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    mask = (torch.rand(x.shape[0], generator=gen) < 0.5).to(x.device)
+def _random_flip(x: torch.Tensor, gen: torch.Generator, part: Optional[BatchPart] = None) -> torch.Tensor:
+    mask = _mine(torch.rand(_rows(x, part), generator=gen) < 0.5, part).to(x.device)
     return torch.where(mask[:, None, None, None], x.flip(2), x)
 
 
-def _random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
+def _random_resized_crop(x: torch.Tensor, gen: torch.Generator, part: Optional[BatchPart] = None,
+                         scale=(0.5, 1.0), ratio=(3 / 4, 4 / 3)) -> torch.Tensor:
     """Per-sample crop of random area and aspect, resized back to the input size, as one grid_sample."""
-    n = x.shape[0]
+    n = _rows(x, part)
     area = torch.empty(n).uniform_(*scale, generator=gen)
     log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=gen)
     r = torch.exp(log_r)
@@ -102,26 +115,27 @@ def _random_resized_crop(x: torch.Tensor, gen: torch.Generator, scale=(0.5, 1.0)
     cy = (torch.rand(n, generator=gen) * 2 - 1) * (1 - sh)
     theta = torch.zeros(n, 2, 3)
     theta[:, 0, 0], theta[:, 0, 2], theta[:, 1, 1], theta[:, 1, 2] = sw, cx, sh, cy
-    theta = theta.to(x.device)
+    theta = _mine(theta, part).to(x.device)
     xf = x.permute(0, 3, 1, 2).float()
     grid = F.affine_grid(theta, list(xf.shape), align_corners=False)
     out = F.grid_sample(xf, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return out.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
 
 
-AUGMENTS: dict[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor]] = {
-    "none": lambda x, g: x,
+AUGMENTS: dict[str, Callable[[torch.Tensor, torch.Generator, Optional[BatchPart]], torch.Tensor]] = {
+    "none": lambda x, g, part: x,
     "flip": _random_flip,
-    "crop": lambda x, g: _random_crop(x, max(2, x.shape[1] // 8), g),
-    "crop_flip": lambda x, g: _random_flip(_random_crop(x, max(2, x.shape[1] // 8), g), g),
-    "resized_crop_flip": lambda x, g: _random_flip(_random_resized_crop(x, g), g),
+    "crop": lambda x, g, part: _random_crop(x, max(2, x.shape[1] // 8), g, part),
+    "crop_flip": lambda x, g, part: _random_flip(_random_crop(x, max(2, x.shape[1] // 8), g, part), g, part),
+    "resized_crop_flip": lambda x, g, part: _random_flip(_random_resized_crop(x, g, part), g, part),
 }
 
 
-def augment(name: str, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def augment(name: str, x: torch.Tensor, gen: torch.Generator, part: Optional[BatchPart] = None) -> torch.Tensor:
+    """x (NHWC uint8) randomly augmented by `name`; `part`: x is this process's rows of a global batch."""
     if name not in AUGMENTS:
         raise RuntimeError(f"unknown augment {name!r}; supported: {', '.join(AUGMENTS)}")
-    return AUGMENTS[name](x, gen)
+    return AUGMENTS[name](x, gen, part)
 
 
 # ---------------------------------------------------------------------------- loop
@@ -190,22 +204,29 @@ def _train_epoch(model: nn.Module, train: DeviceData, r: Recipe, opt: torch.opti
     correct = torch.zeros((), device=device, dtype=torch.long)
     steps = math.ceil(len(train) / r.batch_size)
     for idx in _progress(batch_indices(len(train), r.batch_size, gen), steps, desc):
-        # Under DDP every rank draws the same global batch and trains on its own slice of it;
-        # averaged gradients then match one process training on the whole batch.
+        # Under DDP every rank draws the same global batch and trains on its own slice of it, with
+        # the augmentation and dropout one process would draw for those rows (batch_part). Each rank's
+        # loss is its rows' sum over rows / world, so the gradients DDP averages add up to the mean over
+        # the whole batch, as one process computes it, also when the slices differ in size (a rank with
+        # no rows still steps, with zero gradients, as DDP needs every rank in each reduction).
+        rows = len(idx)
         idx = idx[rank::world].to(train.x.device)
-        if not len(idx):
-            continue
-        xb = train.normalise(augment(r.augment, train.x[idx], gen))
-        yb = train.y[idx]
-        with autocast(device, precision):
-            logits = logits_of(model(xb))
-            loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
+        with batch_part(rank, world, rows) as part:
+            xb = train.normalise(augment(r.augment, train.x[idx], gen, part))
+            yb = train.y[idx]
+            with autocast(device, precision):
+                logits = logits_of(model(xb))
+                if world == 1:
+                    loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
+                else:
+                    summed = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing, reduction="sum")
+                    loss = summed * (world / rows)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         if sched is not None:
             sched.step()
-        loss_sum += loss.detach() * len(idx)
+        loss_sum += loss.detach() * len(idx) if world == 1 else summed.detach()
         correct += (logits.argmax(1) == yb).sum()
     if device.type == "cuda":
         torch.cuda.synchronize()

@@ -120,7 +120,7 @@ class _Net:
 @dataclass
 class _Training:
     """What the loop runs with, set up in the order that fixes the random streams (seed, build,
-    per-rank reseed, resume): the model (`net`: DDP-wrapped under torchrun), the splits on the device,
+    resume): the model (`net`: DDP-wrapped under torchrun), the splits on the device,
     the state it starts from, and the checkpoint it writes after every epoch."""
     rt: Runtime
     built: _Net
@@ -144,9 +144,9 @@ class _Training:
         train_d, val_d = rt.on_device(rt.prep.train, built.cfg), rt.on_device(rt.prep.val, built.cfg)
         net = built.model
         if rt.world > 1:
-            # Same initial weights everywhere (DDP broadcasts rank 0's), then per-rank dropout streams.
+            # Same initial weights everywhere (DDP broadcasts rank 0's), and the same random stream:
+            # each rank keeps its rows of the masks one process draws (pipelines/layers.py, batch_part).
             net = torch.nn.parallel.DistributedDataParallel(built.model)
-            torch.manual_seed(rt.seed * 1000 + rt.rank)
         state, reused = _start_state(rt, checkpoint, resume)
         return cls(rt, built, net, train_d, val_d, state, reused, checkpoint)
 
