@@ -218,6 +218,7 @@ def _train_epoch(model: nn.Module, train: DeviceData, r: Recipe, opt: torch.opti
                 logits = logits_of(model(xb))
                 if world == 1:
                     loss = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing)
+                    summed = loss.detach() * len(idx)
                 else:
                     summed = F.cross_entropy(logits.float(), yb, label_smoothing=r.label_smoothing, reduction="sum")
                     loss = summed * (world / rows)
@@ -226,7 +227,7 @@ def _train_epoch(model: nn.Module, train: DeviceData, r: Recipe, opt: torch.opti
         opt.step()
         if sched is not None:
             sched.step()
-        loss_sum += loss.detach() * len(idx) if world == 1 else summed.detach()
+        loss_sum += summed.detach()
         correct += (logits.argmax(1) == yb).sum()
     if device.type == "cuda":
         torch.cuda.synchronize()
